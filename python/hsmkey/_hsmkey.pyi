@@ -1,0 +1,137 @@
+"""Type stubs for the Rust core of hsmkey (``hsmkey._hsmkey``).
+
+Most users never import this module: :class:`hsmkey.SessionPool` subclasses :class:`Pool`,
+and :class:`hsmkey.HSMJWK` wraps :class:`Key`.
+"""
+
+import os
+from types import TracebackType
+from typing import Literal, Optional, Union
+
+__version__: str
+
+_Alg = str  # a JOSE algorithm name: RS256/384/512, PS256/384/512, ES256/384/512, ES256K, EdDSA
+_Hash = Literal["sha1", "sha224", "sha256", "sha384", "sha512"]
+
+class Pool:
+    """A lazy pool of logged-in PKCS#11 sessions on one token.
+
+    The constructor validates its arguments and makes no PKCS#11 call; the first use loads
+    the module, finds the token and logs in.
+    """
+
+    def __init__(
+        self,
+        module_path: Union[str, os.PathLike[str]],
+        token_label: Optional[str] = None,
+        user_pin: Union[str, bytes, None] = None,
+        *,
+        token_serial: Optional[str] = None,
+        slot_id: Optional[int] = None,
+        max_sessions: Optional[int] = None,
+        acquire_timeout: float = 30.0,
+        max_idle: float = 300.0,
+    ) -> None: ...
+    @property
+    def module_path(self) -> str:
+        """The module path as given (canonicalized on first use)."""
+    @property
+    def token_label(self) -> Optional[str]:
+        """The token label searched for."""
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+    @property
+    def max_sessions(self) -> int:
+        """The most sessions lent out at once."""
+    def session(self, rw: bool = False) -> "Session":
+        """A context manager that borrows a warm session on entry and returns it on exit."""
+    def open_session(self, rw: bool = False) -> "Session":
+        """Borrow a session now; the caller returns it with :meth:`Session.close`."""
+    def check(self) -> None:
+        """Connect and log in now; raise what the first block would raise."""
+    def find_key(
+        self, *, key_label: Optional[str] = None, key_id: Optional[bytes] = None
+    ) -> "Key":
+        """A pool-bound private key: each operation borrows a session from the pool."""
+    def stats(self) -> dict[str, int]:
+        """Counters: in_use, idle, created, reused, waits, timeouts, relogins, discarded,
+        logins, max_in_use, epoch."""
+    def close(self) -> None:
+        """Close idle sessions and release this pool's share of the token login."""
+    def __enter__(self) -> "Pool": ...
+    def __exit__(
+        self,
+        exc_type: Optional[type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None: ...
+
+class Session:
+    """A session borrowed from a pool; used by one thread at a time."""
+
+    @property
+    def rw(self) -> bool:
+        """True for a read-write session."""
+    @property
+    def closed(self) -> bool:
+        """True once the session went back to its pool."""
+    def find_key(
+        self, *, key_label: Optional[str] = None, key_id: Optional[bytes] = None
+    ) -> "Key":
+        """A private key valid while this session is open."""
+    def close(self) -> None:
+        """Return the session to its pool (idempotent)."""
+    def __enter__(self) -> "Session": ...
+    def __exit__(
+        self,
+        exc_type: Optional[type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None: ...
+
+class Key:
+    """A private key object in the token, found by label or id."""
+
+    @property
+    def label(self) -> Optional[str]: ...
+    @property
+    def id(self) -> bytes: ...
+    @property
+    def key_type(self) -> Literal["RSA", "EC", "EC_EDWARDS"]: ...
+    @property
+    def curve(self) -> Optional[str]:
+        """``"P-256"``, ``"P-384"``, ``"P-521"``, ``"secp256k1"``, ``"Ed25519"``,
+        ``"Ed448"``, or None for RSA."""
+    @property
+    def key_size(self) -> int:
+        """Bits of the modulus (RSA) or of the curve's order."""
+    @property
+    def modulus(self) -> Optional[bytes]:
+        """RSA modulus, big-endian."""
+    @property
+    def public_exponent(self) -> Optional[bytes]:
+        """RSA public exponent, big-endian."""
+    @property
+    def ec_point(self) -> Optional[bytes]:
+        """EC public point, uncompressed (``04 || X || Y``); Edwards: the raw public key."""
+    def sign(self, alg: _Alg, data: bytes) -> bytes:
+        """Sign ``data`` for a JOSE algorithm; returns the JOSE signature (r||s for EC)."""
+    def sign_many(self, alg: _Alg, payloads: list[bytes]) -> list[bytes]:
+        """Sign many payloads in one GIL-free section."""
+    def sign_raw(
+        self,
+        mechanism: Literal["RSA_PKCS", "RSA_PSS", "ECDSA", "EDDSA"],
+        data: bytes,
+        *,
+        hash: Optional[_Hash] = None,
+        prehashed: bool = False,
+        salt_length: Optional[int] = None,
+    ) -> bytes:
+        """The low-level signer behind the cryptography interface.
+
+        RSA_PKCS: PKCS#1 v1.5 over ``hash`` (``prehashed``: ``data`` is the digest).
+        RSA_PSS: PSS with MGF1(``hash``) and ``salt_length`` bytes of salt.
+        ECDSA: over ``hash`` of ``data`` (or the digest itself); returns raw r||s.
+        EDDSA: pure Ed25519/Ed448.
+        """

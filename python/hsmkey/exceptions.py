@@ -1,0 +1,80 @@
+"""Exceptions raised by hsmkey.
+
+Every failure that a caller can cause raises a subclass of :class:`HSMError`. Where a PKCS#11
+function failed, the exception carries the name of the return code (``.rv``, for example
+``"CKR_PIN_INCORRECT"``) and of the function (``.function``, for example ``"C_Login"``).
+The Rust core raises these very classes.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+__all__ = [
+    "HSMError",
+    "HSMKeyNotFoundError",
+    "HSMMechanismError",
+    "HSMModuleError",
+    "HSMPinError",
+    "HSMPoolClosedError",
+    "HSMPoolExhaustedError",
+    "HSMSessionError",
+    "HSMTokenNotFoundError",
+]
+
+
+class HSMError(Exception):
+    """Base class of every hsmkey error.
+
+    :ivar rv: the PKCS#11 return code name (``"CKR_..."``), or ``None`` when the error was
+        found by hsmkey itself rather than returned by the token.
+    :ivar function: the PKCS#11 function that failed (``"C_Sign"``), or ``None``.
+    """
+
+    rv: Optional[str]
+    function: Optional[str]
+
+    def __init__(
+        self, message: str, rv: Optional[str] = None, function: Optional[str] = None
+    ) -> None:
+        super().__init__(message)
+        self.rv = rv
+        self.function = function
+
+    def __reduce__(self) -> tuple[type[HSMError], tuple[str, Optional[str], Optional[str]]]:
+        return (type(self), (str(self), self.rv, self.function))
+
+
+class HSMModuleError(HSMError):
+    """The PKCS#11 module could not be loaded or initialized (missing file, not a PKCS#11
+    library, ``C_Initialize`` failed)."""
+
+
+class HSMSessionError(HSMError):
+    """A session could not be opened, lent or used: token not found, session closed,
+    pool closed or exhausted, device errors that one retry did not heal."""
+
+
+class HSMTokenNotFoundError(HSMSessionError):
+    """No token (or more than one) matches the label, serial or slot id given."""
+
+
+class HSMPoolClosedError(HSMSessionError):
+    """The pool (or the session, or the key's session) was closed before this use."""
+
+
+class HSMPoolExhaustedError(HSMSessionError):
+    """No session became free within ``acquire_timeout`` seconds."""
+
+
+class HSMPinError(HSMError):
+    """Login failed because of the PIN: incorrect, locked, expired, or a pool whose PIN
+    differs from the one this process is logged in with. hsmkey never retries a PIN."""
+
+
+class HSMKeyNotFoundError(HSMError, LookupError):
+    """No private key matches the label / id / kid searched for, or more than one does."""
+
+
+class HSMMechanismError(HSMError):
+    """The algorithm is not supported for this key, or the token lacks the mechanism."""
