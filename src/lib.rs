@@ -1,1 +1,28 @@
-//! placeholder
+//! hsmkey's Rust core: PKCS#11 modules, tokens, the session pool and key operations, exposed
+//! to Python as `hsmkey._hsmkey`.
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+mod error;
+mod key;
+mod log;
+mod mechanism;
+mod module;
+mod pool;
+mod py_key;
+mod py_pool;
+mod py_session;
+mod py_util;
+mod secret;
+mod token;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _hsmkey(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("DEFAULT_MAX_SESSIONS", py_pool::DEFAULT_MAX_SESSIONS)?;
+    m.add_class::<py_pool::PyPool>()?;
+    m.add_class::<py_session::PySession>()?;
+    m.add_class::<py_key::PyKey>()?;
+    Ok(())
+}

@@ -1,0 +1,42 @@
+"""hsmkey: sign and decrypt with private keys that never leave a PKCS#11 token.
+
+``SessionPool`` keeps logged-in sessions warm and heals lost sessions and logins;
+``HSMJWK`` is a jwcrypto JWK whose private operations run in the token.
+"""
+
+from __future__ import annotations
+
+from . import exceptions
+from ._hsmkey import Key, Session, __version__
+from .exceptions import (
+    HSMError,
+    HSMKeyNotFoundError,
+    HSMMechanismError,
+    HSMModuleError,
+    HSMPinError,
+    HSMPoolClosedError,
+    HSMPoolExhaustedError,
+    HSMSessionError,
+    HSMTokenNotFoundError,
+)
+from .jwk import HSMJWK
+from .pool import SessionPool, hsm_session
+
+__all__ = [
+    "HSMJWK",
+    "HSMError",
+    "HSMKeyNotFoundError",
+    "HSMMechanismError",
+    "HSMModuleError",
+    "HSMPinError",
+    "HSMPoolClosedError",
+    "HSMPoolExhaustedError",
+    "HSMSessionError",
+    "HSMTokenNotFoundError",
+    "Key",
+    "Session",
+    "SessionPool",
+    "__version__",
+    "exceptions",
+    "hsm_session",
+]

@@ -1,0 +1,80 @@
+"""The session pool users create: :class:`SessionPool`, and the one-shot :func:`hsm_session`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Optional, Union
+
+from ._hsmkey import Pool, Session
+
+__all__ = ["SessionPool", "hsm_session"]
+
+
+class SessionPool(Pool):
+    """A pool of logged-in PKCS#11 sessions on one token.
+
+    The constructor only checks its arguments: no PKCS#11 call is made until the first
+    ``with pool.session():`` block, pool-bound key or :meth:`check`. That first use loads
+    the module (once per process), finds the token (by label, serial or slot id) and logs in
+    (once per token per process, shared with every other pool on that token). A failed
+    login is remembered: later uses raise the same :class:`~hsmkey.exceptions.HSMPinError`
+    without trying the PIN again.
+
+    :param module_path: path of the PKCS#11 shared library.
+    :param token_label: label of the token (trailing spaces are ignored).
+    :param user_pin: the user PIN (``str`` or ``bytes``); kept in memory that is wiped when
+        the pool goes away, and never shown.
+    :param token_serial: serial number of the token, to choose among tokens with one label.
+    :param slot_id: slot id of the token.
+    :param max_sessions: most sessions lent at once (default 64); more callers wait.
+    :param acquire_timeout: seconds to wait for a free session before
+        :class:`~hsmkey.exceptions.HSMPoolExhaustedError` (default 30; 0 fails at once).
+    :param max_idle: seconds an unused session stays open (default 300; ``None``: forever).
+    """
+
+    @classmethod
+    def from_env(cls, **kwargs: object) -> SessionPool:
+        """A pool configured by ``HSM_MODULE``, ``HSM_TOKEN`` and ``HSM_PIN``.
+
+        Keyword arguments are passed on to the constructor (``max_sessions=...``).
+        """
+        missing = [n for n in ("HSM_MODULE", "HSM_TOKEN", "HSM_PIN") if not os.environ.get(n)]
+        if missing:
+            raise ValueError(
+                "SessionPool.from_env() needs the environment variables "
+                + ", ".join(missing)
+                + " (module path, token label, user PIN)"
+            )
+        return cls(
+            os.environ["HSM_MODULE"],
+            os.environ["HSM_TOKEN"],
+            os.environ["HSM_PIN"],
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+
+@contextmanager
+def hsm_session(
+    module_path: Union[str, os.PathLike[str]],
+    token_label: str,
+    pin: Union[str, bytes],
+    rw: bool = False,
+    *,
+    token_serial: Optional[str] = None,
+    slot_id: Optional[int] = None,
+) -> Iterator[Session]:
+    """Open one logged-in session for the length of a ``with`` block.
+
+    On exit the session is closed, and the token is logged out unless another pool of this
+    process still uses that token's login.
+    """
+    pool = SessionPool(
+        module_path, token_label, pin, token_serial=token_serial, slot_id=slot_id, max_sessions=1
+    )
+    try:
+        with pool.session(rw=rw) as session:
+            yield session
+    finally:
+        pool.close()

@@ -1,0 +1,151 @@
+//! The process-wide cache of loaded PKCS#11 modules: one `Pkcs11` per canonical path per
+//! process, always initialized with OS locking, re-initialized after a fork.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error as CkError, RvError};
+
+use crate::error::{Error, Kind, Result};
+use crate::log;
+use crate::token::TokenState;
+
+/// One loaded and initialized PKCS#11 module.
+pub struct Module {
+    pub ctx: Pkcs11,
+    pub path: PathBuf,
+    /// The process that initialized it; another pid means we are in a forked child.
+    pub pid: u32,
+    tokens: Mutex<HashMap<u64, Weak<TokenState>>>,
+}
+
+impl Module {
+    /// The shared login state of the token in `slot`, made on first use.
+    pub fn token_state(
+        self: &Arc<Self>,
+        slot: cryptoki::slot::Slot,
+        make: impl FnOnce() -> Result<TokenState>,
+    ) -> Result<Arc<TokenState>> {
+        let mut tokens = lock(&self.tokens);
+        if let Some(state) = tokens.get(&slot.id()).and_then(Weak::upgrade) {
+            return Ok(state);
+        }
+        let state = Arc::new(make()?);
+        tokens.insert(slot.id(), Arc::downgrade(&state));
+        Ok(state)
+    }
+}
+
+fn registry() -> &'static Mutex<HashMap<PathBuf, Arc<Module>>> {
+    static MODULES: OnceLock<Mutex<HashMap<PathBuf, Arc<Module>>>> = OnceLock::new();
+    MODULES.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// Locks a mutex, recovering from poisoning: every critical section of hsmkey leaves its data
+/// consistent before anything that can panic.
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Checks that `path` names a file, before any `dlopen`.
+pub fn check_path(path: &Path) -> Result<()> {
+    match std::fs::metadata(path) {
+        Err(e) => Err(Error::new(
+            Kind::Module,
+            format!("PKCS#11 module {} cannot be used: {e}", path.display()),
+        )),
+        Ok(meta) if meta.is_dir() => Err(Error::new(
+            Kind::Module,
+            format!(
+                "PKCS#11 module {} is a directory, not a shared library",
+                path.display()
+            ),
+        )),
+        Ok(_) => Ok(()),
+    }
+}
+
+/// The loaded module for `path`: loaded and initialized on first use in this process.
+pub fn load(path: &Path) -> Result<Arc<Module>> {
+    check_path(path)?;
+    let canonical = std::fs::canonicalize(path).map_err(|e| {
+        Error::new(
+            Kind::Module,
+            format!("PKCS#11 module {} cannot be used: {e}", path.display()),
+        )
+    })?;
+    let pid = std::process::id();
+    let mut modules = lock(registry());
+    let forked = match modules.get(&canonical) {
+        Some(m) if m.pid == pid => return Ok(m.clone()),
+        Some(_) => true,
+        None => false,
+    };
+    if forked {
+        // The parent's module state (its sessions, its login) is not ours: never drop or call
+        // into it. Leak the inherited value so that nothing of it runs in this process.
+        if let Some(old) = modules.remove(&canonical) {
+            std::mem::forget(old);
+        }
+    }
+    let module = Arc::new(open(&canonical, pid, forked)?);
+    modules.insert(canonical, module.clone());
+    Ok(module)
+}
+
+fn open(path: &Path, pid: u32, forked: bool) -> Result<Module> {
+    let ctx = Pkcs11::new(path).map_err(|e| match e {
+        CkError::LibraryLoading(err) => Error::new(
+            Kind::Module,
+            format!("cannot load {} as a PKCS#11 module: {err}", path.display()),
+        ),
+        CkError::MissingSymbol(sym) => Error::new(
+            Kind::Module,
+            format!(
+                "{} is not a PKCS#11 module: it exports no {sym}",
+                path.display()
+            ),
+        ),
+        other => Error::from_cryptoki(other, &format!("loading {}", path.display())),
+    })?;
+    let args = || CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK);
+    match ctx.initialize(args()) {
+        Ok(()) => {}
+        Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) if forked => {
+            // The child inherited the parent's initialized state: finalize it (this does not
+            // touch the parent's process) and start over with our own.
+            let _ = ctx.clone().finalize();
+            ctx.initialize(args()).map_err(|e| {
+                Error::from_cryptoki(e, &format!("re-initializing {} after fork", path.display()))
+            })?;
+            log::log(
+                log::INFO,
+                &format!("re-initialized {} in forked child", path.display()),
+            );
+        }
+        Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {
+            // Another library in this process initialized the module: share its instance.
+            log::log(
+                log::DEBUG,
+                &format!("{} was already initialized in this process", path.display()),
+            );
+        }
+        Err(e) => {
+            let mut err = Error::from_cryptoki(e, &format!("initializing {}", path.display()));
+            err.kind = Kind::Module;
+            return Err(err);
+        }
+    }
+    log::log(
+        log::DEBUG,
+        &format!("loaded PKCS#11 module {}", path.display()),
+    );
+    Ok(Module {
+        ctx,
+        path: path.to_path_buf(),
+        pid,
+        tokens: Mutex::new(HashMap::new()),
+    })
+}

@@ -1,0 +1,637 @@
+//! The session pool: lazy connection, shared login, warm LIFO sessions, bounded lending with a
+//! timeout, idle expiry, fork awareness, and the one-retry recovery of lost sessions, logins
+//! and key handles.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::object::ObjectHandle;
+use cryptoki::session::Session;
+
+use crate::error::{Error, Kind, Result};
+use crate::key::{self, KeyInfo, KeyQuery};
+use crate::log;
+use crate::module::{self, lock};
+use crate::secret::Pin;
+use crate::token::{self, is_logged_in, TokenCriteria, TokenState};
+
+/// What a pool was built with.
+pub struct PoolConfig {
+    pub module_path: PathBuf,
+    pub criteria: TokenCriteria,
+    pub pin: Pin,
+    pub max_sessions: usize,
+    pub acquire_timeout: Duration,
+    pub max_idle: Duration,
+}
+
+/// Counters reported by `stats()`.
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub created: u64,
+    pub reused: u64,
+    pub waits: u64,
+    pub timeouts: u64,
+    pub relogins: u64,
+    pub discarded: u64,
+    pub logins: u64,
+    pub recoveries: u64,
+    pub max_in_use: u64,
+}
+
+/// A snapshot for `stats()`.
+pub struct Snapshot {
+    pub stats: Stats,
+    pub in_use: usize,
+    pub idle: usize,
+    pub epoch: u64,
+}
+
+#[derive(Clone)]
+struct Conn {
+    token: Arc<TokenState>,
+    gen: u64,
+}
+
+struct Idle {
+    session: Session,
+    since: Instant,
+}
+
+struct State {
+    closed: bool,
+    pid: u32,
+    conn: Option<Conn>,
+    /// A PIN failure: raised again on every use, never retried.
+    failure: Option<Error>,
+    idle_ro: Vec<Idle>,
+    idle_rw: Vec<Idle>,
+    in_use: usize,
+    stats: Stats,
+}
+
+/// A session lent out by the pool.
+pub struct Lease {
+    session: Option<Session>,
+    pub rw: bool,
+    pub token: Arc<TokenState>,
+    gen: u64,
+    pid: u32,
+}
+
+impl Lease {
+    pub fn session(&self) -> Result<&Session> {
+        self.session
+            .as_ref()
+            .ok_or_else(|| Error::new(Kind::Session, "the session was lost"))
+    }
+}
+
+/// A private key found in the token, with its handle cached per login epoch.
+pub struct KeyEntry {
+    pub query: KeyQuery,
+    pub info: KeyInfo,
+    handle: Mutex<(u64, ObjectHandle)>,
+}
+
+/// Why an operation failed, as far as healing goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    SessionGone,
+    LoggedOut,
+    StaleHandle,
+    TokenGone,
+}
+
+static CONNECTIONS: AtomicU64 = AtomicU64::new(1);
+
+pub struct Pool {
+    pub cfg: PoolConfig,
+    state: Mutex<State>,
+    cond: Condvar,
+    connect_lock: Mutex<()>,
+    keys: Mutex<HashMap<KeyQuery, Arc<KeyEntry>>>,
+}
+
+const WAIT_SLICE: Duration = Duration::from_millis(50);
+
+impl Pool {
+    pub fn new(cfg: PoolConfig) -> Self {
+        Pool {
+            cfg,
+            state: Mutex::new(State {
+                closed: false,
+                pid: std::process::id(),
+                conn: None,
+                failure: None,
+                idle_ro: Vec::new(),
+                idle_rw: Vec::new(),
+                in_use: 0,
+                stats: Stats::default(),
+            }),
+            cond: Condvar::new(),
+            connect_lock: Mutex::new(()),
+            keys: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        self.cfg.criteria.describe()
+    }
+
+    /// In a forked child, everything the pool holds belongs to the parent: forget it without
+    /// calling into the module; the next use connects anew.
+    fn reset_after_fork(&self, st: &mut State) {
+        let pid = std::process::id();
+        if st.pid == pid {
+            return;
+        }
+        for idle in st.idle_ro.drain(..) {
+            std::mem::forget(idle.session);
+        }
+        for idle in st.idle_rw.drain(..) {
+            std::mem::forget(idle.session);
+        }
+        if let Some(conn) = st.conn.take() {
+            conn.token.forget_anchor();
+        }
+        st.in_use = 0;
+        st.pid = pid;
+        lock(&self.keys).clear();
+    }
+
+    fn current(&self, st: &mut State) -> Result<Option<Conn>> {
+        self.reset_after_fork(st);
+        if st.closed {
+            return Err(closed_error());
+        }
+        if let Some(f) = &st.failure {
+            return Err(f.clone());
+        }
+        Ok(st.conn.clone())
+    }
+
+    /// The connection, made on first use: load the module, find the token, join the login.
+    fn connection(&self) -> Result<Conn> {
+        if let Some(c) = self.current(&mut lock(&self.state))? {
+            return Ok(c);
+        }
+        let _connecting = lock(&self.connect_lock);
+        if let Some(c) = self.current(&mut lock(&self.state))? {
+            return Ok(c);
+        }
+        let result = self.connect();
+        let mut st = lock(&self.state);
+        match result {
+            Ok((token, logged_in)) => {
+                if st.closed {
+                    drop(st);
+                    token.leave();
+                    return Err(closed_error());
+                }
+                if logged_in {
+                    st.stats.logins += 1;
+                }
+                let conn = Conn {
+                    token,
+                    gen: CONNECTIONS.fetch_add(1, Ordering::Relaxed),
+                };
+                st.conn = Some(conn.clone());
+                Ok(conn)
+            }
+            Err(e) => {
+                if e.is_pin_error() {
+                    st.failure = Some(e.clone());
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn connect(&self) -> Result<(Arc<TokenState>, bool)> {
+        let module = module::load(&self.cfg.module_path)?;
+        let (slot, info) = token::find_slot(&module, &self.cfg.criteria)?;
+        let token = module.token_state(slot, || TokenState::new(module.clone(), slot, &info))?;
+        let joined = token.join(&self.cfg.pin)?;
+        Ok((token, joined.logged_in))
+    }
+
+    /// Connects and logs in now, and checks that a session can be opened.
+    pub fn check(&self) -> Result<()> {
+        let lease = self.acquire(false, &|| Ok(()))?;
+        let r = lease.session().and_then(|s| {
+            s.get_session_info()
+                .map_err(|e| Error::from_cryptoki(e, "checking the session"))
+        });
+        self.release(lease);
+        r.map(|_| ())
+    }
+
+    /// Lends a session, waiting up to `acquire_timeout` for one to be free. `interrupt` is
+    /// called about every 50 ms while waiting (to let Ctrl-C through).
+    pub fn acquire(&self, rw: bool, interrupt: &dyn Fn() -> Result<()>) -> Result<Lease> {
+        self.connection()?;
+        let mut conn: Conn;
+        let deadline = Instant::now() + self.cfg.acquire_timeout;
+        let mut waited = false;
+        let mut st = lock(&self.state);
+        loop {
+            match self.current(&mut st)? {
+                Some(c) => conn = c,
+                None => {
+                    drop(st);
+                    self.connection()?;
+                    st = lock(&self.state);
+                    continue;
+                }
+            }
+            let now = Instant::now();
+            let expired = self.take_expired(&mut st, now);
+            let idle = if rw { &mut st.idle_rw } else { &mut st.idle_ro };
+            if let Some(Idle { session, .. }) = idle.pop() {
+                st.in_use += 1;
+                st.stats.reused += 1;
+                st.stats.max_in_use = st.stats.max_in_use.max(st.in_use as u64);
+                let lease = Lease {
+                    session: Some(session),
+                    rw,
+                    token: conn.token.clone(),
+                    gen: conn.gen,
+                    pid: st.pid,
+                };
+                drop(st);
+                close_all(expired);
+                return Ok(lease);
+            }
+            if st.in_use < self.cfg.max_sessions {
+                st.in_use += 1;
+                st.stats.created += 1;
+                st.stats.max_in_use = st.stats.max_in_use.max(st.in_use as u64);
+                let pid = st.pid;
+                drop(st);
+                close_all(expired);
+                return match conn.token.open_session(rw) {
+                    Ok(session) => {
+                        log::log(
+                            log::DEBUG,
+                            &format!(
+                                "opened a {} session on {}",
+                                if rw { "read-write" } else { "read-only" },
+                                conn.token.describe()
+                            ),
+                        );
+                        Ok(Lease {
+                            session: Some(session),
+                            rw,
+                            token: conn.token.clone(),
+                            gen: conn.gen,
+                            pid,
+                        })
+                    }
+                    Err(e) => {
+                        let mut st = lock(&self.state);
+                        st.in_use = st.in_use.saturating_sub(1);
+                        st.stats.created -= 1;
+                        self.cond.notify_one();
+                        Err(e)
+                    }
+                };
+            }
+            drop(st);
+            close_all(expired);
+            st = lock(&self.state);
+            if !waited {
+                waited = true;
+                st.stats.waits += 1;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                st.stats.timeouts += 1;
+                return Err(Error::new(
+                    Kind::PoolExhausted,
+                    format!(
+                        "no session on {} became free within {:.3} s: all {} are in use; \
+                         return sessions sooner or raise max_sessions= / acquire_timeout=",
+                        conn.token.describe(),
+                        self.cfg.acquire_timeout.as_secs_f64(),
+                        self.cfg.max_sessions
+                    ),
+                ));
+            }
+            let slice = (deadline - now).min(WAIT_SLICE);
+            st = match self.cond.wait_timeout(st, slice) {
+                Ok((g, _)) => g,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+            drop(st);
+            interrupt()?;
+            st = lock(&self.state);
+        }
+    }
+
+    fn take_expired(&self, st: &mut State, now: Instant) -> Vec<Session> {
+        let mut out = Vec::new();
+        let State {
+            idle_ro, idle_rw, ..
+        } = st;
+        for idle in [idle_ro, idle_rw] {
+            // LIFO: the oldest sessions are at the front.
+            let n = idle
+                .iter()
+                .take_while(|i| now.duration_since(i.since) > self.cfg.max_idle)
+                .count();
+            out.extend(idle.drain(..n).map(|i| i.session));
+        }
+        out
+    }
+
+    /// Returns a lease. Sessions of a closed pool are closed; the last one returned to a
+    /// closed pool releases its share of the login.
+    pub fn release(&self, mut lease: Lease) {
+        let session = lease.session.take();
+        let mut st = lock(&self.state);
+        let pid = std::process::id();
+        if lease.pid != pid || st.pid != pid {
+            // Inherited from the parent process: not ours to close or reuse.
+            std::mem::forget(session);
+            return;
+        }
+        st.in_use = st.in_use.saturating_sub(1);
+        let current = st.conn.as_ref().map(|c| c.gen) == Some(lease.gen);
+        let mut close = None;
+        if let Some(s) = session {
+            if st.closed || !current {
+                close = Some(s);
+            } else {
+                let idle = if lease.rw {
+                    &mut st.idle_rw
+                } else {
+                    &mut st.idle_ro
+                };
+                idle.push(Idle {
+                    session: s,
+                    since: Instant::now(),
+                });
+            }
+        }
+        let finish = if st.closed && st.in_use == 0 {
+            st.conn.take()
+        } else {
+            None
+        };
+        self.cond.notify_one();
+        drop(st);
+        if let Some(s) = close {
+            let _ = s.close();
+        }
+        if let Some(conn) = finish {
+            conn.token.leave();
+        }
+    }
+
+    /// Closes idle sessions and releases this pool's share of the login (at once, or when
+    /// the last lent session comes back).
+    pub fn close(&self) {
+        let mut st = lock(&self.state);
+        self.reset_after_fork(&mut st);
+        if st.closed {
+            return;
+        }
+        st.closed = true;
+        let State {
+            idle_ro, idle_rw, ..
+        } = &mut *st;
+        let idle: Vec<Session> = idle_ro
+            .drain(..)
+            .chain(idle_rw.drain(..))
+            .map(|i| i.session)
+            .collect();
+        let finish = if st.in_use == 0 { st.conn.take() } else { None };
+        self.cond.notify_all();
+        drop(st);
+        lock(&self.keys).clear();
+        close_all(idle);
+        if let Some(conn) = finish {
+            conn.token.leave();
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        lock(&self.state).closed
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let mut st = lock(&self.state);
+        self.reset_after_fork(&mut st);
+        Snapshot {
+            stats: st.stats.clone(),
+            in_use: st.in_use,
+            idle: st.idle_ro.len() + st.idle_rw.len(),
+            epoch: st.conn.as_ref().map(|c| c.token.epoch()).unwrap_or(0),
+        }
+    }
+
+    /// Runs `op` on the lease's session; if it fails because the session, the login or the
+    /// key handle was lost, heals that once and runs it once more. `op` gets `refind = true`
+    /// on the retry after a stale key handle.
+    pub fn run<T>(
+        &self,
+        lease: &mut Lease,
+        mut op: impl FnMut(&Session, &TokenState, bool) -> Result<T>,
+    ) -> Result<T> {
+        let seen_epoch = lease.token.epoch();
+        let err = match op(lease.session()?, &lease.token, false) {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        let Some(fault) = diagnose(lease, &err) else {
+            return Err(err);
+        };
+        self.heal(lease, fault, seen_epoch, &err)?;
+        lock(&self.state).stats.recoveries += 1;
+        op(lease.session()?, &lease.token, fault == Fault::StaleHandle)
+    }
+
+    fn heal(&self, lease: &mut Lease, fault: Fault, seen_epoch: u64, err: &Error) -> Result<()> {
+        let what = err.rv_name().unwrap_or_else(|| err.message.clone());
+        match fault {
+            Fault::StaleHandle => {
+                log::log(
+                    log::INFO,
+                    &format!("key handle no longer valid ({what}); finding the key again"),
+                );
+                Ok(())
+            }
+            Fault::LoggedOut => {
+                log::log(
+                    log::WARNING,
+                    &format!(
+                        "login to {} was lost ({what}); logging in again",
+                        lease.token.describe()
+                    ),
+                );
+                self.relogin(lease, seen_epoch)
+            }
+            Fault::SessionGone | Fault::TokenGone => {
+                log::log(
+                    log::WARNING,
+                    &format!(
+                        "session on {} was lost ({what}); discarding it and retrying on a \
+                         fresh one",
+                        lease.token.describe()
+                    ),
+                );
+                if let Some(dead) = lease.session.take() {
+                    std::mem::forget(dead);
+                }
+                let purged = self.purge_dead_idle(fault == Fault::TokenGone);
+                lock(&self.state).stats.discarded += 1 + purged;
+                let fresh = lease.token.open_session(lease.rw)?;
+                let logged_in = fresh
+                    .get_session_info()
+                    .map(|i| is_logged_in(i.session_state()))
+                    .unwrap_or(false);
+                lease.session = Some(fresh);
+                if logged_in {
+                    Ok(())
+                } else {
+                    self.relogin(lease, seen_epoch)
+                }
+            }
+        }
+    }
+
+    fn relogin(&self, lease: &Lease, seen_epoch: u64) -> Result<()> {
+        match lease.token.relogin(&self.cfg.pin, seen_epoch) {
+            Ok(did) => {
+                if did {
+                    lock(&self.state).stats.relogins += 1;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                if e.is_pin_error() {
+                    lock(&self.state).failure = Some(e.clone());
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Drops idle sessions that the token no longer knows (all of them if `all`), without
+    /// closing their handles (a stale handle number may already name someone else's session).
+    fn purge_dead_idle(&self, all: bool) -> u64 {
+        let mut st = lock(&self.state);
+        let mut purged = 0;
+        let State {
+            idle_ro, idle_rw, ..
+        } = &mut *st;
+        for idle in [idle_ro, idle_rw] {
+            let mut keep = Vec::with_capacity(idle.len());
+            for i in idle.drain(..) {
+                if !all && i.session.get_session_info().is_ok() {
+                    keep.push(i);
+                } else {
+                    std::mem::forget(i.session);
+                    purged += 1;
+                }
+            }
+            *idle = keep;
+        }
+        purged
+    }
+
+    /// The key entry for `query`: from the cache when found in this login epoch, else found
+    /// (and its public half read) through `lease`.
+    pub fn find_key(&self, lease: &mut Lease, query: &KeyQuery) -> Result<Arc<KeyEntry>> {
+        if let Some(entry) = lock(&self.keys).get(query) {
+            if lock(&entry.handle).0 == lease.token.epoch() {
+                return Ok(entry.clone());
+            }
+        }
+        let entry = self.run(lease, |session, token, _| {
+            let epoch = token.epoch();
+            let handle = key::find_private_key(session, query, &token.describe())?;
+            let info = key::read_info(session, handle, query)?;
+            Ok(Arc::new(KeyEntry {
+                query: query.clone(),
+                info,
+                handle: Mutex::new((epoch, handle)),
+            }))
+        })?;
+        lock(&self.keys).insert(query.clone(), entry.clone());
+        Ok(entry)
+    }
+
+    /// The key's handle in the current epoch (found again after a re-login or when `refind`).
+    pub fn key_handle(
+        &self,
+        session: &Session,
+        token: &TokenState,
+        entry: &KeyEntry,
+        refind: bool,
+    ) -> Result<ObjectHandle> {
+        let epoch = token.epoch();
+        {
+            let cached = lock(&entry.handle);
+            if !refind && cached.0 == epoch {
+                return Ok(cached.1);
+            }
+        }
+        let handle = key::find_private_key(session, &entry.query, &token.describe())?;
+        *lock(&entry.handle) = (epoch, handle);
+        Ok(handle)
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn closed_error() -> Error {
+    Error::new(
+        Kind::PoolClosed,
+        "the pool is closed; create a new SessionPool",
+    )
+}
+
+fn close_all(sessions: Vec<Session>) {
+    for s in sessions {
+        let _ = s.close();
+    }
+}
+
+/// What broke, judged by the session itself (tokens answer the same fault with different
+/// codes, so the return code alone cannot tell).
+fn diagnose(lease: &Lease, err: &Error) -> Option<Fault> {
+    if err.is_pin_error() || (err.rv.is_none() && err.kind != Kind::KeyNotFound) {
+        return None;
+    }
+    let Some(session) = lease.session.as_ref() else {
+        return Some(Fault::SessionGone);
+    };
+    match session.get_session_info() {
+        Err(CkError::Pkcs11(RvError::DeviceRemoved | RvError::TokenNotPresent, _)) => {
+            Some(Fault::TokenGone)
+        }
+        Err(_) => Some(Fault::SessionGone),
+        Ok(info) if !is_logged_in(info.session_state()) => Some(Fault::LoggedOut),
+        Ok(_) => match err.rv {
+            Some(RvError::ObjectHandleInvalid | RvError::KeyHandleInvalid) => {
+                Some(Fault::StaleHandle)
+            }
+            Some(RvError::SessionHandleInvalid | RvError::SessionClosed) => {
+                Some(Fault::SessionGone)
+            }
+            Some(RvError::DeviceRemoved | RvError::TokenNotPresent) => Some(Fault::TokenGone),
+            Some(RvError::UserNotLoggedIn) => Some(Fault::LoggedOut),
+            _ => None,
+        },
+    }
+}

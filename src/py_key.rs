@@ -1,0 +1,219 @@
+//! `Key`: a private key in the token; every operation runs without the GIL, with one
+//! released section per call.
+
+use std::sync::Arc;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList};
+
+use crate::error::{Error, Result};
+use crate::key;
+use crate::mechanism::{check_scheme_key, HashAlg, JoseAlg, Scheme};
+use crate::pool::{KeyEntry, Lease, Pool};
+use crate::py_session::SessionSlot;
+use crate::py_util::detach_interruptible;
+
+/// Where a key gets its session from.
+pub enum Binding {
+    /// The session it was loaded from: valid while that session is open.
+    Session(Arc<SessionSlot>),
+    /// The pool: each operation borrows a session.
+    Pool,
+}
+
+/// A private key object in the token (found by label and/or id). Its public half is read
+/// once; private operations run in the token.
+#[pyclass(name = "Key", module = "hsmkey._hsmkey", frozen)]
+pub struct PyKey {
+    pool: Arc<Pool>,
+    binding: Binding,
+    entry: Arc<KeyEntry>,
+}
+
+impl PyKey {
+    pub fn new(pool: Arc<Pool>, binding: Binding, entry: Arc<KeyEntry>) -> Self {
+        PyKey {
+            pool,
+            binding,
+            entry,
+        }
+    }
+
+    /// Runs `op` for each input on a session (the key's own, or one borrowed from the pool
+    /// for the whole batch), with recovery, in one GIL-free section.
+    fn sign_all(&self, py: Python<'_>, scheme: Scheme, inputs: &[&[u8]]) -> PyResult<Vec<Vec<u8>>> {
+        let pool = &self.pool;
+        let entry = &self.entry;
+        let sign_in = |lease: &mut Lease| -> Result<Vec<Vec<u8>>> {
+            let mut out = Vec::with_capacity(inputs.len());
+            for data in inputs {
+                let sig = pool.run(lease, |session, token, refind| {
+                    let handle = pool.key_handle(session, token, entry, refind)?;
+                    key::sign(session, handle, &scheme, &entry.info, token, data)
+                })?;
+                out.push(sig);
+            }
+            Ok(out)
+        };
+        match &self.binding {
+            Binding::Session(slot) => Ok(py.detach(|| slot.with_lease(sign_in))?),
+            Binding::Pool => detach_interruptible(py, |interrupt| {
+                let mut lease = pool.acquire(false, interrupt)?;
+                let r = sign_in(&mut lease);
+                pool.release(lease);
+                r
+            }),
+        }
+    }
+
+    fn jose(&self, alg: &str) -> Result<Scheme> {
+        let alg = JoseAlg::parse(alg)?;
+        let info = &self.entry.info;
+        alg.check_key(info.kind, info.curve, &info.describe())?;
+        Ok(alg.scheme)
+    }
+}
+
+#[pymethods]
+impl PyKey {
+    /// CKA_LABEL, if the key has one.
+    #[getter]
+    fn label(&self) -> Option<String> {
+        self.entry.info.label.clone()
+    }
+
+    /// CKA_ID (may be empty).
+    #[getter]
+    fn id<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.entry.info.id)
+    }
+
+    /// ``"RSA"``, ``"EC"`` or ``"EC_EDWARDS"``.
+    #[getter]
+    fn key_type(&self) -> &'static str {
+        self.entry.info.kind.name()
+    }
+
+    /// The curve name, or None for RSA.
+    #[getter]
+    fn curve(&self) -> Option<&'static str> {
+        self.entry.info.curve.map(|c| c.name())
+    }
+
+    /// Bits of the modulus (RSA) or of the curve.
+    #[getter]
+    fn key_size(&self) -> usize {
+        self.entry.info.bits
+    }
+
+    /// The RSA modulus, big-endian.
+    #[getter]
+    fn modulus<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyBytes>> {
+        self.entry
+            .info
+            .modulus
+            .as_ref()
+            .map(|m| PyBytes::new(py, m))
+    }
+
+    /// The RSA public exponent, big-endian.
+    #[getter]
+    fn public_exponent<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyBytes>> {
+        self.entry
+            .info
+            .public_exponent
+            .as_ref()
+            .map(|e| PyBytes::new(py, e))
+    }
+
+    /// The EC public point (uncompressed) or the raw Edwards public key.
+    #[getter]
+    fn ec_point<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyBytes>> {
+        self.entry
+            .info
+            .ec_point
+            .as_ref()
+            .map(|p| PyBytes::new(py, p))
+    }
+
+    /// Signs ``data`` for a JOSE algorithm; returns the JOSE signature (r||s for ECDSA).
+    fn sign<'py>(&self, py: Python<'py>, alg: &str, data: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
+        let scheme = self.jose(alg)?;
+        let mut sigs = self.sign_all(py, scheme, &[data])?;
+        let sig = sigs.pop().unwrap_or_default();
+        Ok(PyBytes::new(py, &sig))
+    }
+
+    /// Signs many payloads in one GIL-free section (one session for the whole batch).
+    fn sign_many<'py>(
+        &self,
+        py: Python<'py>,
+        alg: &str,
+        payloads: Vec<Vec<u8>>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let scheme = self.jose(alg)?;
+        let inputs: Vec<&[u8]> = payloads.iter().map(|p| p.as_slice()).collect();
+        let sigs = self.sign_all(py, scheme, &inputs)?;
+        PyList::new(py, sigs.iter().map(|s| PyBytes::new(py, s)))
+    }
+
+    /// The low-level signer behind the cryptography key interface.
+    #[pyo3(signature = (mechanism, data, *, hash=None, prehashed=false, salt_length=None))]
+    fn sign_raw<'py>(
+        &self,
+        py: Python<'py>,
+        mechanism: &str,
+        data: &[u8],
+        hash: Option<&str>,
+        prehashed: bool,
+        salt_length: Option<usize>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let need_hash = || -> Result<HashAlg> {
+            HashAlg::parse(
+                hash.ok_or_else(|| Error::value(format!("{mechanism} signatures need hash=")))?,
+            )
+        };
+        let scheme = match mechanism {
+            "RSA_PKCS" => Scheme::RsaPkcs {
+                hash: need_hash()?,
+                prehashed,
+            },
+            "RSA_PSS" => {
+                let hash = need_hash()?;
+                Scheme::RsaPss {
+                    hash,
+                    salt: salt_length.unwrap_or(hash.len()),
+                    prehashed,
+                }
+            }
+            "ECDSA" => Scheme::Ecdsa {
+                hash: need_hash()?,
+                prehashed,
+            },
+            "EDDSA" => Scheme::EdDsa,
+            other => {
+                return Err(Error::mechanism(format!(
+                    "unknown signature mechanism {other:?} (RSA_PKCS, RSA_PSS, ECDSA or EDDSA)"
+                ))
+                .into())
+            }
+        };
+        check_scheme_key(&scheme, self.entry.info.kind, &self.entry.info.describe())?;
+        let mut sigs = self.sign_all(py, scheme, &[data])?;
+        Ok(PyBytes::new(py, &sigs.pop().unwrap_or_default()))
+    }
+
+    fn __repr__(&self) -> String {
+        let info = &self.entry.info;
+        let what = match info.curve {
+            Some(c) => format!("{} {}", info.kind.name(), c.name()),
+            None => format!("{} {}", info.kind.name(), info.bits),
+        };
+        format!(
+            "<Key label={:?} id={} {}>",
+            info.label.as_deref().unwrap_or(""),
+            crate::mechanism::hex(&info.id),
+            what
+        )
+    }
+}

@@ -1,0 +1,322 @@
+//! `Pool`: the Python face of the session pool (``hsmkey.SessionPool`` subclasses it).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyString, PyType};
+
+use crate::error::{Error, Kind};
+use crate::module::check_path;
+use crate::pool::{Pool, PoolConfig};
+use crate::py_key::{Binding, PyKey};
+use crate::py_session::{open_now, PySession};
+use crate::py_util::{detach_interruptible, key_query, type_name};
+use crate::secret::Pin;
+use crate::token::TokenCriteria;
+
+/// Sessions a pool lends at once when ``max_sessions`` is not given.
+pub const DEFAULT_MAX_SESSIONS: usize = 64;
+
+/// A lazy pool of logged-in sessions on one token. The constructor checks its arguments and
+/// makes no PKCS#11 call; the first use loads the module, finds the token and logs in.
+#[pyclass(name = "Pool", module = "hsmkey._hsmkey", subclass, frozen)]
+pub struct PyPool {
+    pool: Arc<Pool>,
+    module_path: String,
+}
+
+fn value_error(msg: String) -> PyErr {
+    Error::new(Kind::Value, msg).into()
+}
+
+fn seconds(name: &str, value: f64, allow_zero: bool) -> PyResult<Duration> {
+    if value.is_nan() || value < 0.0 || (!allow_zero && value == 0.0) {
+        return Err(value_error(format!(
+            "{name} must be a {} number of seconds, not {value}",
+            if allow_zero {
+                "non-negative"
+            } else {
+                "positive"
+            }
+        )));
+    }
+    // Past a century means "never".
+    Ok(Duration::try_from_secs_f64(value.min(3.2e9)).unwrap_or(Duration::from_secs(3_200_000_000)))
+}
+
+fn text_arg(name: &str, value: Option<&Bound<'_, PyAny>>) -> PyResult<Option<String>> {
+    match value {
+        None => Ok(None),
+        Some(v) if v.is_none() => Ok(None),
+        Some(v) => {
+            let s = v.cast::<PyString>().map_err(|_| {
+                PyErr::from(Error::new(
+                    Kind::Type,
+                    format!("{name} must be a str, not {}", type_name(v)),
+                ))
+            })?;
+            let s = s.to_cow()?.into_owned();
+            if s.contains('\0') {
+                return Err(value_error(format!(
+                    "{name} must not contain NUL characters"
+                )));
+            }
+            Ok(Some(s))
+        }
+    }
+}
+
+#[pymethods]
+impl PyPool {
+    #[new]
+    #[pyo3(signature = (
+        module_path,
+        token_label=None,
+        user_pin=None,
+        *,
+        token_serial=None,
+        slot_id=None,
+        max_sessions=None,
+        acquire_timeout=30.0,
+        max_idle=300.0,
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        module_path: &Bound<'_, PyAny>,
+        token_label: Option<&Bound<'_, PyAny>>,
+        user_pin: Option<&Bound<'_, PyAny>>,
+        token_serial: Option<&Bound<'_, PyAny>>,
+        slot_id: Option<&Bound<'_, PyAny>>,
+        max_sessions: Option<&Bound<'_, PyAny>>,
+        acquire_timeout: f64,
+        max_idle: Option<f64>,
+    ) -> PyResult<Self> {
+        let path: PathBuf = module_path.extract().map_err(|_| {
+            PyErr::from(Error::new(
+                Kind::Type,
+                format!(
+                    "module_path must be a str or os.PathLike, not {}",
+                    type_name(module_path)
+                ),
+            ))
+        })?;
+        if path.as_os_str().is_empty() {
+            return Err(value_error("module_path is empty".into()));
+        }
+        if path.to_string_lossy().contains('\0') {
+            return Err(value_error(
+                "module_path must not contain NUL characters".into(),
+            ));
+        }
+        check_path(&path)?;
+        let label = text_arg("token_label", token_label)?;
+        let serial = text_arg("token_serial", token_serial)?;
+        let slot_id = match slot_id {
+            None => None,
+            Some(v) if v.is_none() => None,
+            Some(v) => {
+                let id: i128 = v.extract().map_err(|_| {
+                    PyErr::from(Error::new(
+                        Kind::Type,
+                        format!("slot_id must be an int, not {}", type_name(v)),
+                    ))
+                })?;
+                Some(u64::try_from(id).map_err(|_| {
+                    value_error(format!("slot_id must be between 0 and 2**64-1, not {id}"))
+                })?)
+            }
+        };
+        if label.is_none() && serial.is_none() && slot_id.is_none() {
+            return Err(value_error(
+                "name the token: give token_label=, token_serial= or slot_id=".into(),
+            ));
+        }
+        let pin = match user_pin {
+            Some(p) if !p.is_none() => {
+                if let Ok(s) = p.cast::<PyString>() {
+                    Pin::new(s.to_cow()?.as_bytes().to_vec())
+                } else if let Ok(b) = p.cast::<PyBytes>() {
+                    Pin::new(b.as_bytes().to_vec())
+                } else {
+                    return Err(Error::new(
+                        Kind::Type,
+                        format!("user_pin must be a str or bytes, not {}", type_name(p)),
+                    )
+                    .into());
+                }
+            }
+            _ => {
+                return Err(Error::new(
+                    Kind::Type,
+                    "user_pin is required (a str or bytes); with SessionPool.from_env() set \
+                     HSM_PIN",
+                )
+                .into())
+            }
+        };
+        let max_sessions = match max_sessions {
+            None => DEFAULT_MAX_SESSIONS,
+            Some(v) if v.is_none() => DEFAULT_MAX_SESSIONS,
+            Some(v) => {
+                if v.cast::<pyo3::types::PyBool>().is_ok() {
+                    return Err(
+                        Error::new(Kind::Type, "max_sessions must be an int, not bool").into(),
+                    );
+                }
+                let n: i128 = v.extract().map_err(|_| {
+                    PyErr::from(Error::new(
+                        Kind::Type,
+                        format!("max_sessions must be an int, not {}", type_name(v)),
+                    ))
+                })?;
+                if !(1..=1_000_000).contains(&n) {
+                    return Err(value_error(format!(
+                        "max_sessions must be between 1 and 1000000, not {n}"
+                    )));
+                }
+                n as usize
+            }
+        };
+        let acquire_timeout = seconds("acquire_timeout", acquire_timeout, true)?;
+        let max_idle = match max_idle {
+            None => Duration::from_secs(3_200_000_000),
+            Some(v) => seconds("max_idle", v, false)?,
+        };
+        Ok(PyPool {
+            pool: Arc::new(Pool::new(PoolConfig {
+                module_path: path.clone(),
+                criteria: TokenCriteria {
+                    label,
+                    serial,
+                    slot_id,
+                },
+                pin,
+                max_sessions,
+                acquire_timeout,
+                max_idle,
+            })),
+            module_path: path.to_string_lossy().into_owned(),
+        })
+    }
+
+    /// The PKCS#11 module path as given.
+    #[getter]
+    fn module_path(&self) -> &str {
+        &self.module_path
+    }
+
+    /// The token label searched for.
+    #[getter]
+    fn token_label(&self) -> Option<String> {
+        self.pool.cfg.criteria.label.clone()
+    }
+
+    /// The most sessions lent out at once.
+    #[getter]
+    fn max_sessions(&self) -> usize {
+        self.pool.cfg.max_sessions
+    }
+
+    /// True once `close()` was called.
+    #[getter]
+    fn closed(&self) -> bool {
+        self.pool.is_closed()
+    }
+
+    /// A context manager that borrows a warm session on entry and returns it on exit.
+    #[pyo3(signature = (rw=false))]
+    fn session(&self, rw: bool) -> PySession {
+        PySession::new(self.pool.clone(), rw, None)
+    }
+
+    /// Borrows a session now; return it with ``session.close()``.
+    #[pyo3(signature = (rw=false))]
+    fn open_session(&self, py: Python<'_>, rw: bool) -> PyResult<PySession> {
+        open_now(py, self.pool.clone(), rw)
+    }
+
+    /// Connects and logs in now, raising what the first block would raise.
+    fn check(&self, py: Python<'_>) -> PyResult<()> {
+        let pool = self.pool.clone();
+        py.detach(move || pool.check())?;
+        Ok(())
+    }
+
+    /// A pool-bound private key: every operation borrows a session from the pool, so the key
+    /// can be kept and used from any thread.
+    #[pyo3(signature = (*, key_label=None, key_id=None))]
+    fn find_key(
+        &self,
+        py: Python<'_>,
+        key_label: Option<&Bound<'_, PyAny>>,
+        key_id: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<PyKey> {
+        let query = key_query(key_label, key_id)?;
+        let pool = self.pool.clone();
+        let entry = detach_interruptible(py, move |interrupt| {
+            let mut lease = pool.acquire(false, interrupt)?;
+            let r = pool.find_key(&mut lease, &query);
+            pool.release(lease);
+            r
+        })?;
+        Ok(PyKey::new(self.pool.clone(), Binding::Pool, entry))
+    }
+
+    /// Counters: in_use, idle, created, reused, waits, timeouts, relogins, discarded,
+    /// recoveries, logins, max_in_use, epoch.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let snap = self.pool.snapshot();
+        let d = PyDict::new(py);
+        d.set_item("in_use", snap.in_use)?;
+        d.set_item("idle", snap.idle)?;
+        d.set_item("created", snap.stats.created)?;
+        d.set_item("reused", snap.stats.reused)?;
+        d.set_item("waits", snap.stats.waits)?;
+        d.set_item("timeouts", snap.stats.timeouts)?;
+        d.set_item("relogins", snap.stats.relogins)?;
+        d.set_item("discarded", snap.stats.discarded)?;
+        d.set_item("recoveries", snap.stats.recoveries)?;
+        d.set_item("logins", snap.stats.logins)?;
+        d.set_item("max_in_use", snap.stats.max_in_use)?;
+        d.set_item("epoch", snap.epoch)?;
+        Ok(d)
+    }
+
+    /// Closes idle sessions and releases this pool's share of the token login.
+    fn close(&self, py: Python<'_>) {
+        let pool = self.pool.clone();
+        py.detach(move || pool.close());
+    }
+
+    fn __enter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
+        slf
+    }
+
+    #[pyo3(signature = (_exc_type=None, _exc=None, _tb=None))]
+    fn __exit__(
+        &self,
+        py: Python<'_>,
+        _exc_type: Option<&Bound<'_, PyType>>,
+        _exc: Option<&Bound<'_, PyAny>>,
+        _tb: Option<&Bound<'_, PyAny>>,
+    ) {
+        self.close(py);
+    }
+
+    fn __repr__(slf: &Bound<'_, Self>) -> String {
+        let me = slf.get();
+        let name = slf
+            .get_type()
+            .name()
+            .map(|n| n.to_string())
+            .unwrap_or_else(|_| "Pool".into());
+        format!(
+            "<{name} module={:?} {}{}>",
+            me.module_path,
+            me.pool.describe(),
+            if me.pool.is_closed() { " closed" } else { "" }
+        )
+    }
+}

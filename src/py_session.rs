@@ -1,0 +1,182 @@
+//! `Session`: a session borrowed from a pool, as a context manager.
+
+use std::sync::{Arc, Mutex};
+
+use pyo3::prelude::*;
+use pyo3::types::PyType;
+
+use crate::error::{Error, Kind, Result};
+use crate::key::KeyQuery;
+use crate::module::lock;
+use crate::pool::{Lease, Pool};
+use crate::py_key::{Binding, PyKey};
+use crate::py_util::{detach_interruptible, key_query};
+
+/// The lease behind a `Session` object, shared with the keys loaded from it.
+pub struct SessionSlot {
+    pub pool: Arc<Pool>,
+    pub state: Mutex<SlotState>,
+}
+
+pub struct SlotState {
+    pub lease: Option<Lease>,
+    pub closed: bool,
+}
+
+impl SessionSlot {
+    /// Runs `f` on the lease, holding the session's lock (one thread at a time).
+    pub fn with_lease<T>(&self, f: impl FnOnce(&mut Lease) -> Result<T>) -> Result<T> {
+        let mut st = lock(&self.state);
+        let closed = st.closed;
+        match st.lease.as_mut() {
+            Some(lease) => f(lease),
+            None if closed => Err(Error::new(
+                Kind::PoolClosed,
+                "the session is closed: load keys inside the `with pool.session()` block that \
+                 uses them, or load a pool-bound key with HSMJWK.from_hsm(pool, ...)",
+            )),
+            None => Err(Error::new(
+                Kind::Session,
+                "the session is not open yet: use it inside `with pool.session() as session:`",
+            )),
+        }
+    }
+
+    fn close(&self) {
+        let lease = {
+            let mut st = lock(&self.state);
+            st.closed = true;
+            st.lease.take()
+        };
+        if let Some(lease) = lease {
+            self.pool.release(lease);
+        }
+    }
+}
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// A PKCS#11 session lent by a pool. Use it as a context manager (``with pool.session() as
+/// session:``); keys loaded from it are valid until the block ends.
+#[pyclass(name = "Session", module = "hsmkey._hsmkey", frozen)]
+pub struct PySession {
+    pub slot: Arc<SessionSlot>,
+    rw: bool,
+}
+
+impl PySession {
+    pub fn new(pool: Arc<Pool>, rw: bool, lease: Option<Lease>) -> Self {
+        PySession {
+            slot: Arc::new(SessionSlot {
+                pool,
+                state: Mutex::new(SlotState {
+                    lease,
+                    closed: false,
+                }),
+            }),
+            rw,
+        }
+    }
+
+    fn open(&self, py: Python<'_>) -> PyResult<()> {
+        let slot = self.slot.clone();
+        let rw = self.rw;
+        detach_interruptible(py, move |interrupt| {
+            let mut st = lock(&slot.state);
+            if st.closed {
+                return Err(Error::new(
+                    Kind::PoolClosed,
+                    "this session was closed; call pool.session() again for a new one",
+                ));
+            }
+            if st.lease.is_none() {
+                st.lease = Some(slot.pool.acquire(rw, interrupt)?);
+            }
+            Ok(())
+        })
+    }
+}
+
+#[pymethods]
+impl PySession {
+    /// True for a read-write session.
+    #[getter]
+    fn rw(&self) -> bool {
+        self.rw
+    }
+
+    /// True once the session went back to its pool.
+    #[getter]
+    fn closed(&self) -> bool {
+        lock(&self.slot.state).closed
+    }
+
+    /// A private key, valid while this session is open.
+    #[pyo3(signature = (*, key_label=None, key_id=None))]
+    fn find_key(
+        &self,
+        py: Python<'_>,
+        key_label: Option<&Bound<'_, PyAny>>,
+        key_id: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<PyKey> {
+        let query: KeyQuery = key_query(key_label, key_id)?;
+        let slot = self.slot.clone();
+        let entry =
+            py.detach(move || slot.with_lease(|lease| slot.pool.find_key(lease, &query)))?;
+        Ok(PyKey::new(
+            self.slot.pool.clone(),
+            Binding::Session(self.slot.clone()),
+            entry,
+        ))
+    }
+
+    /// Returns the session to its pool. Calling it again does nothing.
+    fn close(&self, py: Python<'_>) {
+        let slot = self.slot.clone();
+        py.detach(move || slot.close());
+    }
+
+    fn __enter__(slf: Bound<'_, Self>) -> PyResult<Bound<'_, Self>> {
+        slf.get().open(slf.py())?;
+        Ok(slf)
+    }
+
+    #[pyo3(signature = (_exc_type=None, _exc=None, _tb=None))]
+    fn __exit__(
+        &self,
+        py: Python<'_>,
+        _exc_type: Option<&Bound<'_, PyType>>,
+        _exc: Option<&Bound<'_, PyAny>>,
+        _tb: Option<&Bound<'_, PyAny>>,
+    ) {
+        self.close(py);
+    }
+
+    fn __repr__(&self) -> String {
+        let st = lock(&self.slot.state);
+        let state = if st.closed {
+            "closed"
+        } else if st.lease.is_some() {
+            "open"
+        } else {
+            "not entered"
+        };
+        format!(
+            "<Session {} on {} {}>",
+            if self.rw { "rw" } else { "ro" },
+            self.slot.pool.describe(),
+            state
+        )
+    }
+}
+
+/// Opens a session now (the long-lived form).
+pub fn open_now(py: Python<'_>, pool: Arc<Pool>, rw: bool) -> PyResult<PySession> {
+    let session = PySession::new(pool, rw, None);
+    session.open(py)?;
+    Ok(session)
+}
