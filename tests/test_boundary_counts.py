@@ -1,0 +1,81 @@
+"""PKCS#11 calls counted at the boundary through pkcs11-spy, in fresh processes."""
+
+from __future__ import annotations
+
+from helpers import Spy
+
+SIGN_FROM_THREADS = """
+import os, threading
+from hsmkey import SessionPool
+
+pool = SessionPool(os.environ["HSM_MODULE"], os.environ["HSM_TOKEN"], os.environ["HSM_PIN"])
+key = pool.find_key(key_label="ec-key")
+rsa = pool.find_key(key_label="rsa-key")
+
+def work():
+    for i in range(25):
+        key.sign("ES256", b"payload %d" % i)
+        with pool.session() as s:
+            s.find_key(key_label="rsa-key").sign("RS256", b"x")
+
+threads = [threading.Thread(target=work) for _ in range(4)]
+for t in threads: t.start()
+for t in threads: t.join()
+stats = pool.stats()
+assert stats["logins"] == 1, stats
+print("MAX_IN_USE", stats["max_in_use"], "CREATED", stats["created"])
+pool.close()
+"""
+
+
+def test_one_login_and_no_key_search_per_signature(spy: Spy) -> None:
+    run = spy(SIGN_FROM_THREADS)
+    # 200 signatures (100 ES256 with a pool-bound key, 100 RS256 in short blocks), 4 threads.
+    assert run.calls["C_Sign"] >= 200
+    assert run.calls["C_SignInit"] == 200
+    assert run.calls["C_Login"] == 1
+    assert run.calls["C_Logout"] == 1
+    # Two keys found once each (EC also looks up its public-key object): no search per
+    # signature, nor per `with pool.session()` block.
+    assert run.calls["C_FindObjectsInit"] <= 3, run.calls
+    created = int(run.stdout.split("CREATED")[1])
+    # One anchor session holds the login; the rest are the pool's.
+    assert run.calls["C_OpenSession"] == created + 1
+    assert run.calls["C_CloseSession"] == run.calls["C_OpenSession"]
+    assert run.calls["C_Initialize"] == 1
+
+
+def test_every_session_is_closed_at_close(spy: Spy) -> None:
+    run = spy(
+        """
+        import os
+        from hsmkey import SessionPool
+        pool = SessionPool(os.environ["HSM_MODULE"], os.environ["HSM_TOKEN"],
+                           os.environ["HSM_PIN"])
+        with pool.session() as a, pool.session() as b, pool.session(rw=True) as c:
+            pass
+        pool.close()
+        """
+    )
+    assert run.calls["C_OpenSession"] == 4
+    assert run.calls["C_CloseSession"] == 4
+    assert run.calls["C_Logout"] == 1
+
+
+def test_garbage_collected_pool_closes_its_sessions(spy: Spy) -> None:
+    run = spy(
+        """
+        import os, gc
+        from hsmkey import SessionPool
+        pool = SessionPool(os.environ["HSM_MODULE"], os.environ["HSM_TOKEN"],
+                           os.environ["HSM_PIN"])
+        with pool.session(), pool.session():
+            pass
+        del pool
+        gc.collect()
+        print("DONE")
+        """
+    )
+    assert run.calls["C_OpenSession"] == 3
+    assert run.calls["C_CloseSession"] == 3
+    assert run.calls["C_Logout"] == 1
