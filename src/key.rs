@@ -37,7 +37,7 @@ impl KeyQuery {
         parts.join(" and ")
     }
 
-    fn template(&self, class: ObjectClass) -> Vec<Attribute> {
+    pub fn template(&self, class: ObjectClass) -> Vec<Attribute> {
         let mut t = vec![Attribute::Class(class)];
         if let Some(l) = &self.label {
             t.push(Attribute::Label(l.as_bytes().to_vec()));

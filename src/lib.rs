@@ -4,6 +4,7 @@
 
 mod error;
 mod key;
+mod keygen;
 mod log;
 mod mechanism;
 mod module;

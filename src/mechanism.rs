@@ -190,6 +190,35 @@ impl Curve {
         matches!(self, Curve::Ed25519 | Curve::Ed448)
     }
 
+    /// `CKA_EC_PARAMS` for key generation: the DER OID of the curve.
+    pub fn ec_params(self) -> &'static [u8] {
+        match self {
+            Curve::P256 => &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07],
+            Curve::P384 => &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22],
+            Curve::P521 => &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x23],
+            Curve::Secp256k1 => &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x0a],
+            Curve::Ed25519 => &[0x06, 0x03, 0x2b, 0x65, 0x70],
+            Curve::Ed448 => &[0x06, 0x03, 0x2b, 0x65, 0x71],
+        }
+    }
+
+    /// A curve by the names users write (JOSE, cryptography, OpenSSL).
+    pub fn parse(name: &str) -> Result<Self> {
+        Ok(match name.to_ascii_lowercase().replace(['-', '_'], "").as_str() {
+            "p256" | "secp256r1" | "prime256v1" => Curve::P256,
+            "p384" | "secp384r1" => Curve::P384,
+            "p521" | "secp521r1" => Curve::P521,
+            "secp256k1" => Curve::Secp256k1,
+            "ed25519" | "edwards25519" => Curve::Ed25519,
+            "ed448" | "edwards448" => Curve::Ed448,
+            _ => {
+                return Err(Error::value(format!(
+                    "unknown curve {name:?} (P-256, P-384, P-521, secp256k1, Ed25519 or Ed448)"
+                )))
+            }
+        })
+    }
+
     /// Parses `CKA_EC_PARAMS`: a DER OID, or (PKCS#11 3.0, OpenSC for Edwards keys) a
     /// PrintableString curve name.
     pub fn from_ec_params(params: &[u8]) -> Result<Self> {
@@ -558,6 +587,22 @@ mod tests {
         assert_eq!(Curve::from_ec_params(&ed448).ok(), Some(Curve::Ed448));
         assert!(Curve::from_ec_params(&[0x06, 0x01, 0x01]).is_err());
         assert!(Curve::from_ec_params(&[]).is_err());
+    }
+
+    #[test]
+    fn generation_params_parse_back() {
+        for c in [
+            Curve::P256,
+            Curve::P384,
+            Curve::P521,
+            Curve::Secp256k1,
+            Curve::Ed25519,
+            Curve::Ed448,
+        ] {
+            assert_eq!(Curve::from_ec_params(c.ec_params()).ok(), Some(c));
+            assert_eq!(Curve::parse(c.name()).ok(), Some(c));
+        }
+        assert!(Curve::parse("P-192").is_err());
     }
 
     #[test]

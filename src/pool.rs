@@ -14,6 +14,7 @@ use cryptoki::session::Session;
 
 use crate::error::{Error, Kind, Result};
 use crate::key::{self, KeyInfo, KeyQuery};
+use crate::keygen;
 use crate::log;
 use crate::module::{self, lock};
 use crate::secret::Pin;
@@ -565,6 +566,44 @@ impl Pool {
         })?;
         lock(&self.keys).insert(query.clone(), entry.clone());
         Ok(entry)
+    }
+
+    /// Generates a key pair on a read-write lease and returns its entry (cached like a found
+    /// key).
+    pub fn generate_key(&self, lease: &mut Lease, spec: &keygen::KeySpec) -> Result<Arc<KeyEntry>> {
+        if !lease.rw {
+            return Err(Error::new(
+                Kind::Session,
+                "generating keys needs a read-write session: use pool.session(rw=True)",
+            ));
+        }
+        let query = KeyQuery::new(Some(spec.label.clone()), Some(spec.id.clone()))?;
+        let entry = self.run(lease, |session, token, _| {
+            let epoch = token.epoch();
+            let handle = keygen::generate(session, spec)?;
+            let info = key::read_info(session, handle, &query)?;
+            Ok(Arc::new(KeyEntry {
+                query: query.clone(),
+                info,
+                handle: Mutex::new((epoch, handle)),
+            }))
+        })?;
+        lock(&self.keys).insert(query, entry.clone());
+        Ok(entry)
+    }
+
+    /// Deletes the keys matching `query` on a read-write lease; returns how many objects went.
+    pub fn delete_key(&self, lease: &mut Lease, query: &KeyQuery) -> Result<usize> {
+        if !lease.rw {
+            return Err(Error::new(
+                Kind::Session,
+                "deleting keys needs a read-write session: use pool.session(rw=True)",
+            ));
+        }
+        let n = self.run(lease, |session, _, _| keygen::delete(session, query))?;
+        // Cached entries may name what was just deleted.
+        lock(&self.keys).clear();
+        Ok(n)
     }
 
     /// The key's handle in the current epoch (found again after a re-login or when `refind`).

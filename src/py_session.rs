@@ -7,6 +7,7 @@ use pyo3::types::PyType;
 
 use crate::error::{Error, Kind, Result};
 use crate::key::KeyQuery;
+use crate::keygen::KeySpec;
 use crate::module::lock;
 use crate::pool::{Lease, Pool};
 use crate::py_key::{Binding, PyKey};
@@ -132,6 +133,45 @@ impl PySession {
             Binding::Session(self.slot.clone()),
             entry,
         ))
+    }
+
+    /// Generates a key pair in the token (read-write sessions only). The private key is
+    /// sensitive and not extractable. ``key_type``: ``"RSA"`` (``bits``, default 2048),
+    /// ``"EC"`` (``curve``: P-256, P-384, P-521, secp256k1), ``"Ed25519"`` or ``"Ed448"``.
+    /// ``key_id`` (CKA_ID) defaults to 16 random bytes.
+    #[pyo3(signature = (key_type, *, label, key_id=None, bits=None, curve=None))]
+    fn generate_key_pair(
+        &self,
+        py: Python<'_>,
+        key_type: &str,
+        label: &str,
+        key_id: Option<Vec<u8>>,
+        bits: Option<usize>,
+        curve: Option<&str>,
+    ) -> PyResult<PyKey> {
+        let spec = KeySpec::new(key_type, bits, curve, label.to_owned(), key_id)?;
+        let slot = self.slot.clone();
+        let entry =
+            py.detach(move || slot.with_lease(|lease| slot.pool.generate_key(lease, &spec)))?;
+        Ok(PyKey::new(
+            self.slot.pool.clone(),
+            Binding::Session(self.slot.clone()),
+            entry,
+        ))
+    }
+
+    /// Deletes the private key, public key and certificate objects with this label and/or
+    /// id (read-write sessions only); returns how many objects were deleted.
+    #[pyo3(signature = (*, key_label=None, key_id=None))]
+    fn delete_key(
+        &self,
+        py: Python<'_>,
+        key_label: Option<&Bound<'_, PyAny>>,
+        key_id: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<usize> {
+        let query: KeyQuery = key_query(key_label, key_id)?;
+        let slot = self.slot.clone();
+        Ok(py.detach(move || slot.with_lease(|lease| slot.pool.delete_key(lease, &query)))?)
     }
 
     /// Returns the session to its pool. Calling it again does nothing.

@@ -9,6 +9,7 @@ from types import TracebackType
 from typing import Literal, Optional, Union
 
 __version__: str
+DEFAULT_MAX_SESSIONS: int
 
 _Alg = str  # a JOSE algorithm name: RS256/384/512, PS256/384/512, ES256/384/512, ES256K, EdDSA
 _Hash = Literal["sha1", "sha224", "sha256", "sha384", "sha512"]
@@ -30,7 +31,7 @@ class Pool:
         slot_id: Optional[int] = None,
         max_sessions: Optional[int] = None,
         acquire_timeout: float = 30.0,
-        max_idle: float = 300.0,
+        max_idle: Optional[float] = 300.0,
     ) -> None: ...
     @property
     def module_path(self) -> str:
@@ -51,12 +52,12 @@ class Pool:
     def check(self) -> None:
         """Connect and log in now; raise what the first block would raise."""
     def find_key(
-        self, *, key_label: Optional[str] = None, key_id: Optional[bytes] = None
+        self, *, key_label: Optional[str] = None, key_id: Union[bytes, str, None] = None
     ) -> "Key":
         """A pool-bound private key: each operation borrows a session from the pool."""
     def stats(self) -> dict[str, int]:
         """Counters: in_use, idle, created, reused, waits, timeouts, relogins, discarded,
-        logins, max_in_use, epoch."""
+        recoveries, logins, max_in_use, epoch."""
     def close(self) -> None:
         """Close idle sessions and release this pool's share of the token login."""
     def __enter__(self) -> "Pool": ...
@@ -77,9 +78,24 @@ class Session:
     def closed(self) -> bool:
         """True once the session went back to its pool."""
     def find_key(
-        self, *, key_label: Optional[str] = None, key_id: Optional[bytes] = None
+        self, *, key_label: Optional[str] = None, key_id: Union[bytes, str, None] = None
     ) -> "Key":
         """A private key valid while this session is open."""
+    def generate_key_pair(
+        self,
+        key_type: Literal["RSA", "EC", "Ed25519", "Ed448", "EC_EDWARDS"],
+        *,
+        label: str,
+        key_id: Optional[bytes] = None,
+        bits: Optional[int] = None,
+        curve: Optional[str] = None,
+    ) -> "Key":
+        """Generate a key pair in the token (read-write sessions only); the private key is
+        sensitive and not extractable. ``key_id`` defaults to 16 random bytes."""
+    def delete_key(
+        self, *, key_label: Optional[str] = None, key_id: Union[bytes, str, None] = None
+    ) -> int:
+        """Delete the key objects with this label and/or id; return how many went."""
     def close(self) -> None:
         """Return the session to its pool (idempotent)."""
     def __enter__(self) -> "Session": ...

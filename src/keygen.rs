@@ -1,0 +1,160 @@
+//! Making and deleting keys in the token: key pairs whose private half is sensitive and
+//! never extractable.
+
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, ObjectClass, ObjectHandle};
+use cryptoki::session::Session;
+
+use crate::error::{Context, Error, Result};
+use crate::key::KeyQuery;
+use crate::mechanism::{Curve, KeyKind};
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub struct KeySpec {
+    pub kind: KeyKind,
+    pub bits: usize,
+    pub curve: Option<Curve>,
+    pub label: String,
+    pub id: Vec<u8>,
+}
+
+impl KeySpec {
+    /// `key_type` is "RSA", "EC", "Ed25519"/"Ed448" (or "EC_EDWARDS" with a curve).
+    pub fn new(
+        key_type: &str,
+        bits: Option<usize>,
+        curve: Option<&str>,
+        label: String,
+        id: Option<Vec<u8>>,
+    ) -> Result<Self> {
+        if label.contains('\0') {
+            return Err(Error::value("label must not contain NUL characters"));
+        }
+        let (kind, curve) = match key_type.to_ascii_uppercase().as_str() {
+            "RSA" => (KeyKind::Rsa, None),
+            "EC" => {
+                let c = Curve::parse(curve.unwrap_or("P-256"))?;
+                if c.is_edwards() {
+                    (KeyKind::Edwards, Some(c))
+                } else {
+                    (KeyKind::Ec, Some(c))
+                }
+            }
+            "ED25519" => (KeyKind::Edwards, Some(Curve::Ed25519)),
+            "ED448" => (KeyKind::Edwards, Some(Curve::Ed448)),
+            "EC_EDWARDS" | "OKP" => {
+                let c = Curve::parse(curve.unwrap_or("Ed25519"))?;
+                if !c.is_edwards() {
+                    return Err(Error::value(format!("{} is not an Edwards curve", c.name())));
+                }
+                (KeyKind::Edwards, Some(c))
+            }
+            other => {
+                return Err(Error::value(format!(
+                    "unknown key type {other:?} (RSA, EC, Ed25519 or Ed448)"
+                )))
+            }
+        };
+        let bits = match kind {
+            KeyKind::Rsa => {
+                let b = bits.unwrap_or(2048);
+                if !(2048..=8192).contains(&b) || b % 8 != 0 {
+                    return Err(Error::value(format!(
+                        "RSA keys must have 2048 to 8192 bits (a multiple of 8), not {b}"
+                    )));
+                }
+                b
+            }
+            _ => {
+                if bits.is_some() {
+                    return Err(Error::value("bits= is for RSA keys; give curve= for EC keys"));
+                }
+                curve.map(|c| c.bits()).unwrap_or(0)
+            }
+        };
+        let id = match id {
+            Some(id) => id,
+            None => {
+                let mut id = vec![0u8; 16];
+                getrandom::fill(&mut id)
+                    .map_err(|e| Error::value(format!("no randomness for a key id: {e}")))?;
+                id
+            }
+        };
+        Ok(KeySpec {
+            kind,
+            bits,
+            curve,
+            label,
+            id,
+        })
+    }
+}
+
+/// Generates a key pair; returns the private key's handle.
+pub fn generate(session: &Session, spec: &KeySpec) -> Result<ObjectHandle> {
+    let common = |private: bool| {
+        vec![
+            Attribute::Token(true),
+            Attribute::Private(private),
+            Attribute::Label(spec.label.as_bytes().to_vec()),
+            Attribute::Id(spec.id.clone()),
+        ]
+    };
+    let mut public = common(false);
+    let mut private = common(true);
+    private.extend([
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Sign(true),
+    ]);
+    public.push(Attribute::Verify(true));
+    let mechanism = match (spec.kind, spec.curve) {
+        (KeyKind::Rsa, _) => {
+            public.extend([
+                Attribute::ModulusBits((spec.bits as u64).into()),
+                Attribute::PublicExponent(vec![0x01, 0x00, 0x01]),
+                Attribute::Encrypt(true),
+            ]);
+            private.push(Attribute::Decrypt(true));
+            Mechanism::RsaPkcsKeyPairGen
+        }
+        (KeyKind::Ec, Some(c)) => {
+            public.push(Attribute::EcParams(c.ec_params().to_vec()));
+            private.push(Attribute::Derive(true));
+            Mechanism::EccKeyPairGen
+        }
+        (KeyKind::Edwards, Some(c)) => {
+            public.push(Attribute::EcParams(c.ec_params().to_vec()));
+            Mechanism::EccEdwardsKeyPairGen
+        }
+        _ => return Err(Error::value("an EC key needs a curve")),
+    };
+    let (_, private_handle) = session
+        .generate_key_pair(&mechanism, &public, &private)
+        .context(&format!("generating a key pair labelled {:?}", spec.label))?;
+    Ok(private_handle)
+}
+
+/// Destroys every private-, public-key and certificate object matching `query`; returns how
+/// many were destroyed.
+pub fn delete(session: &Session, query: &KeyQuery) -> Result<usize> {
+    let mut n = 0;
+    for class in [
+        ObjectClass::PRIVATE_KEY,
+        ObjectClass::PUBLIC_KEY,
+        ObjectClass::CERTIFICATE,
+    ] {
+        for handle in session
+            .find_objects(&query.template(class))
+            .context("searching for the key to delete")?
+        {
+            session
+                .destroy_object(handle)
+                .context(&format!("deleting the key with {}", query.describe()))?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
