@@ -1,0 +1,156 @@
+"""Developer tasks for hsmkey: ``bash scripts/nox -s <session>`` (or ``nox -s <session>``).
+
+- ``tests``: install the package, ``cargo test`` (Rust unit tests), ``pytest``
+- ``lint``: ruff (check, format), ``cargo fmt --check``, ``cargo clippy -D warnings``
+- ``typecheck``: ``mypy --strict`` over the package and its stubs
+- ``demo``: sign and verify a JWT with a key in a throwaway SoftHSM2 token
+
+The tests need SoftHSM2 and OpenSC's ``pkcs11-tool`` (Debian: ``softhsm2``, ``opensc``); run
+as root, the sessions install them with apt-get.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import nox
+
+nox.needs_version = ">=2024.4.15"
+nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.reuse_existing_virtualenvs = True
+nox.options.error_on_missing_interpreters = True
+
+ROOT = Path(__file__).parent
+# Keep in step with the ruff used to format the code: formatting changes between versions.
+RUFF = "ruff==0.17.6"
+# mypy 2 no longer checks for Python 3.9, the oldest this package supports.
+MYPY = "mypy>=1.11,<2"
+TEST_EXTRAS = ".[test]"
+TEST_DEPS = ["hypothesis", "joserfc"]  # beyond the [test] extra
+LINT_PATHS = ["python", "tests", "noxfile.py", "bench", "docs"]
+
+# command -> Debian package that provides it
+SYSTEM_TOOLS = {"softhsm2-util": "softhsm2", "pkcs11-tool": "opensc"}
+SYSTEM_PACKAGES = ["softhsm2", "opensc"]
+
+
+def apt_get_install(session: nox.Session, packages: list[str]) -> None:
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    session.run("apt-get", "update", external=True, env=env)
+    session.run(
+        "apt-get", "install", "-y", "--no-install-recommends", *packages, external=True, env=env
+    )
+
+
+def can_apt_get() -> bool:
+    return os.geteuid() == 0 and shutil.which("apt-get") is not None
+
+
+def ensure_system_packages(session: nox.Session) -> None:
+    """SoftHSM2 and OpenSC's pkcs11-tool: install them as root, or say what to install."""
+    missing = sorted(tool for tool in SYSTEM_TOOLS if shutil.which(tool) is None)
+    if not missing:
+        return
+    if can_apt_get():
+        session.log(f"{', '.join(missing)} not found: installing {' '.join(SYSTEM_PACKAGES)}")
+        apt_get_install(session, SYSTEM_PACKAGES)
+        still = [tool for tool in missing if shutil.which(tool) is None]
+        if still:
+            session.error(f"{', '.join(still)} still missing after apt-get install")
+        return
+    packages = " ".join(sorted({SYSTEM_TOOLS[tool] for tool in missing}))
+    session.error(
+        f"{', '.join(missing)} not found. hsmkey's tests need SoftHSM2 and OpenSC. Install "
+        f"them first: `sudo apt-get install -y {packages}` (Debian/Ubuntu), "
+        "`sudo dnf install -y softhsm opensc` (Fedora), `brew install softhsm opensc` (macOS)."
+    )
+
+
+def ensure_cargo(session: nox.Session) -> None:
+    if shutil.which("cargo") is None:
+        session.error(
+            "cargo not found: hsmkey's core is Rust. Install a toolchain with rustup "
+            "(https://rustup.rs), then make sure ~/.cargo/bin is on PATH."
+        )
+
+
+def session_python_config(session: nox.Session, name: str) -> str:
+    """A sysconfig variable of the session's interpreter (not nox's)."""
+    out = session.run(
+        "python",
+        "-c",
+        f"import sysconfig; print(sysconfig.get_config_var({name!r}) or '')",
+        silent=True,
+    )
+    return str(out).strip()
+
+
+def cargo_test_env(session: nox.Session) -> dict[str, str]:
+    """Environment for ``cargo test``: pyo3 links the test binaries against libpython, which
+    must exist (Debian: ``python3-dev``) and be found at run time."""
+    libdir = session_python_config(session, "LIBDIR")
+    ldlibrary = session_python_config(session, "LDLIBRARY")
+    shared = session_python_config(session, "Py_ENABLE_SHARED") == "1"
+    if shared and libdir and ldlibrary and not (Path(libdir) / ldlibrary).exists():
+        if can_apt_get():
+            apt_get_install(session, ["python3-dev"])
+        else:
+            session.error(
+                f"{Path(libdir) / ldlibrary} not found: the Rust unit tests link against "
+                "libpython. Install it: `sudo apt-get install -y python3-dev`."
+            )
+    env = {"PYO3_PYTHON": str(Path(session.bin) / "python")}
+    if shared and libdir:
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(
+            p for p in (libdir, os.environ.get("LD_LIBRARY_PATH", "")) if p
+        )
+    return env
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Build and install hsmkey, run the Rust unit tests, then pytest."""
+    ensure_system_packages(session)
+    ensure_cargo(session)
+    session.install(TEST_EXTRAS, *TEST_DEPS)
+    session.run("cargo", "test", "--locked", external=True, env=cargo_test_env(session))
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff (lint and format) over the Python, rustfmt and clippy over the Rust."""
+    ensure_cargo(session)
+    session.install(RUFF)
+    paths = [p for p in LINT_PATHS if (ROOT / p).exists()]
+    session.run("ruff", "check", *paths)
+    session.run("ruff", "format", "--check", *paths)
+    session.run("cargo", "fmt", "--all", "--", "--check", external=True)
+    session.run(
+        "cargo",
+        "clippy",
+        "--locked",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+        external=True,
+        env={"PYO3_PYTHON": str(Path(session.bin) / "python")},
+    )
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict over python/ (the package, its stubs), with the package installed."""
+    session.install(".", MYPY)
+    session.run("mypy", "--strict", "python/")
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """Create a throwaway SoftHSM2 token, sign a JWT with a key in it, verify it."""
+    ensure_system_packages(session)
+    session.install(".")
+    session.run("python", "-m", "hsmkey.demo", *session.posargs)
