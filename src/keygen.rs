@@ -46,7 +46,10 @@ impl KeySpec {
             "EC_EDWARDS" | "OKP" => {
                 let c = Curve::parse(curve.unwrap_or("Ed25519"))?;
                 if !c.is_edwards() {
-                    return Err(Error::value(format!("{} is not an Edwards curve", c.name())));
+                    return Err(Error::value(format!(
+                        "{} is not an Edwards curve",
+                        c.name()
+                    )));
                 }
                 (KeyKind::Edwards, Some(c))
             }
@@ -68,7 +71,9 @@ impl KeySpec {
             }
             _ => {
                 if bits.is_some() {
-                    return Err(Error::value("bits= is for RSA keys; give curve= for EC keys"));
+                    return Err(Error::value(
+                        "bits= is for RSA keys; give curve= for EC keys",
+                    ));
                 }
                 curve.map(|c| c.bits()).unwrap_or(0)
             }

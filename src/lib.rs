@@ -25,5 +25,6 @@ fn _hsmkey(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<py_pool::PyPool>()?;
     m.add_class::<py_session::PySession>()?;
     m.add_class::<py_key::PyKey>()?;
+    m.add_function(wrap_pyfunction!(py_pool::_close_all_pools, m)?)?;
     Ok(())
 }

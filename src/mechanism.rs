@@ -204,19 +204,21 @@ impl Curve {
 
     /// A curve by the names users write (JOSE, cryptography, OpenSSL).
     pub fn parse(name: &str) -> Result<Self> {
-        Ok(match name.to_ascii_lowercase().replace(['-', '_'], "").as_str() {
-            "p256" | "secp256r1" | "prime256v1" => Curve::P256,
-            "p384" | "secp384r1" => Curve::P384,
-            "p521" | "secp521r1" => Curve::P521,
-            "secp256k1" => Curve::Secp256k1,
-            "ed25519" | "edwards25519" => Curve::Ed25519,
-            "ed448" | "edwards448" => Curve::Ed448,
-            _ => {
-                return Err(Error::value(format!(
-                    "unknown curve {name:?} (P-256, P-384, P-521, secp256k1, Ed25519 or Ed448)"
-                )))
-            }
-        })
+        Ok(
+            match name.to_ascii_lowercase().replace(['-', '_'], "").as_str() {
+                "p256" | "secp256r1" | "prime256v1" => Curve::P256,
+                "p384" | "secp384r1" => Curve::P384,
+                "p521" | "secp521r1" => Curve::P521,
+                "secp256k1" => Curve::Secp256k1,
+                "ed25519" | "edwards25519" => Curve::Ed25519,
+                "ed448" | "edwards448" => Curve::Ed448,
+                _ => {
+                    return Err(Error::value(format!(
+                        "unknown curve {name:?} (P-256, P-384, P-521, secp256k1, Ed25519 or Ed448)"
+                    )))
+                }
+            },
+        )
     }
 
     /// Parses `CKA_EC_PARAMS`: a DER OID, or (PKCS#11 3.0, OpenSC for Edwards keys) a

@@ -30,7 +30,9 @@ impl Module {
     ) -> Result<Arc<TokenState>> {
         let mut tokens = lock(&self.tokens);
         if let Some(state) = tokens.get(&slot.id()).and_then(Weak::upgrade) {
-            return Ok(state);
+            if !state.is_gone() {
+                return Ok(state);
+            }
         }
         let state = Arc::new(make()?);
         tokens.insert(slot.id(), Arc::downgrade(&state));
@@ -116,10 +118,23 @@ fn open(path: &Path, pid: u32, forked: bool) -> Result<Module> {
         Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) if forked => {
             // The child inherited the parent's initialized state: finalize it (this does not
             // touch the parent's process) and start over with our own.
-            let _ = ctx.clone().finalize();
-            ctx.initialize(args()).map_err(|e| {
-                Error::from_cryptoki(e, &format!("re-initializing {} after fork", path.display()))
-            })?;
+            reinitialize(&ctx, path)?;
+            // SoftHSM2 reads its token directory in C_Initialize, and children that do so at
+            // the same moment sometimes see no token at all (a race in its file store, seen
+            // with 3 children re-initializing at once). Nobody in this process uses the
+            // module yet (the registry lock is held), so try again a few times.
+            for attempt in 1..=5u32 {
+                let initialized = ctx.get_slots_with_initialized_token().unwrap_or_default();
+                match initialized.is_empty() {
+                    false => break,
+                    true => {
+                        std::thread::sleep(std::time::Duration::from_millis(
+                            10 * u64::from(attempt),
+                        ));
+                        reinitialize(&ctx, path)?;
+                    }
+                }
+            }
             log::log(
                 log::INFO,
                 &format!("re-initialized {} in forked child", path.display()),
@@ -148,4 +163,12 @@ fn open(path: &Path, pid: u32, forked: bool) -> Result<Module> {
         pid,
         tokens: Mutex::new(HashMap::new()),
     })
+}
+
+fn reinitialize(ctx: &Pkcs11, path: &Path) -> Result<()> {
+    let _ = ctx.clone().finalize();
+    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .map_err(|e| {
+            Error::from_cryptoki(e, &format!("re-initializing {} after fork", path.display()))
+        })
 }

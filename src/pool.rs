@@ -18,7 +18,7 @@ use crate::keygen;
 use crate::log;
 use crate::module::{self, lock};
 use crate::secret::Pin;
-use crate::token::{self, is_logged_in, TokenCriteria, TokenState};
+use crate::token::{self, is_logged_in, PinPolicy, TokenCriteria, TokenState};
 
 /// What a pool was built with.
 pub struct PoolConfig {
@@ -28,6 +28,7 @@ pub struct PoolConfig {
     pub max_sessions: usize,
     pub acquire_timeout: Duration,
     pub max_idle: Duration,
+    pub pin_policy: PinPolicy,
 }
 
 /// Counters reported by `stats()`.
@@ -109,6 +110,30 @@ enum Fault {
 }
 
 static CONNECTIONS: AtomicU64 = AtomicU64::new(1);
+
+fn live_pools() -> &'static Mutex<Vec<std::sync::Weak<Pool>>> {
+    static LIVE: std::sync::OnceLock<Mutex<Vec<std::sync::Weak<Pool>>>> =
+        std::sync::OnceLock::new();
+    LIVE.get_or_init(|| Mutex::new(Vec::new()))
+}
+
+/// Remembers a pool for `close_all_pools` (weakly: a dropped pool closes itself).
+pub fn register(pool: &Arc<Pool>) {
+    let mut live = lock(live_pools());
+    live.retain(|w| w.strong_count() > 0);
+    live.push(Arc::downgrade(pool));
+}
+
+/// Closes every live pool of this process (at interpreter exit).
+pub fn close_all_pools() {
+    let pools: Vec<Arc<Pool>> = lock(live_pools())
+        .drain(..)
+        .filter_map(|w| w.upgrade())
+        .collect();
+    for pool in pools {
+        pool.close();
+    }
+}
 
 pub struct Pool {
     pub cfg: PoolConfig,
@@ -217,7 +242,7 @@ impl Pool {
         let module = module::load(&self.cfg.module_path)?;
         let (slot, info) = token::find_slot(&module, &self.cfg.criteria)?;
         let token = module.token_state(slot, || TokenState::new(module.clone(), slot, &info))?;
-        let joined = token.join(&self.cfg.pin)?;
+        let joined = token.join(&self.cfg.pin, self.cfg.pin_policy)?;
         Ok((token, joined.logged_in))
     }
 
@@ -365,7 +390,11 @@ impl Pool {
         let current = st.conn.as_ref().map(|c| c.gen) == Some(lease.gen);
         let mut close = None;
         if let Some(s) = session {
-            if st.closed || !current {
+            if !current {
+                // From a connection dropped because the token went away: the handle means
+                // nothing now (and may name somebody else's session): never close it.
+                std::mem::forget(s);
+            } else if st.closed {
                 close = Some(s);
             } else {
                 let idle = if lease.rw {
@@ -477,7 +506,33 @@ impl Pool {
                 );
                 self.relogin(lease, seen_epoch)
             }
-            Fault::SessionGone | Fault::TokenGone => {
+            Fault::TokenGone => {
+                log::log(
+                    log::WARNING,
+                    &format!(
+                        "{} went away ({what}); dropping its sessions and finding it again",
+                        lease.token.describe()
+                    ),
+                );
+                lease.token.mark_gone();
+                if let Some(dead) = lease.session.take() {
+                    std::mem::forget(dead);
+                }
+                {
+                    let mut st = lock(&self.state);
+                    if st.conn.as_ref().map(|c| c.gen) == Some(lease.gen) {
+                        st.conn = None;
+                    }
+                }
+                let purged = self.purge_dead_idle(true);
+                lock(&self.state).stats.discarded += 1 + purged;
+                let conn = self.connection()?;
+                lease.token = conn.token.clone();
+                lease.gen = conn.gen;
+                lease.session = Some(conn.token.open_session(lease.rw)?);
+                Ok(())
+            }
+            Fault::SessionGone => {
                 log::log(
                     log::WARNING,
                     &format!(
@@ -489,7 +544,7 @@ impl Pool {
                 if let Some(dead) = lease.session.take() {
                     std::mem::forget(dead);
                 }
-                let purged = self.purge_dead_idle(fault == Fault::TokenGone);
+                let purged = self.purge_dead_idle(false);
                 lock(&self.state).stats.discarded += 1 + purged;
                 let fresh = lease.token.open_session(lease.rw)?;
                 let logged_in = fresh
@@ -507,7 +562,10 @@ impl Pool {
     }
 
     fn relogin(&self, lease: &Lease, seen_epoch: u64) -> Result<()> {
-        match lease.token.relogin(&self.cfg.pin, seen_epoch) {
+        match lease
+            .token
+            .relogin(&self.cfg.pin, self.cfg.pin_policy, seen_epoch)
+        {
             Ok(did) => {
                 if did {
                     lock(&self.state).stats.relogins += 1;

@@ -9,12 +9,12 @@ use pyo3::types::{PyBytes, PyDict, PyString, PyType};
 
 use crate::error::{Error, Kind};
 use crate::module::check_path;
-use crate::pool::{Pool, PoolConfig};
+use crate::pool::{self, Pool, PoolConfig};
 use crate::py_key::{Binding, PyKey};
 use crate::py_session::{open_now, PySession};
 use crate::py_util::{detach_interruptible, key_query, type_name};
 use crate::secret::Pin;
-use crate::token::TokenCriteria;
+use crate::token::{PinPolicy, TokenCriteria};
 
 /// Sessions a pool lends at once when ``max_sessions`` is not given.
 pub const DEFAULT_MAX_SESSIONS: usize = 64;
@@ -81,6 +81,7 @@ impl PyPool {
         max_sessions=None,
         acquire_timeout=30.0,
         max_idle=300.0,
+        allow_final_pin_try=false,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -92,6 +93,7 @@ impl PyPool {
         max_sessions: Option<&Bound<'_, PyAny>>,
         acquire_timeout: f64,
         max_idle: Option<f64>,
+        allow_final_pin_try: bool,
     ) -> PyResult<Self> {
         let path: PathBuf = module_path.extract().map_err(|_| {
             PyErr::from(Error::new(
@@ -184,19 +186,24 @@ impl PyPool {
             None => Duration::from_secs(3_200_000_000),
             Some(v) => seconds("max_idle", v, false)?,
         };
+        let pool = Arc::new(Pool::new(PoolConfig {
+            module_path: path.clone(),
+            criteria: TokenCriteria {
+                label,
+                serial,
+                slot_id,
+            },
+            pin,
+            max_sessions,
+            acquire_timeout,
+            max_idle,
+            pin_policy: PinPolicy {
+                allow_final_try: allow_final_pin_try,
+            },
+        }));
+        pool::register(&pool);
         Ok(PyPool {
-            pool: Arc::new(Pool::new(PoolConfig {
-                module_path: path.clone(),
-                criteria: TokenCriteria {
-                    label,
-                    serial,
-                    slot_id,
-                },
-                pin,
-                max_sessions,
-                acquire_timeout,
-                max_idle,
-            })),
+            pool,
             module_path: path.to_string_lossy().into_owned(),
         })
     }
@@ -319,4 +326,11 @@ impl PyPool {
             if me.pool.is_closed() { " closed" } else { "" }
         )
     }
+}
+
+/// Closes every pool still alive: sessions closed, logins released. Registered with `atexit`
+/// by the Python package, so that interpreter exit leaves nothing open on the token.
+#[pyfunction]
+pub fn _close_all_pools(py: Python<'_>) {
+    py.detach(pool::close_all_pools);
 }

@@ -8,7 +8,7 @@
 //! with their own sessions.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cryptoki::error::{Error as CkError, RvError};
@@ -55,7 +55,7 @@ pub fn find_slot(module: &Module, criteria: &TokenCriteria) -> Result<(Slot, Tok
     let mut present = Vec::new();
     let mut matches = Vec::new();
     for slot in slots {
-        let info = match module.ctx.get_token_info(slot) {
+        let info = match token_info(module, slot) {
             Ok(info) => info,
             // A token may go away between the two calls.
             Err(CkError::Pkcs11(RvError::TokenNotPresent | RvError::DeviceRemoved, _)) => continue,
@@ -109,6 +109,24 @@ pub fn find_slot(module: &Module, criteria: &TokenCriteria) -> Result<(Slot, Tok
     }
 }
 
+/// `C_GetTokenInfo`, tried again a few times on `CKR_GENERAL_ERROR`/`CKR_FUNCTION_FAILED`:
+/// SoftHSM2 re-reads its token files here and answers so, once in a while, while other
+/// processes start up on the same token directory.
+fn token_info(module: &Module, slot: Slot) -> std::result::Result<TokenInfo, CkError> {
+    let mut attempt = 0u64;
+    loop {
+        match module.ctx.get_token_info(slot) {
+            Err(CkError::Pkcs11(RvError::GeneralError | RvError::FunctionFailed, _))
+                if attempt < 4 =>
+            {
+                attempt += 1;
+                std::thread::sleep(std::time::Duration::from_millis(5 * attempt));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Epochs are unique in the process (and across forks: a child continues the counter), so a
 /// handle cached under one epoch can never be mistaken for one of another token state.
 static EPOCHS: AtomicU64 = AtomicU64::new(1);
@@ -126,12 +144,22 @@ pub struct TokenState {
     mechanisms: HashSet<cryptoki_sys::CK_MECHANISM_TYPE>,
     epoch: AtomicU64,
     login: Mutex<Login>,
+    /// Set when the token went away: this state is dead, the next pool to connect makes a
+    /// new one.
+    gone: AtomicBool,
 }
 
 struct Login {
     refs: usize,
     fingerprint: Option<PinFingerprint>,
     anchor: Option<Session>,
+}
+
+/// What a pool allows when logging in.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PinPolicy {
+    /// Try the PIN even when the token says a wrong one would lock it.
+    pub allow_final_try: bool,
 }
 
 /// What joining the login did.
@@ -174,6 +202,7 @@ impl TokenState {
                 fingerprint: None,
                 anchor: None,
             }),
+            gone: AtomicBool::new(false),
         })
     }
 
@@ -200,7 +229,7 @@ impl TokenState {
 
     /// Joins the process's login with `pin`, logging in if nobody is. A different PIN than the
     /// one the process logged in with is refused without logging anyone out.
-    pub fn join(&self, pin: &Pin) -> Result<Joined> {
+    pub fn join(&self, pin: &Pin, policy: PinPolicy) -> Result<Joined> {
         let fingerprint = pin.fingerprint();
         let mut login = lock(&self.login);
         if login.refs > 0 {
@@ -219,7 +248,7 @@ impl TokenState {
                 )),
             };
         }
-        self.login_locked(&mut login, pin)?;
+        self.login_locked(&mut login, pin, policy)?;
         login.fingerprint = Some(fingerprint);
         login.refs = 1;
         Ok(Joined { logged_in: true })
@@ -228,7 +257,7 @@ impl TokenState {
     /// Logs in again after the login was lost behind our back (a logout or
     /// `C_CloseAllSessions` by another library, a token restart). Does nothing if another
     /// thread already did it since `seen_epoch`. Never called after a PIN failure.
-    pub fn relogin(&self, pin: &Pin, seen_epoch: u64) -> Result<bool> {
+    pub fn relogin(&self, pin: &Pin, policy: PinPolicy, seen_epoch: u64) -> Result<bool> {
         let mut login = lock(&self.login);
         if self.epoch() != seen_epoch {
             return Ok(false);
@@ -239,18 +268,21 @@ impl TokenState {
                 format!("nobody holds the login of {} any more", self.describe()),
             ));
         }
-        self.login_locked(&mut login, pin)?;
+        self.login_locked(&mut login, pin, policy)?;
         Ok(true)
     }
 
-    fn login_locked(&self, login: &mut Login, pin: &Pin) -> Result<()> {
+    fn login_locked(&self, login: &mut Login, pin: &Pin, policy: PinPolicy) -> Result<()> {
         // Reuse the anchor if it is still there; forget it (without closing: the handle may
         // already belong to somebody else) if it is gone.
         let anchor = match login.anchor.take() {
             Some(s) if s.get_session_info().is_ok() => s,
             _ => self.open_session(false)?,
         };
-        self.check_pin_flags()?;
+        if let Err(e) = self.check_pin_flags(policy) {
+            login.anchor = Some(anchor);
+            return Err(e);
+        }
         match anchor.login_with_raw(UserType::User, &pin.auth()) {
             Ok(()) => {
                 log::log(log::INFO, &format!("logged in to {}", self.describe()));
@@ -282,22 +314,57 @@ impl TokenState {
         Ok(())
     }
 
-    /// Refuses to try a PIN the token says is locked.
-    fn check_pin_flags(&self) -> Result<()> {
-        if let Ok(info) = self.module.ctx.get_token_info(self.slot) {
-            if info.user_pin_locked() {
-                return Err(Error {
-                    kind: Kind::Pin,
-                    message: format!(
-                        "the user PIN of {} is locked; the security officer must reset it",
-                        self.describe()
-                    ),
-                    rv: Some(RvError::PinLocked),
-                    function: None,
-                });
-            }
+    /// Refuses to try a PIN the token says is locked, or (unless allowed) to spend the last
+    /// try before the token locks it.
+    fn check_pin_flags(&self, policy: PinPolicy) -> Result<()> {
+        let Ok(info) = self.module.ctx.get_token_info(self.slot) else {
+            return Ok(());
+        };
+        if info.user_pin_locked() {
+            return Err(Error {
+                kind: Kind::Pin,
+                message: format!(
+                    "the user PIN of {} is locked; the security officer must unlock it \
+                     (hsmkey did not try the PIN)",
+                    self.describe()
+                ),
+                rv: Some(RvError::PinLocked),
+                function: None,
+            });
+        }
+        if info.user_pin_final_try() && !policy.allow_final_try {
+            return Err(Error::new(
+                Kind::Pin,
+                format!(
+                    "{} reports that one more wrong PIN locks the user PIN \
+                     (CKF_USER_PIN_FINAL_TRY); hsmkey did not try the PIN. Check it, then pass \
+                     allow_final_pin_try=True to try it anyway",
+                    self.describe()
+                ),
+            ));
+        }
+        if info.user_pin_count_low() {
+            log::log(
+                log::WARNING,
+                &format!(
+                    "{} reports failed PIN attempts (CKF_USER_PIN_COUNT_LOW)",
+                    self.describe()
+                ),
+            );
         }
         Ok(())
+    }
+
+    /// Marks this state dead after the token went away; forgets the anchor without calling
+    /// the module (its handle means nothing any more).
+    pub fn mark_gone(&self) {
+        self.gone.store(true, Ordering::Release);
+        self.forget_anchor();
+        self.epoch.store(next_epoch(), Ordering::Release);
+    }
+
+    pub fn is_gone(&self) -> bool {
+        self.gone.load(Ordering::Acquire)
     }
 
     /// Drops one reference to the login; the last one logs out and closes the anchor.

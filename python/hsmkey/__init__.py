@@ -6,8 +6,10 @@
 
 from __future__ import annotations
 
+import atexit
+
 from . import exceptions
-from ._hsmkey import Key, Session, __version__
+from ._hsmkey import Key, Session, __version__, _close_all_pools
 from .exceptions import (
     HSMError,
     HSMKeyNotFoundError,
@@ -40,3 +42,7 @@ __all__ = [
     "exceptions",
     "hsm_session",
 ]
+
+# Close every pool at interpreter exit: sessions are closed and the token logged out, even
+# for pools that are still referenced (module globals are not reliably collected at exit).
+atexit.register(_close_all_pools)

@@ -32,6 +32,7 @@ class Pool:
         max_sessions: Optional[int] = None,
         acquire_timeout: float = 30.0,
         max_idle: Optional[float] = 300.0,
+        allow_final_pin_try: bool = False,
     ) -> None: ...
     @property
     def module_path(self) -> str:
@@ -151,3 +152,6 @@ class Key:
         ECDSA: over ``hash`` of ``data`` (or the digest itself); returns raw r||s.
         EDDSA: pure Ed25519/Ed448.
         """
+
+def _close_all_pools() -> None:
+    """Close every live pool of this process (registered with ``atexit``)."""

@@ -32,6 +32,9 @@ class SessionPool(Pool):
     :param acquire_timeout: seconds to wait for a free session before
         :class:`~hsmkey.exceptions.HSMPoolExhaustedError` (default 30; 0 fails at once).
     :param max_idle: seconds an unused session stays open (default 300; ``None``: forever).
+    :param allow_final_pin_try: log in even when the token reports that one more wrong PIN
+        locks it (``CKF_USER_PIN_FINAL_TRY``); by default hsmkey refuses and raises
+        :class:`~hsmkey.exceptions.HSMPinError` without trying the PIN.
     """
 
     @classmethod
