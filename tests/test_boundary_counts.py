@@ -79,3 +79,21 @@ def test_garbage_collected_pool_closes_its_sessions(spy: Spy) -> None:
     assert run.calls["C_OpenSession"] == 3
     assert run.calls["C_CloseSession"] == 3
     assert run.calls["C_Logout"] == 1
+
+
+def test_interpreter_exit_closes_live_pools(spy: Spy) -> None:
+    run = spy(
+        """
+        import os
+        from hsmkey import SessionPool
+        POOL = SessionPool(os.environ["HSM_MODULE"], os.environ["HSM_TOKEN"],
+                           os.environ["HSM_PIN"])
+        KEY = POOL.find_key(key_label="ec-key")
+        with POOL.session(), POOL.session(rw=True):
+            KEY.sign("ES256", b"x")
+        # no close(): the pool and key stay referenced by module globals until exit
+        """
+    )
+    assert run.calls["C_OpenSession"] >= 3
+    assert run.calls["C_CloseSession"] == run.calls["C_OpenSession"]
+    assert run.calls["C_Logout"] == 1

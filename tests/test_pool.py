@@ -366,3 +366,23 @@ def test_key_arguments_are_checked(pool: SessionPool) -> None:
             s.find_key(key_id="zz")
         with pytest.raises(ValueError, match="NUL"):
             s.find_key(key_label="ec\0key")
+
+
+def test_waiting_for_a_session_can_be_interrupted(softhsm: SoftHSM) -> None:
+    import _thread
+
+    with SessionPool(
+        softhsm.module, softhsm.token_label, softhsm.pin, max_sessions=1, acquire_timeout=30
+    ) as pool:
+        holder = pool.open_session()
+        timer = threading.Timer(0.2, _thread.interrupt_main)
+        timer.start()
+        start = time.monotonic()
+        with pytest.raises(KeyboardInterrupt), pool.session():
+            pass
+        assert time.monotonic() - start < 5
+        holder.close()
+        # Nothing was left half-borrowed.
+        assert pool.stats()["in_use"] == 0
+        with pool.session():
+            pass
