@@ -97,7 +97,7 @@ def _jwk_info(key: Key, info: _KeyInfo) -> _JWKInfo:
 def _find_key(
     find: Callable[..., Key],
     key_label: str | None,
-    key_id: bytes | None,
+    key_id: bytes | str | None,
     kid: str | None,
 ) -> Key:
     if key_label is None and key_id is None:
@@ -137,7 +137,7 @@ class HSMJWK(JWK):  # type: ignore[misc]
         source: Session | Pool | Key,
         *,
         key_label: str | None = None,
-        key_id: bytes | None = None,
+        key_id: bytes | str | None = None,
         kid: str | None = None,
     ) -> _T:
         """The JWK of the private key labelled ``key_label`` (and/or with CKA_ID ``key_id``).
