@@ -273,7 +273,7 @@ def pykcs11_lib(module_path: str | None = None) -> Any:
     would end every session of the process, hsmkey's included. Initializing through
     :func:`cryptoki` first makes sure SoftHSM2 runs with OS locking whoever comes next.
     """
-    import PyKCS11
+    import PyKCS11  # type: ignore[import-untyped]
 
     client = cryptoki(module_path)
     with _lock:
