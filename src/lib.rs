@@ -2,12 +2,14 @@
 //! to Python as `hsmkey._hsmkey`.
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+mod decrypt;
 mod error;
 mod key;
 mod keygen;
 mod log;
 mod mechanism;
 mod module;
+mod oaep;
 mod pool;
 mod py_key;
 mod py_pool;

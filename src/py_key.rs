@@ -6,12 +6,17 @@ use std::sync::Arc;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 
+use cryptoki::object::ObjectHandle;
+use cryptoki::session::Session;
+
+use crate::decrypt::{self, Decryption};
 use crate::error::{Error, Result};
 use crate::key;
 use crate::mechanism::{check_scheme_key, HashAlg, JoseAlg, Scheme};
 use crate::pool::{KeyEntry, Lease, Pool};
 use crate::py_session::SessionSlot;
 use crate::py_util::detach_interruptible;
+use crate::token::TokenState;
 
 /// Where a key gets its session from.
 pub enum Binding {
@@ -60,6 +65,32 @@ impl PyKey {
             Binding::Pool => detach_interruptible(py, |interrupt| {
                 let mut lease = pool.acquire(false, interrupt)?;
                 let r = sign_in(&mut lease);
+                pool.release(lease);
+                r
+            }),
+        }
+    }
+
+    /// Runs one private-key operation with the key's handle, with recovery, in one GIL-free
+    /// section.
+    fn with_handle<T: Send>(
+        &self,
+        py: Python<'_>,
+        op: impl Fn(&Session, &TokenState, ObjectHandle) -> Result<T> + Sync,
+    ) -> PyResult<T> {
+        let pool = &self.pool;
+        let entry = &self.entry;
+        let run = |lease: &mut Lease| -> Result<T> {
+            pool.run(lease, |session, token, refind| {
+                let handle = pool.key_handle(session, token, entry, refind)?;
+                op(session, token, handle)
+            })
+        };
+        match &self.binding {
+            Binding::Session(slot) => Ok(py.detach(|| slot.with_lease(run))?),
+            Binding::Pool => detach_interruptible(py, |interrupt| {
+                let mut lease = pool.acquire(false, interrupt)?;
+                let r = run(&mut lease);
                 pool.release(lease);
                 r
             }),
@@ -201,6 +232,58 @@ impl PyKey {
         check_scheme_key(&scheme, self.entry.info.kind, &self.entry.info.describe())?;
         let mut sigs = self.sign_all(py, scheme, &[data])?;
         Ok(PyBytes::new(py, &sigs.pop().unwrap_or_default()))
+    }
+
+    /// Decrypts with the RSA private key: ``"RSA_PKCS"`` (PKCS#1 v1.5), ``"RSA_OAEP"``
+    /// (``hash``/``mgf_hash`` default sha1, optional ``label``) or ``"RSA_X_509"`` (raw).
+    /// Where the token's OAEP lacks the hash, the token decrypts raw and hsmkey removes the
+    /// OAEP padding.
+    #[pyo3(signature = (mechanism, data, *, hash=None, mgf_hash=None, label=None))]
+    fn decrypt<'py>(
+        &self,
+        py: Python<'py>,
+        mechanism: &str,
+        data: &[u8],
+        hash: Option<&str>,
+        mgf_hash: Option<&str>,
+        label: Option<&[u8]>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let how = match mechanism {
+            "RSA_PKCS" => Decryption::Pkcs1v15,
+            "RSA_X_509" => Decryption::Raw,
+            "RSA_OAEP" => {
+                let hash = HashAlg::parse(hash.unwrap_or("sha1"))?;
+                Decryption::Oaep {
+                    hash,
+                    mgf_hash: match mgf_hash {
+                        Some(h) => HashAlg::parse(h)?,
+                        None => hash,
+                    },
+                    label: label.unwrap_or_default().to_vec(),
+                }
+            }
+            other => {
+                return Err(Error::mechanism(format!(
+                    "unknown decryption mechanism {other:?} (RSA_PKCS, RSA_OAEP or RSA_X_509)"
+                ))
+                .into())
+            }
+        };
+        let info = &self.entry.info;
+        let plain = self.with_handle(py, |session, token, handle| {
+            decrypt::decrypt(session, handle, info, token, &how, data)
+        })?;
+        Ok(PyBytes::new(py, &plain))
+    }
+
+    /// ECDH with an EC private key: the shared secret (x coordinate) with ``peer_point``,
+    /// the peer's uncompressed public point.
+    fn ecdh<'py>(&self, py: Python<'py>, peer_point: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
+        let info = &self.entry.info;
+        let secret = self.with_handle(py, |session, token, handle| {
+            decrypt::ecdh(session, handle, info, token, peer_point)
+        })?;
+        Ok(PyBytes::new(py, &secret))
     }
 
     fn __repr__(&self) -> String {

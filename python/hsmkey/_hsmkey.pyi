@@ -152,6 +152,20 @@ class Key:
         ECDSA: over ``hash`` of ``data`` (or the digest itself); returns raw r||s.
         EDDSA: pure Ed25519/Ed448.
         """
+    def decrypt(
+        self,
+        mechanism: Literal["RSA_PKCS", "RSA_OAEP", "RSA_X_509"],
+        data: bytes,
+        *,
+        hash: Optional[_Hash] = None,
+        mgf_hash: Optional[_Hash] = None,
+        label: Optional[bytes] = None,
+    ) -> bytes:
+        """Decrypt with the RSA private key. OAEP hashes default to sha1; where the token's
+        OAEP lacks the hash, the token decrypts raw and hsmkey removes the padding."""
+    def ecdh(self, peer_point: bytes) -> bytes:
+        """ECDH with the EC private key: the shared secret with the peer's uncompressed
+        public point."""
 
 def _close_all_pools() -> None:
     """Close every live pool of this process (registered with ``atexit``)."""
