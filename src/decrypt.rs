@@ -90,13 +90,16 @@ pub fn decrypt(
                 );
                 match session.decrypt(&Mechanism::RsaPkcsOaep(params), handle, data) {
                     Ok(plain) => return Ok(plain),
-                    // The token has OAEP, but not with these hashes (SoftHSM2: SHA-1 only).
+                    // The token has OAEP, but not with these hashes (SoftHSM2: SHA-1 only)...
                     Err(CkError::Pkcs11(
                         RvError::ArgumentsBad
                         | RvError::MechanismParamInvalid
                         | RvError::MechanismInvalid,
                         _,
                     )) if token.has(MechanismType::RSA_X_509) => {}
+                    // ... or not with a label (SoftHSM2 answers CKR_GENERAL_ERROR).
+                    Err(CkError::Pkcs11(RvError::GeneralError | RvError::FunctionFailed, _))
+                        if !label.is_empty() && token.has(MechanismType::RSA_X_509) => {}
                     Err(e) => return Err(Error::from_cryptoki(e, "decrypting (RSA-OAEP)")),
                 }
             } else if !token.has(MechanismType::RSA_X_509) {

@@ -107,6 +107,35 @@ pub fn find_private_key(session: &Session, query: &KeyQuery, token: &str) -> Res
     }
 }
 
+/// Every private key in the token (that can be found again: it has a label or an id), with
+/// the query that finds it.
+pub fn list_private_keys(session: &Session) -> Result<Vec<(ObjectHandle, KeyQuery)>> {
+    let handles = session
+        .find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY)])
+        .context("listing the private keys")?;
+    let mut out = Vec::with_capacity(handles.len());
+    for handle in handles {
+        let attrs = session
+            .get_attributes(handle, &[AttributeType::Label, AttributeType::Id])
+            .context("reading a key's label and id")?;
+        let mut label = None;
+        let mut id = None;
+        for a in attrs {
+            match a {
+                Attribute::Label(l) if !l.is_empty() => {
+                    label = Some(String::from_utf8_lossy(&l).into_owned())
+                }
+                Attribute::Id(i) if !i.is_empty() => id = Some(i),
+                _ => {}
+            }
+        }
+        if label.is_some() || id.is_some() {
+            out.push((handle, KeyQuery { label, id }));
+        }
+    }
+    Ok(out)
+}
+
 /// Reads the key's type and public half (from the private object, or from the public-key
 /// object beside it where the private object does not carry the point).
 pub fn read_info(session: &Session, handle: ObjectHandle, query: &KeyQuery) -> Result<KeyInfo> {

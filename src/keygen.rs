@@ -2,7 +2,7 @@
 //! never extractable.
 
 use cryptoki::mechanism::Mechanism;
-use cryptoki::object::{Attribute, ObjectClass, ObjectHandle};
+use cryptoki::object::{Attribute, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 
 use crate::error::{Context, Error, Result};
@@ -140,6 +140,115 @@ pub fn generate(session: &Session, spec: &KeySpec) -> Result<ObjectHandle> {
         .generate_key_pair(&mechanism, &public, &private)
         .context(&format!("generating a key pair labelled {:?}", spec.label))?;
     Ok(private_handle)
+}
+
+/// A private key to import, as PKCS#11 attribute values.
+pub struct Import {
+    pub kind: KeyKind,
+    pub curve: Option<Curve>,
+    pub label: String,
+    pub id: Vec<u8>,
+    /// (attribute name, value): RSA numbers, or `value` and `ec_point` for EC/Edwards.
+    pub components: Vec<(String, Vec<u8>)>,
+}
+
+/// Stores a private key (sensitive, never extractable) and its public key in the token;
+/// returns the private key's handle.
+pub fn import(session: &Session, key: &Import) -> Result<ObjectHandle> {
+    let get = |name: &str| -> Result<Vec<u8>> {
+        key.components
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .ok_or_else(|| Error::value(format!("the key to import has no {name}")))
+    };
+    let common = |class: ObjectClass, key_type: KeyType, private: bool| {
+        vec![
+            Attribute::Class(class),
+            Attribute::KeyType(key_type),
+            Attribute::Token(true),
+            Attribute::Private(private),
+            Attribute::Label(key.label.as_bytes().to_vec()),
+            Attribute::Id(key.id.clone()),
+        ]
+    };
+    let (mut private, mut public) = match (key.kind, key.curve) {
+        (KeyKind::Rsa, _) => {
+            let mut private = common(ObjectClass::PRIVATE_KEY, KeyType::RSA, true);
+            private.extend([
+                Attribute::Modulus(get("modulus")?),
+                Attribute::PublicExponent(get("public_exponent")?),
+                Attribute::PrivateExponent(get("private_exponent")?),
+                Attribute::Prime1(get("prime1")?),
+                Attribute::Prime2(get("prime2")?),
+                Attribute::Exponent1(get("exponent1")?),
+                Attribute::Exponent2(get("exponent2")?),
+                Attribute::Coefficient(get("coefficient")?),
+                Attribute::Decrypt(true),
+            ]);
+            let mut public = common(ObjectClass::PUBLIC_KEY, KeyType::RSA, false);
+            public.extend([
+                Attribute::Modulus(get("modulus")?),
+                Attribute::PublicExponent(get("public_exponent")?),
+                Attribute::Encrypt(true),
+            ]);
+            (private, public)
+        }
+        (kind, Some(curve)) => {
+            let key_type = if kind == KeyKind::Edwards {
+                KeyType::EC_EDWARDS
+            } else {
+                KeyType::EC
+            };
+            let mut private = common(ObjectClass::PRIVATE_KEY, key_type, true);
+            private.extend([
+                Attribute::EcParams(curve.ec_params().to_vec()),
+                Attribute::Value(get("value")?),
+            ]);
+            if kind == KeyKind::Ec {
+                private.push(Attribute::Derive(true));
+            }
+            let mut public = common(ObjectClass::PUBLIC_KEY, key_type, false);
+            public.extend([
+                Attribute::EcParams(curve.ec_params().to_vec()),
+                Attribute::EcPoint(der_octet_string(&get("ec_point")?)),
+            ]);
+            (private, public)
+        }
+        _ => return Err(Error::value("an EC key needs a curve")),
+    };
+    private.extend([
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Sign(true),
+    ]);
+    public.push(Attribute::Verify(true));
+    let handle = session
+        .create_object(&private)
+        .context(&format!("importing the private key {:?}", key.label))?;
+    if let Err(e) = session.create_object(&public) {
+        let _ = session.destroy_object(handle);
+        return Err(Error::from_cryptoki(
+            e,
+            &format!("importing the public key {:?}", key.label),
+        ));
+    }
+    Ok(handle)
+}
+
+/// DER OCTET STRING around `data` (how PKCS#11 wants CKA_EC_POINT).
+fn der_octet_string(data: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x04];
+    let n = data.len();
+    if n < 0x80 {
+        out.push(n as u8);
+    } else if n < 0x100 {
+        out.extend([0x81, n as u8]);
+    } else {
+        out.extend([0x82, (n >> 8) as u8, n as u8]);
+    }
+    out.extend_from_slice(data);
+    out
 }
 
 /// Destroys every private-, public-key and certificate object matching `query`; returns how

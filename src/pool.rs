@@ -650,6 +650,57 @@ impl Pool {
         Ok(entry)
     }
 
+    /// Imports a private key on a read-write lease and returns its entry.
+    pub fn import_key(&self, lease: &mut Lease, import: &keygen::Import) -> Result<Arc<KeyEntry>> {
+        if !lease.rw {
+            return Err(Error::new(
+                Kind::Session,
+                "importing keys needs a read-write session: use pool.session(rw=True)",
+            ));
+        }
+        let query = KeyQuery::new(Some(import.label.clone()), Some(import.id.clone()))?;
+        let entry = self.run(lease, |session, token, _| {
+            let epoch = token.epoch();
+            let handle = keygen::import(session, import)?;
+            let info = key::read_info(session, handle, &query)?;
+            Ok(Arc::new(KeyEntry {
+                query: query.clone(),
+                info,
+                handle: Mutex::new((epoch, handle)),
+            }))
+        })?;
+        lock(&self.keys).insert(query, entry.clone());
+        Ok(entry)
+    }
+
+    /// Every private key of the token that hsmkey can use, as cached entries.
+    pub fn list_keys(&self, lease: &mut Lease) -> Result<Vec<Arc<KeyEntry>>> {
+        let entries = self.run(lease, |session, token, _| {
+            let epoch = token.epoch();
+            key::list_private_keys(session)?
+                .into_iter()
+                .map(|(handle, query)| {
+                    let info = key::read_info(session, handle, &query)?;
+                    Ok(Arc::new(KeyEntry {
+                        query,
+                        info,
+                        handle: Mutex::new((epoch, handle)),
+                    }))
+                })
+                .filter(|r: &Result<Arc<KeyEntry>>| {
+                    // Keys hsmkey cannot use (other types, EC keys with no public half)
+                    // are left out of the listing rather than failing it.
+                    !matches!(r, Err(e) if e.kind == Kind::Mechanism)
+                })
+                .collect::<Result<Vec<_>>>()
+        })?;
+        let mut keys = lock(&self.keys);
+        for e in &entries {
+            keys.insert(e.query.clone(), e.clone());
+        }
+        Ok(entries)
+    }
+
     /// Deletes the keys matching `query` on a read-write lease; returns how many objects went.
     pub fn delete_key(&self, lease: &mut Lease, query: &KeyQuery) -> Result<usize> {
         if !lease.rw {

@@ -271,6 +271,21 @@ impl PyPool {
         Ok(PyKey::new(self.pool.clone(), Binding::Pool, entry))
     }
 
+    /// Every private key in the token that hsmkey can use, as pool-bound keys.
+    fn list_keys(&self, py: Python<'_>) -> PyResult<Vec<PyKey>> {
+        let pool = self.pool.clone();
+        let entries = detach_interruptible(py, move |interrupt| {
+            let mut lease = pool.acquire(false, interrupt)?;
+            let r = pool.list_keys(&mut lease);
+            pool.release(lease);
+            r
+        })?;
+        Ok(entries
+            .into_iter()
+            .map(|e| PyKey::new(self.pool.clone(), Binding::Pool, e))
+            .collect())
+    }
+
     /// Counters: in_use, idle, created, reused, waits, timeouts, relogins, discarded,
     /// recoveries, logins, max_in_use, epoch.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {

@@ -7,11 +7,18 @@ use pyo3::types::PyType;
 
 use crate::error::{Error, Kind, Result};
 use crate::key::KeyQuery;
-use crate::keygen::KeySpec;
+use crate::keygen::{Import, KeySpec};
 use crate::module::lock;
 use crate::pool::{Lease, Pool};
 use crate::py_key::{Binding, PyKey};
 use crate::py_util::{detach_interruptible, key_query};
+
+/// What `hsmkey._import.key_components` returns: key type, curve, attribute values.
+type ImportedParts = (
+    String,
+    Option<String>,
+    std::collections::HashMap<String, Vec<u8>>,
+);
 
 /// The lease behind a `Session` object, shared with the keys loaded from it.
 pub struct SessionSlot {
@@ -158,6 +165,57 @@ impl PySession {
             Binding::Session(self.slot.clone()),
             entry,
         ))
+    }
+
+    /// Stores a pyca/cryptography private key (RSA, EC, Ed25519, Ed448) in the token as a
+    /// sensitive, non-extractable key object, with its public key beside it (read-write
+    /// sessions only): the way to move keys from PEM files into an HSM.
+    #[pyo3(signature = (key, *, label, key_id=None))]
+    fn import_private_key(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        label: &str,
+        key_id: Option<Vec<u8>>,
+    ) -> PyResult<PyKey> {
+        let (key_type, curve, components): ImportedParts = py
+            .import("hsmkey._import")?
+            .call_method1("key_components", (key,))?
+            .extract()?;
+        let components: Vec<(String, Vec<u8>)> = components.into_iter().collect();
+        // (The size given to KeySpec only matters for generation; imports keep theirs.)
+        let spec = KeySpec::new(&key_type, None, curve.as_deref(), label.to_owned(), key_id)?;
+        let import = Import {
+            kind: spec.kind,
+            curve: spec.curve,
+            label: spec.label,
+            id: spec.id,
+            components,
+        };
+        let slot = self.slot.clone();
+        let entry =
+            py.detach(move || slot.with_lease(|lease| slot.pool.import_key(lease, &import)))?;
+        Ok(PyKey::new(
+            self.slot.pool.clone(),
+            Binding::Session(self.slot.clone()),
+            entry,
+        ))
+    }
+
+    /// Every private key in the token that hsmkey can use (RSA, EC, Edwards).
+    fn list_keys(&self, py: Python<'_>) -> PyResult<Vec<PyKey>> {
+        let slot = self.slot.clone();
+        let entries = py.detach(move || slot.with_lease(|lease| slot.pool.list_keys(lease)))?;
+        Ok(entries
+            .into_iter()
+            .map(|e| {
+                PyKey::new(
+                    self.slot.pool.clone(),
+                    Binding::Session(self.slot.clone()),
+                    e,
+                )
+            })
+            .collect())
     }
 
     /// Deletes the private key, public key and certificate objects with this label and/or

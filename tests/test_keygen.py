@@ -6,7 +6,6 @@ from collections.abc import Iterator
 
 import pytest
 from helpers import SoftHSM
-
 from hsmkey import SessionPool
 from hsmkey.exceptions import HSMKeyNotFoundError, HSMSessionError
 

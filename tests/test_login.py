@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 from helpers import Faults, SoftHSM, Spy
-
 from hsmkey import SessionPool, hsm_session
 from hsmkey.exceptions import HSMModuleError, HSMPinError, HSMTokenNotFoundError
 
@@ -120,9 +119,10 @@ def test_hsm_session_keeps_a_live_pool_logged_in(softhsm: SoftHSM, faults: Fault
 
 
 def test_two_tokens_log_in_separately(softhsm: SoftHSM) -> None:
-    with SessionPool(softhsm.module, softhsm.token_label, softhsm.pin) as one, SessionPool(
-        softhsm.module, softhsm.token2.label, softhsm.token2.pin
-    ) as two:
+    with (
+        SessionPool(softhsm.module, softhsm.token_label, softhsm.pin) as one,
+        SessionPool(softhsm.module, softhsm.token2.label, softhsm.token2.pin) as two,
+    ):
         k1 = one.find_key(key_label="ec-key")
         k2 = two.find_key(key_label="ec-key")
         assert k1.ec_point != k2.ec_point
@@ -134,9 +134,12 @@ def test_token_by_serial_and_slot_id(softhsm: SoftHSM) -> None:
         p.check()
     with SessionPool(softhsm.module, None, softhsm.pin, slot_id=softhsm.slot_id) as p:
         p.check()
-    with SessionPool(
-        softhsm.module, softhsm.token_label, softhsm.pin, token_serial="no-such-serial"
-    ) as p, pytest.raises(HSMTokenNotFoundError, match="no-such-serial"):
+    with (
+        SessionPool(
+            softhsm.module, softhsm.token_label, softhsm.pin, token_serial="no-such-serial"
+        ) as p,
+        pytest.raises(HSMTokenNotFoundError, match="no-such-serial"),
+    ):
         p.check()
 
 
@@ -150,8 +153,9 @@ def test_unknown_label_lists_the_tokens_present(softhsm: SoftHSM) -> None:
 
 def test_label_prefix_does_not_match(softhsm: SoftHSM) -> None:
     # "hsmkey-test" must not match "hsmkey-test-2" (pkcs11-tool matches prefixes; we do not).
-    with SessionPool(softhsm.module, softhsm.token_label[:-1], softhsm.pin) as p, pytest.raises(
-        HSMTokenNotFoundError
+    with (
+        SessionPool(softhsm.module, softhsm.token_label[:-1], softhsm.pin) as p,
+        pytest.raises(HSMTokenNotFoundError),
     ):
         p.check()
 

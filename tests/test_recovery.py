@@ -14,7 +14,6 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 from helpers import Faults, SoftHSM, cryptoki
-
 from hsmkey import Key, SessionPool
 
 

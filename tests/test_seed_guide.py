@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from hsmkey.testing import find_softhsm2_module
 
 PRELUDE = """
@@ -49,8 +48,17 @@ def guide_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
     env = {**os.environ, "SOFTHSM2_CONF": str(conf), "HSM_MODULE": find_softhsm2_module()}
     env["HSM_TOKEN"], env["HSM_PIN"] = "my-token", "12345678"
     subprocess.run(
-        ["softhsm2-util", "--init-token", "--free", "--label", "my-token"]
-        + ["--so-pin", "87654321", "--pin", "12345678"],
+        [
+            "softhsm2-util",
+            "--init-token",
+            "--free",
+            "--label",
+            "my-token",
+            "--so-pin",
+            "87654321",
+            "--pin",
+            "12345678",
+        ],
         check=True,
         capture_output=True,
         env=env,

@@ -6,7 +6,7 @@ and :class:`hsmkey.HSMJWK` wraps :class:`Key`.
 
 import os
 from types import TracebackType
-from typing import Literal, Optional, Union
+from typing import Literal
 
 __version__: str
 DEFAULT_MAX_SESSIONS: int
@@ -23,22 +23,22 @@ class Pool:
 
     def __init__(
         self,
-        module_path: Union[str, os.PathLike[str]],
-        token_label: Optional[str] = None,
-        user_pin: Union[str, bytes, None] = None,
+        module_path: str | os.PathLike[str],
+        token_label: str | None = None,
+        user_pin: str | bytes | None = None,
         *,
-        token_serial: Optional[str] = None,
-        slot_id: Optional[int] = None,
-        max_sessions: Optional[int] = None,
+        token_serial: str | None = None,
+        slot_id: int | None = None,
+        max_sessions: int | None = None,
         acquire_timeout: float = 30.0,
-        max_idle: Optional[float] = 300.0,
+        max_idle: float | None = 300.0,
         allow_final_pin_try: bool = False,
     ) -> None: ...
     @property
     def module_path(self) -> str:
         """The module path as given (canonicalized on first use)."""
     @property
-    def token_label(self) -> Optional[str]:
+    def token_label(self) -> str | None:
         """The token label searched for."""
     @property
     def closed(self) -> bool:
@@ -46,27 +46,27 @@ class Pool:
     @property
     def max_sessions(self) -> int:
         """The most sessions lent out at once."""
-    def session(self, rw: bool = False) -> "Session":
+    def session(self, rw: bool = False) -> Session:
         """A context manager that borrows a warm session on entry and returns it on exit."""
-    def open_session(self, rw: bool = False) -> "Session":
+    def open_session(self, rw: bool = False) -> Session:
         """Borrow a session now; the caller returns it with :meth:`Session.close`."""
     def check(self) -> None:
         """Connect and log in now; raise what the first block would raise."""
-    def find_key(
-        self, *, key_label: Optional[str] = None, key_id: Union[bytes, str, None] = None
-    ) -> "Key":
+    def find_key(self, *, key_label: str | None = None, key_id: bytes | str | None = None) -> Key:
         """A pool-bound private key: each operation borrows a session from the pool."""
+    def list_keys(self) -> list[Key]:
+        """Every private key in the token that hsmkey can use, as pool-bound keys."""
     def stats(self) -> dict[str, int]:
         """Counters: in_use, idle, created, reused, waits, timeouts, relogins, discarded,
         recoveries, logins, max_in_use, epoch."""
     def close(self) -> None:
         """Close idle sessions and release this pool's share of the token login."""
-    def __enter__(self) -> "Pool": ...
+    def __enter__(self) -> Pool: ...
     def __exit__(
         self,
-        exc_type: Optional[type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None: ...
 
 class Session:
@@ -78,59 +78,60 @@ class Session:
     @property
     def closed(self) -> bool:
         """True once the session went back to its pool."""
-    def find_key(
-        self, *, key_label: Optional[str] = None, key_id: Union[bytes, str, None] = None
-    ) -> "Key":
+    def find_key(self, *, key_label: str | None = None, key_id: bytes | str | None = None) -> Key:
         """A private key valid while this session is open."""
     def generate_key_pair(
         self,
-        key_type: Literal["RSA", "EC", "Ed25519", "Ed448", "EC_EDWARDS"],
+        key_type: str,
         *,
         label: str,
-        key_id: Optional[bytes] = None,
-        bits: Optional[int] = None,
-        curve: Optional[str] = None,
-    ) -> "Key":
+        key_id: bytes | None = None,
+        bits: int | None = None,
+        curve: str | None = None,
+    ) -> Key:
         """Generate a key pair in the token (read-write sessions only); the private key is
         sensitive and not extractable. ``key_id`` defaults to 16 random bytes."""
-    def delete_key(
-        self, *, key_label: Optional[str] = None, key_id: Union[bytes, str, None] = None
-    ) -> int:
+    def import_private_key(self, key: object, *, label: str, key_id: bytes | None = None) -> Key:
+        """Store a pyca/cryptography private key (RSA, EC, Ed25519, Ed448) as a sensitive,
+        non-extractable token object, with its public key beside it."""
+    def list_keys(self) -> list[Key]:
+        """Every private key in the token that hsmkey can use."""
+    def delete_key(self, *, key_label: str | None = None, key_id: bytes | str | None = None) -> int:
         """Delete the key objects with this label and/or id; return how many went."""
     def close(self) -> None:
         """Return the session to its pool (idempotent)."""
-    def __enter__(self) -> "Session": ...
+    def __enter__(self) -> Session: ...
     def __exit__(
         self,
-        exc_type: Optional[type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None: ...
 
 class Key:
     """A private key object in the token, found by label or id."""
 
     @property
-    def label(self) -> Optional[str]: ...
+    def label(self) -> str | None: ...
     @property
     def id(self) -> bytes: ...
     @property
     def key_type(self) -> Literal["RSA", "EC", "EC_EDWARDS"]: ...
     @property
-    def curve(self) -> Optional[str]:
+    def curve(self) -> str | None:
         """``"P-256"``, ``"P-384"``, ``"P-521"``, ``"secp256k1"``, ``"Ed25519"``,
         ``"Ed448"``, or None for RSA."""
     @property
     def key_size(self) -> int:
         """Bits of the modulus (RSA) or of the curve's order."""
     @property
-    def modulus(self) -> Optional[bytes]:
+    def modulus(self) -> bytes | None:
         """RSA modulus, big-endian."""
     @property
-    def public_exponent(self) -> Optional[bytes]:
+    def public_exponent(self) -> bytes | None:
         """RSA public exponent, big-endian."""
     @property
-    def ec_point(self) -> Optional[bytes]:
+    def ec_point(self) -> bytes | None:
         """EC public point, uncompressed (``04 || X || Y``); Edwards: the raw public key."""
     def sign(self, alg: _Alg, data: bytes) -> bytes:
         """Sign ``data`` for a JOSE algorithm; returns the JOSE signature (r||s for EC)."""
@@ -141,9 +142,9 @@ class Key:
         mechanism: Literal["RSA_PKCS", "RSA_PSS", "ECDSA", "EDDSA"],
         data: bytes,
         *,
-        hash: Optional[_Hash] = None,
+        hash: _Hash | None = None,
         prehashed: bool = False,
-        salt_length: Optional[int] = None,
+        salt_length: int | None = None,
     ) -> bytes:
         """The low-level signer behind the cryptography interface.
 
@@ -157,9 +158,9 @@ class Key:
         mechanism: Literal["RSA_PKCS", "RSA_OAEP", "RSA_X_509"],
         data: bytes,
         *,
-        hash: Optional[_Hash] = None,
-        mgf_hash: Optional[_Hash] = None,
-        label: Optional[bytes] = None,
+        hash: _Hash | None = None,
+        mgf_hash: _Hash | None = None,
+        label: bytes | None = None,
     ) -> bytes:
         """Decrypt with the RSA private key. OAEP hashes default to sha1; where the token's
         OAEP lacks the hash, the token decrypts raw and hsmkey removes the padding."""

@@ -6,14 +6,15 @@ from __future__ import annotations
 import json
 import sys
 import time
+from typing import Any
 
-from jwcrypto import jwk, jwt
+from jwcrypto import jwk, jwt  # type: ignore[import-untyped]
 
 from . import HSMJWK, SessionPool
 from .testing import SoftHSM2NotFound, softhsm2_token
 
 # (algorithm, key type, generation arguments)
-ALGORITHMS = (
+ALGORITHMS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("RS256", "RSA", {"bits": 2048}),
     ("PS256", "RSA", {"bits": 2048}),
     ("ES256", "EC", {"curve": "P-256"}),

@@ -8,8 +8,6 @@ The Rust core raises these very classes.
 
 from __future__ import annotations
 
-from typing import Optional
-
 __all__ = [
     "HSMError",
     "HSMKeyNotFoundError",
@@ -31,17 +29,15 @@ class HSMError(Exception):
     :ivar function: the PKCS#11 function that failed (``"C_Sign"``), or ``None``.
     """
 
-    rv: Optional[str]
-    function: Optional[str]
+    rv: str | None
+    function: str | None
 
-    def __init__(
-        self, message: str, rv: Optional[str] = None, function: Optional[str] = None
-    ) -> None:
+    def __init__(self, message: str, rv: str | None = None, function: str | None = None) -> None:
         super().__init__(message)
         self.rv = rv
         self.function = function
 
-    def __reduce__(self) -> tuple[type[HSMError], tuple[str, Optional[str], Optional[str]]]:
+    def __reduce__(self) -> tuple[type[HSMError], tuple[str, str | None, str | None]]:
         return (type(self), (str(self), self.rv, self.function))
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Optional, Union
 
 from ._hsmkey import Pool, Session
 
@@ -60,13 +59,13 @@ class SessionPool(Pool):
 
 @contextmanager
 def hsm_session(
-    module_path: Union[str, os.PathLike[str]],
+    module_path: str | os.PathLike[str],
     token_label: str,
-    pin: Union[str, bytes],
+    pin: str | bytes,
     rw: bool = False,
     *,
-    token_serial: Optional[str] = None,
-    slot_id: Optional[int] = None,
+    token_serial: str | None = None,
+    slot_id: int | None = None,
 ) -> Iterator[Session]:
     """Open one logged-in session for the length of a ``with`` block.
 

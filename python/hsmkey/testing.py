@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 __all__ = ["SoftHSM2NotFound", "SoftHSM2Token", "find_softhsm2_module", "softhsm2_token"]
 
@@ -67,7 +66,7 @@ def softhsm2_token(
     label: str = "hsmkey-demo",
     pin: str = "123456",
     so_pin: str = "12345678",
-    directory: Optional[Path] = None,
+    directory: Path | None = None,
     keep: bool = False,
 ) -> Iterator[SoftHSM2Token]:
     """Create a fresh SoftHSM2 token in a temporary directory and set ``SOFTHSM2_CONF``.

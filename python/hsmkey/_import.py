@@ -1,0 +1,71 @@
+"""Turns a pyca/cryptography private key into the PKCS#11 attributes of a key-object import
+(called by ``Session.import_private_key`` in the Rust core)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+
+_CURVES = {
+    "secp256r1": "P-256",
+    "secp384r1": "P-384",
+    "secp521r1": "P-521",
+    "secp256k1": "secp256k1",
+}
+
+
+def _int_bytes(n: int, length: int | None = None) -> bytes:
+    return n.to_bytes(length or max(1, (n.bit_length() + 7) // 8), "big")
+
+
+def key_components(key: Any) -> tuple[str, str | None, dict[str, bytes]]:
+    """``(key_type, curve, components)`` for a private key: RSA numbers, or the EC private
+    value and public point, or the raw Edwards keys."""
+    if isinstance(key, rsa.RSAPrivateKey):
+        n = key.private_numbers()
+        pub = n.public_numbers
+        return (
+            "RSA",
+            None,
+            {
+                "modulus": _int_bytes(pub.n),
+                "public_exponent": _int_bytes(pub.e),
+                "private_exponent": _int_bytes(n.d),
+                "prime1": _int_bytes(n.p),
+                "prime2": _int_bytes(n.q),
+                "exponent1": _int_bytes(n.dmp1),
+                "exponent2": _int_bytes(n.dmq1),
+                "coefficient": _int_bytes(n.iqmp),
+            },
+        )
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        curve = _CURVES.get(key.curve.name)
+        if curve is None:
+            raise ValueError(f"hsmkey does not import keys on curve {key.curve.name}")
+        size = (key.curve.key_size + 7) // 8
+        point = key.public_key().public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+        )
+        return (
+            "EC",
+            curve,
+            {"value": _int_bytes(key.private_numbers().private_value, size), "ec_point": point},
+        )
+    if isinstance(key, (ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)):
+        raw = serialization.Encoding.Raw
+        return (
+            "EC_EDWARDS",
+            "Ed25519" if isinstance(key, ed25519.Ed25519PrivateKey) else "Ed448",
+            {
+                "value": key.private_bytes(
+                    raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+                ),
+                "ec_point": key.public_key().public_bytes(raw, serialization.PublicFormat.Raw),
+            },
+        )
+    raise TypeError(
+        "import_private_key takes a cryptography RSA, EC, Ed25519 or Ed448 private key, "
+        f"not {type(key).__name__}"
+    )
