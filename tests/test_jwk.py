@@ -17,7 +17,7 @@ from helpers.vectors import RFC7515_A2, RFC8037_A4
 from hsmkey.exceptions import HSMError, HSMKeyNotFoundError, HSMMechanismError
 from hsmkey.jwk import HSMJWK
 from hsmkey.keys import HSMEllipticCurvePrivateKey
-from jwcrypto import jwk, jws, jwt
+from jwcrypto import jwe, jwk, jws, jwt
 from jwcrypto.common import json_encode
 
 RSA_ALGS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512"]
@@ -363,3 +363,41 @@ def test_ed448_jws(pool: Any) -> None:
     finally:
         with pool.session(rw=True) as session:
             session.delete_key(key_label=label)
+
+
+# -- JWE: key management in the token -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("label", "alg"),
+    [
+        ("rsa-key", "RSA-OAEP"),
+        ("rsa-key", "RSA-OAEP-256"),
+        ("rsa-key", "RSA1_5"),
+        ("rfc7515-rsa", "RSA-OAEP-256"),
+        ("ec-key", "ECDH-ES"),
+        ("ec-key", "ECDH-ES+A128KW"),
+        ("ec384-key", "ECDH-ES+A192KW"),
+        ("ec521-key", "ECDH-ES+A256KW"),
+    ],
+)
+@pytest.mark.parametrize("enc", ["A128GCM", "A256CBC-HS512"])
+def test_jwe_decrypt(pool: Any, label: str, alg: str, enc: str) -> None:
+    key = HSMJWK.from_hsm(pool, key_label=label)
+    algs = [alg, enc]  # RSA1_5 is not allowed by default
+    header = json_encode({"alg": alg, "enc": enc, "kid": key["kid"]})
+    token = jwe.JWE(b"for the HSM only", header, algs=algs)
+    token.add_recipient(public_jwk(key))  # the sender has the public key only
+    compact = token.serialize(compact=True)
+    with pool.session() as session:
+        received = jwe.JWE(algs=algs)
+        received.deserialize(compact, HSMJWK.from_hsm(session, key_label=label))
+    assert received.payload == b"for the HSM only"
+
+
+def test_encrypted_jwt_to_hsm_key(pool: Any) -> None:
+    key = HSMJWK.from_hsm(pool, key_label="ec-key")
+    token = jwt.JWT(header={"alg": "ECDH-ES+A256KW", "enc": "A256GCM"}, claims={"sub": "x"})
+    token.make_encrypted_token(public_jwk(key))
+    received = jwt.JWT(jwt=token.serialize(), key=key, algs=["ECDH-ES+A256KW", "A256GCM"])
+    assert json.loads(received.claims) == {"sub": "x"}

@@ -162,11 +162,33 @@ def test_rsa_prehashed_length_is_checked(pool: Any) -> None:
         key(pool, "rsa-key").sign(b"short", padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
 
 
-def test_rsa_decrypt_is_not_supported_yet(pool: Any) -> None:
+@pytest.mark.parametrize("h", HASHES, ids=lambda h: h.name)
+@pytest.mark.parametrize("label", [None, b"oaep label"])
+def test_rsa_decrypt_oaep(pool: Any, h: hashes.HashAlgorithm, label: bytes | None) -> None:
     k = key(pool, "rsa-key")
-    ciphertext = k.public_key().encrypt(b"x", padding.PKCS1v15())
-    with pytest.raises(HSMMechanismError, match="decrypt"):
-        k.decrypt(ciphertext, padding.PKCS1v15())
+    oaep = padding.OAEP(padding.MGF1(h), h, label)
+    for secret in (b"k" * 16, b"x" * 32):
+        assert k.decrypt(k.public_key().encrypt(secret, oaep), oaep) == secret
+
+
+def test_rsa_decrypt_pkcs1v15(pool: Any) -> None:
+    k = key(pool, "rsa-key")
+    ciphertext = k.public_key().encrypt(b"v1.5 secret", padding.PKCS1v15())
+    assert k.decrypt(ciphertext, padding.PKCS1v15()) == b"v1.5 secret"
+    assert k.decrypt(bytearray(ciphertext), padding.PKCS1v15()) == b"v1.5 secret"
+
+
+def test_rsa_decrypt_errors(pool: Any) -> None:
+    k = key(pool, "rsa-key")
+    oaep = padding.OAEP(padding.MGF1(hashes.SHA256()), hashes.SHA256(), None)
+    ciphertext = k.public_key().encrypt(b"secret", oaep)
+    with pytest.raises(HSMError):  # wrong hash: the padding does not check out
+        k.decrypt(ciphertext, padding.OAEP(padding.MGF1(hashes.SHA512()), hashes.SHA512(), None))
+    with pytest.raises(HSMMechanismError, match="encryption padding"):
+        k.decrypt(ciphertext, padding.PSS(padding.MGF1(hashes.SHA256()), 32))
+    with pytest.raises(HSMMechanismError, match="sha3-256"):
+        k.decrypt(ciphertext, padding.OAEP(padding.MGF1(hashes.SHA256()), hashes.SHA3_256(), None))
+    assert k.decrypt(ciphertext, oaep) == b"secret"  # the key still works
 
 
 # -- EC -------------------------------------------------------------------------------------
@@ -202,10 +224,20 @@ def test_ecdsa_deterministic_is_refused(pool: Any) -> None:
         key(pool, "ec-key").sign(DATA, algorithm)
 
 
-def test_ec_exchange_is_not_supported_yet(pool: Any) -> None:
-    peer = ec.generate_private_key(ec.SECP256R1()).public_key()
-    with pytest.raises(HSMMechanismError, match="exchange"):
-        key(pool, "ec-key").exchange(ec.ECDH(), peer)
+@pytest.mark.parametrize("label", ["ec-key", "ec384-key", "ec521-key"])
+def test_ecdh_exchange(pool: Any, label: str) -> None:
+    k = key(pool, label)
+    peer = ec.generate_private_key(k.curve)
+    assert k.exchange(ec.ECDH(), peer.public_key()) == peer.exchange(ec.ECDH(), k.public_key())
+
+
+def test_ecdh_exchange_errors(pool: Any) -> None:
+    k = key(pool, "ec-key")
+    other_curve = ec.generate_private_key(ec.SECP384R1()).public_key()
+    with pytest.raises(ValueError, match="same curve"):
+        k.exchange(ec.ECDH(), other_curve)
+    with pytest.raises(TypeError):
+        k.exchange(ec.ECDH(), ed25519.Ed25519PrivateKey.generate().public_key())
 
 
 def test_rsa_call_on_ec_key_names_algorithm_and_key(pool: Any) -> None:

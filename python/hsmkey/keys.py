@@ -8,8 +8,9 @@ joserfc, your own code) signs with a key that never leaves the token:
 >>> der = key.sign(b"data", ec.ECDSA(hashes.SHA256()))              # doctest: +SKIP
 >>> key.public_key().verify(der, b"data", ec.ECDSA(hashes.SHA256()))  # doctest: +SKIP
 
-``public_key()`` is an ordinary software public key (verification never needs the token).
-``sign()`` runs in the token. The private key cannot be exported: ``private_bytes()``,
+``public_key()`` is an ordinary software public key (verification and encryption never need
+the token). ``sign()``, RSA ``decrypt()`` and EC ``exchange()`` (ECDH) run in the token. The
+private key cannot be exported: ``private_bytes()``,
 ``private_bytes_raw()`` and ``private_numbers()`` raise
 :class:`~hsmkey.exceptions.HSMMechanismError`.
 """
@@ -22,11 +23,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.padding import (
     MGF1,
+    OAEP,
     PSS,
     AsymmetricPadding,
     PKCS1v15,
 )
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_dss_signature
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from .exceptions import HSMKeyNotFoundError, HSMMechanismError
 
@@ -314,6 +317,7 @@ class HSMRSAPrivateKey(_HSMKeyMixin, rsa.RSAPrivateKey):
     ``sign()`` supports PKCS#1 v1.5 and PSS (MGF1 with the signature's hash; salt
     ``PSS.DIGEST_LENGTH``, ``PSS.MAX_LENGTH`` or a number of bytes) over SHA-1, SHA-224,
     SHA-256, SHA-384 and SHA-512, or over a digest you computed (``Prehashed``).
+    ``decrypt()`` supports PKCS#1 v1.5 and OAEP (JWE RSA1_5, RSA-OAEP, RSA-OAEP-256).
     """
 
     def __init__(self, key: Key) -> None:
@@ -373,10 +377,28 @@ class HSMRSAPrivateKey(_HSMKeyMixin, rsa.RSAPrivateKey):
         return salt
 
     def decrypt(self, ciphertext: bytes, padding: AsymmetricPadding) -> bytes:
-        """Not supported yet: raises :class:`~hsmkey.exceptions.HSMMechanismError`."""
+        """Decrypt in the token: ``PKCS1v15()`` or ``OAEP(MGF1(hash), hash, label)`` with
+        SHA-1, SHA-224, SHA-256, SHA-384 or SHA-512 (where the token's OAEP lacks the hash,
+        the token decrypts raw and hsmkey removes the OAEP padding)."""
+        if type(ciphertext) is not bytes:
+            ciphertext = _bytes(ciphertext)
+        if isinstance(padding, PKCS1v15):
+            return self._key.decrypt("RSA_PKCS", ciphertext)
+        if isinstance(padding, OAEP):
+            name, _, prehashed = _hash_of(padding.algorithm)
+            mgf = padding.mgf
+            if prehashed or not isinstance(mgf, MGF1):
+                raise HSMMechanismError("OAEP needs MGF1(hash) and a hash algorithm")
+            return self._key.decrypt(
+                "RSA_OAEP",
+                ciphertext,
+                hash=name,
+                mgf_hash=_hash_of(mgf._algorithm)[0],
+                label=padding._label or None,
+            )
         raise HSMMechanismError(
-            f"RSA decryption ({getattr(padding, 'name', type(padding).__name__)}) with the HSM "
-            f"{self._what()} is not supported yet"
+            f"{getattr(padding, 'name', type(padding).__name__)} is not an encryption padding "
+            f"for the HSM {self._what()}: use PKCS1v15() or OAEP(...)"
         )
 
     @property
@@ -403,7 +425,8 @@ class HSMEllipticCurvePrivateKey(_HSMKeyMixin, ec.EllipticCurvePrivateKey):
 
     ``sign(data, ECDSA(hash))`` returns a DER signature, like cryptography's own keys
     (the token gives r||s; JOSE libraries convert back). ``ECDSA(Prehashed(hash))`` signs
-    a digest you computed.
+    a digest you computed. ``exchange(ECDH(), peer)`` agrees a secret in the token (JWE
+    ECDH-ES).
     """
 
     def __init__(self, key: Key) -> None:
@@ -449,10 +472,17 @@ class HSMEllipticCurvePrivateKey(_HSMKeyMixin, ec.EllipticCurvePrivateKey):
             )
 
     def exchange(self, algorithm: ec.ECDH, peer_public_key: ec.EllipticCurvePublicKey) -> bytes:
-        """Not supported yet: raises :class:`~hsmkey.exceptions.HSMMechanismError`."""
-        raise HSMMechanismError(
-            f"ECDH key agreement (exchange) with the HSM {self._what()} is not supported yet"
-        )
+        """ECDH in the token: the shared secret with ``peer_public_key`` (same curve)."""
+        if not isinstance(algorithm, ec.ECDH):
+            raise HSMMechanismError(
+                f"{type(algorithm).__name__} is not supported by the HSM {self._what()}: use ECDH()"
+            )
+        if not isinstance(peer_public_key, ec.EllipticCurvePublicKey):
+            raise TypeError("peer_public_key must be an EllipticCurvePublicKey")
+        if peer_public_key.curve.name != self.curve.name:
+            raise ValueError("peer_public_key and self are not on the same curve")
+        point = peer_public_key.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+        return self._key.ecdh(point)
 
     @property
     def curve(self) -> ec.EllipticCurve:
