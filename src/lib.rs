@@ -11,6 +11,7 @@ mod mechanism;
 mod module;
 mod oaep;
 mod pool;
+mod py_async;
 mod py_key;
 mod py_pool;
 mod py_session;
@@ -23,6 +24,7 @@ use pyo3::prelude::*;
 #[pymodule]
 fn _hsmkey(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    py_async::configure_runtime();
     m.add("DEFAULT_MAX_SESSIONS", py_pool::DEFAULT_MAX_SESSIONS)?;
     m.add_class::<py_pool::PyPool>()?;
     m.add_class::<py_session::PySession>()?;

@@ -11,7 +11,7 @@ use cryptoki::session::Session;
 
 use crate::decrypt::{self, Decryption};
 use crate::error::{Error, Result};
-use crate::key;
+use crate::key::{self, KeyInfo};
 use crate::mechanism::{check_scheme_key, HashAlg, JoseAlg, Scheme};
 use crate::pool::{KeyEntry, Lease, Pool};
 use crate::py_session::SessionSlot;
@@ -19,6 +19,7 @@ use crate::py_util::detach_interruptible;
 use crate::token::TokenState;
 
 /// Where a key gets its session from.
+#[derive(Clone)]
 pub enum Binding {
     /// The session it was loaded from: valid while that session is open.
     Session(Arc<SessionSlot>),
@@ -26,80 +27,110 @@ pub enum Binding {
     Pool,
 }
 
-/// A private key object in the token (found by label and/or id). Its public half is read
-/// once; private operations run in the token.
-#[pyclass(name = "Key", module = "hsmkey._hsmkey", frozen)]
-pub struct PyKey {
+/// What a key operation needs, cheap to clone into a worker thread.
+#[derive(Clone)]
+pub struct KeyRef {
     pool: Arc<Pool>,
     binding: Binding,
     entry: Arc<KeyEntry>,
 }
 
-impl PyKey {
-    pub fn new(pool: Arc<Pool>, binding: Binding, entry: Arc<KeyEntry>) -> Self {
-        PyKey {
-            pool,
-            binding,
-            entry,
+impl KeyRef {
+    /// Runs `op` on a lease: the key's own session, or one borrowed from the pool for the
+    /// whole call. Blocking: call it without the GIL.
+    fn with_lease<T>(
+        &self,
+        interrupt: &dyn Fn() -> Result<()>,
+        op: impl FnOnce(&mut Lease) -> Result<T>,
+    ) -> Result<T> {
+        match &self.binding {
+            Binding::Session(slot) => slot.with_lease(op),
+            Binding::Pool => {
+                let mut lease = self.pool.acquire(false, interrupt)?;
+                let r = op(&mut lease);
+                self.pool.release(lease);
+                r
+            }
         }
     }
 
-    /// Runs `op` for each input on a session (the key's own, or one borrowed from the pool
-    /// for the whole batch), with recovery, in one GIL-free section.
-    fn sign_all(&self, py: Python<'_>, scheme: Scheme, inputs: &[&[u8]]) -> PyResult<Vec<Vec<u8>>> {
-        let pool = &self.pool;
-        let entry = &self.entry;
-        let sign_in = |lease: &mut Lease| -> Result<Vec<Vec<u8>>> {
+    /// Signs each input, with recovery; one lease for the whole batch.
+    fn sign_blocking(
+        &self,
+        scheme: Scheme,
+        inputs: &[&[u8]],
+        interrupt: &dyn Fn() -> Result<()>,
+    ) -> Result<Vec<Vec<u8>>> {
+        let (pool, entry) = (&self.pool, &self.entry);
+        self.with_lease(interrupt, |lease| {
             let mut out = Vec::with_capacity(inputs.len());
             for data in inputs {
-                let sig = pool.run(lease, |session, token, refind| {
+                out.push(pool.run(lease, |session, token, refind| {
                     let handle = pool.key_handle(session, token, entry, refind)?;
                     key::sign(session, handle, &scheme, &entry.info, token, data)
-                })?;
-                out.push(sig);
+                })?);
             }
             Ok(out)
-        };
-        match &self.binding {
-            Binding::Session(slot) => Ok(py.detach(|| slot.with_lease(sign_in))?),
-            Binding::Pool => detach_interruptible(py, |interrupt| {
-                let mut lease = pool.acquire(false, interrupt)?;
-                let r = sign_in(&mut lease);
-                pool.release(lease);
-                r
-            }),
-        }
+        })
     }
 
-    /// Runs one private-key operation with the key's handle, with recovery, in one GIL-free
-    /// section.
-    fn with_handle<T: Send>(
+    /// One private-key operation with the key's handle, with recovery.
+    fn with_handle_blocking<T>(
         &self,
-        py: Python<'_>,
-        op: impl Fn(&Session, &TokenState, ObjectHandle) -> Result<T> + Sync,
-    ) -> PyResult<T> {
-        let pool = &self.pool;
-        let entry = &self.entry;
-        let run = |lease: &mut Lease| -> Result<T> {
+        interrupt: &dyn Fn() -> Result<()>,
+        op: impl Fn(&Session, &TokenState, ObjectHandle) -> Result<T>,
+    ) -> Result<T> {
+        let (pool, entry) = (&self.pool, &self.entry);
+        self.with_lease(interrupt, |lease| {
             pool.run(lease, |session, token, refind| {
                 let handle = pool.key_handle(session, token, entry, refind)?;
                 op(session, token, handle)
             })
-        };
-        match &self.binding {
-            Binding::Session(slot) => Ok(py.detach(|| slot.with_lease(run))?),
-            Binding::Pool => detach_interruptible(py, |interrupt| {
-                let mut lease = pool.acquire(false, interrupt)?;
-                let r = run(&mut lease);
-                pool.release(lease);
-                r
-            }),
+        })
+    }
+}
+
+/// A private key object in the token (found by label and/or id). Its public half is read
+/// once; private operations run in the token.
+#[pyclass(name = "Key", module = "hsmkey._hsmkey", frozen)]
+pub struct PyKey {
+    key: KeyRef,
+}
+
+impl PyKey {
+    pub fn new(pool: Arc<Pool>, binding: Binding, entry: Arc<KeyEntry>) -> Self {
+        PyKey {
+            key: KeyRef {
+                pool,
+                binding,
+                entry,
+            },
         }
+    }
+
+    fn info(&self) -> &KeyInfo {
+        &self.key.entry.info
+    }
+
+    /// Signs in one GIL-free section.
+    fn sign_all(&self, py: Python<'_>, scheme: Scheme, inputs: &[&[u8]]) -> PyResult<Vec<Vec<u8>>> {
+        let key = &self.key;
+        detach_interruptible(py, |interrupt| key.sign_blocking(scheme, inputs, interrupt))
+    }
+
+    /// Runs one private-key operation with the key's handle in one GIL-free section.
+    fn with_handle<T: Send>(
+        &self,
+        py: Python<'_>,
+        op: impl Fn(&Session, &TokenState, ObjectHandle) -> Result<T> + Send,
+    ) -> PyResult<T> {
+        let key = &self.key;
+        detach_interruptible(py, |interrupt| key.with_handle_blocking(interrupt, op))
     }
 
     fn jose(&self, alg: &str) -> Result<Scheme> {
         let alg = JoseAlg::parse(alg)?;
-        let info = &self.entry.info;
+        let info = self.info();
         alg.check_key(info.kind, info.curve, &info.describe())?;
         Ok(alg.scheme)
     }
@@ -110,37 +141,38 @@ impl PyKey {
     /// CKA_LABEL, if the key has one.
     #[getter]
     fn label(&self) -> Option<String> {
-        self.entry.info.label.clone()
+        self.info().label.clone()
     }
 
     /// CKA_ID (may be empty).
     #[getter]
     fn id<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
-        PyBytes::new(py, &self.entry.info.id)
+        PyBytes::new(py, &self.info().id)
     }
 
     /// ``"RSA"``, ``"EC"`` or ``"EC_EDWARDS"``.
     #[getter]
     fn key_type(&self) -> &'static str {
-        self.entry.info.kind.name()
+        self.info().kind.name()
     }
 
     /// The curve name, or None for RSA.
     #[getter]
     fn curve(&self) -> Option<&'static str> {
-        self.entry.info.curve.map(|c| c.name())
+        self.info().curve.map(|c| c.name())
     }
 
     /// Bits of the modulus (RSA) or of the curve.
     #[getter]
     fn key_size(&self) -> usize {
-        self.entry.info.bits
+        self.info().bits
     }
 
     /// The RSA modulus, big-endian.
     #[getter]
     fn modulus<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyBytes>> {
-        self.entry
+        self.key
+            .entry
             .info
             .modulus
             .as_ref()
@@ -150,7 +182,8 @@ impl PyKey {
     /// The RSA public exponent, big-endian.
     #[getter]
     fn public_exponent<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyBytes>> {
-        self.entry
+        self.key
+            .entry
             .info
             .public_exponent
             .as_ref()
@@ -160,7 +193,8 @@ impl PyKey {
     /// The EC public point (uncompressed) or the raw Edwards public key.
     #[getter]
     fn ec_point<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyBytes>> {
-        self.entry
+        self.key
+            .entry
             .info
             .ec_point
             .as_ref()
@@ -173,6 +207,22 @@ impl PyKey {
         let mut sigs = self.sign_all(py, scheme, &[data])?;
         let sig = sigs.pop().unwrap_or_default();
         Ok(PyBytes::new(py, &sig))
+    }
+
+    /// ``await key.sign_async(alg, data)``: like :meth:`sign`, run on a worker thread so
+    /// that the event loop keeps running while the token signs.
+    fn sign_async<'py>(
+        &self,
+        py: Python<'py>,
+        alg: &str,
+        data: Vec<u8>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let scheme = self.jose(alg)?;
+        let key = self.key.clone();
+        crate::py_async::spawn_bytes(py, move || {
+            let mut sigs = key.sign_blocking(scheme, &[&data], &|| Ok(()))?;
+            Ok(sigs.pop().unwrap_or_default())
+        })
     }
 
     /// Signs many payloads in one GIL-free section (one session for the whole batch).
@@ -229,7 +279,7 @@ impl PyKey {
                 .into())
             }
         };
-        check_scheme_key(&scheme, self.entry.info.kind, &self.entry.info.describe())?;
+        check_scheme_key(&scheme, self.info().kind, &self.info().describe())?;
         let mut sigs = self.sign_all(py, scheme, &[data])?;
         Ok(PyBytes::new(py, &sigs.pop().unwrap_or_default()))
     }
@@ -269,7 +319,7 @@ impl PyKey {
                 .into())
             }
         };
-        let info = &self.entry.info;
+        let info = self.info();
         let plain = self.with_handle(py, |session, token, handle| {
             decrypt::decrypt(session, handle, info, token, &how, data)
         })?;
@@ -279,7 +329,7 @@ impl PyKey {
     /// ECDH with an EC private key: the shared secret (x coordinate) with ``peer_point``,
     /// the peer's uncompressed public point.
     fn ecdh<'py>(&self, py: Python<'py>, peer_point: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
-        let info = &self.entry.info;
+        let info = self.info();
         let secret = self.with_handle(py, |session, token, handle| {
             decrypt::ecdh(session, handle, info, token, peer_point)
         })?;
@@ -287,7 +337,7 @@ impl PyKey {
     }
 
     fn __repr__(&self) -> String {
-        let info = &self.entry.info;
+        let info = self.info();
         let what = match info.curve {
             Some(c) => format!("{} {}", info.kind.name(), c.name()),
             None => format!("{} {}", info.kind.name(), info.bits),

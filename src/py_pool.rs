@@ -347,5 +347,9 @@ impl PyPool {
 /// by the Python package, so that interpreter exit leaves nothing open on the token.
 #[pyfunction]
 pub fn _close_all_pools(py: Python<'_>) {
-    py.detach(pool::close_all_pools);
+    py.detach(|| {
+        // Let asyncio results in delivery land first (see py_async).
+        crate::py_async::wait_idle(Duration::from_secs(10));
+        pool::close_all_pools();
+    });
 }

@@ -50,7 +50,7 @@ impl SessionSlot {
         }
     }
 
-    fn close(&self) {
+    pub fn close(&self) {
         let lease = {
             let mut st = lock(&self.state);
             st.closed = true;
@@ -236,6 +236,56 @@ impl PySession {
     fn close(&self, py: Python<'_>) {
         let slot = self.slot.clone();
         py.detach(move || slot.close());
+    }
+
+    /// ``async with pool.session() as session:`` borrows the session on a worker thread;
+    /// a task cancelled while it waits leaves nothing borrowed.
+    fn __aenter__<'py>(slf: Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let me = slf.clone().into_any().unbind();
+        let slot = slf.get().slot.clone();
+        let rw = slf.get().rw;
+        let fut = crate::py_async::spawn(
+            py,
+            move || -> Result<()> {
+                if lock(&slot.state).lease.is_some() {
+                    return Ok(());
+                }
+                let lease = slot.pool.acquire(rw, &|| Ok(()))?;
+                let mut st = lock(&slot.state);
+                if st.closed {
+                    drop(st);
+                    slot.pool.release(lease);
+                    return Err(crate::py_async::worker_error(
+                        "this session was closed (or its task cancelled) while it waited",
+                    ));
+                }
+                st.lease = Some(lease);
+                Ok(())
+            },
+            move |_, ()| Ok(me),
+        )?;
+        crate::py_async::close_when_cancelled(&fut, slf.into_any().unbind())?;
+        Ok(fut)
+    }
+
+    #[pyo3(signature = (_exc_type=None, _exc=None, _tb=None))]
+    fn __aexit__<'py>(
+        &self,
+        py: Python<'py>,
+        _exc_type: Option<&Bound<'_, PyType>>,
+        _exc: Option<&Bound<'_, PyAny>>,
+        _tb: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let slot = self.slot.clone();
+        crate::py_async::spawn(
+            py,
+            move || {
+                slot.close();
+                Ok(())
+            },
+            |py, ()| Ok(false.into_pyobject(py)?.to_owned().into_any().unbind()),
+        )
     }
 
     fn __enter__(slf: Bound<'_, Self>) -> PyResult<Bound<'_, Self>> {

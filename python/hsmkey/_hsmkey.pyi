@@ -100,6 +100,15 @@ class Session:
         """Delete the key objects with this label and/or id; return how many went."""
     def close(self) -> None:
         """Return the session to its pool (idempotent)."""
+    async def __aenter__(self) -> Session:
+        """``async with pool.session() as session:``: borrows the session on a worker
+        thread; a cancelled wait leaves nothing borrowed."""
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool: ...
     def __enter__(self) -> Session: ...
     def __exit__(
         self,
@@ -135,6 +144,8 @@ class Key:
         """EC public point, uncompressed (``04 || X || Y``); Edwards: the raw public key."""
     def sign(self, alg: _Alg, data: bytes) -> bytes:
         """Sign ``data`` for a JOSE algorithm; returns the JOSE signature (r||s for EC)."""
+    async def sign_async(self, alg: _Alg, data: bytes) -> bytes:
+        """Like :meth:`sign`, on a worker thread: the event loop keeps running."""
     def sign_many(self, alg: _Alg, payloads: list[bytes]) -> list[bytes]:
         """Sign many payloads in one GIL-free section."""
     def sign_raw(

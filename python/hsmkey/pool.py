@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,6 +36,14 @@ class SessionPool(Pool):
         locks it (``CKF_USER_PIN_FINAL_TRY``); by default hsmkey refuses and raises
         :class:`~hsmkey.exceptions.HSMPinError` without trying the PIN.
     """
+
+    async def __aenter__(self) -> SessionPool:
+        """``async with SessionPool(...) as pool:`` (the pool connects lazily, as always)."""
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Close the pool on a worker thread, off the event loop."""
+        await asyncio.to_thread(self.close)
 
     @classmethod
     def from_env(cls, **kwargs: object) -> SessionPool:
