@@ -21,7 +21,7 @@ from .exceptions import (
     HSMSessionError,
     HSMTokenNotFoundError,
 )
-from .jwk import HSMJWK
+from .jwk import HSMJWK, jwks
 from .pool import SessionPool, hsm_session
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "__version__",
     "exceptions",
     "hsm_session",
+    "jwks",
 ]
 
 # Close every pool at interpreter exit: sessions are closed and the token logged out, even

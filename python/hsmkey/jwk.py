@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import copy
 import json
-from typing import TYPE_CHECKING, Any, Callable, NoReturn, TypeVar, cast
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast
 
 from cryptography.hazmat.primitives import hashes
 from jwcrypto.common import base64url_encode  # type: ignore[import-untyped]
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
     from ._hsmkey import Key, Pool, Session
 
-__all__ = ["HSMJWK"]
+__all__ = ["HSMJWK", "jwks"]
 
 _T = TypeVar("_T", bound="HSMJWK")
 
@@ -94,8 +94,39 @@ def _jwk_info(key: Key, info: _KeyInfo) -> _JWKInfo:
     return jinfo  # type: ignore[no-any-return]
 
 
+# kid -> (label, id) of the key that had that thumbprint: later lookups by kid cost one
+# cached find_key() instead of listing the token (checked against the thumbprint each time).
+_KID_HINTS: dict[str, tuple[str | None, bytes]] = {}
+
+
+def _thumbprint(key: Key) -> str:
+    info = _key_info(key)
+    return (info.jwk or _jwk_info(key, info)).thumbprint
+
+
+def _find_by_kid(source: Session | Pool, kid: str) -> Key:
+    hint = _KID_HINTS.get(kid)
+    if hint is not None:
+        try:
+            key = source.find_key(key_label=hint[0], key_id=hint[1] or None)
+        except HSMKeyNotFoundError:
+            pass
+        else:
+            if _thumbprint(key) == kid:
+                return key
+    matches = [k for k in source.list_keys() if _thumbprint(k) == kid]
+    if not matches:
+        raise HSMKeyNotFoundError(f"no private key in the token has the thumbprint kid {kid!r}")
+    if len({(k.label, k.id) for k in matches}) > 1:
+        raise HSMKeyNotFoundError(
+            f"{len(matches)} keys have the thumbprint {kid!r}; pass key_label= or key_id="
+        )
+    _KID_HINTS[kid] = (matches[0].label, matches[0].id)
+    return matches[0]
+
+
 def _find_key(
-    find: Callable[..., Key],
+    source: Session | Pool,
     key_label: str | None,
     key_id: bytes | str | None,
     kid: str | None,
@@ -103,13 +134,21 @@ def _find_key(
     if key_label is None and key_id is None:
         if kid is None:
             raise TypeError("from_hsm() needs key_label=, key_id= or kid=")
-        # Finding a key by its kid needs the token to be searched by thumbprint; until
-        # the core offers find_key(kid=...), this is the one place to change.
-        raise HSMKeyNotFoundError(
-            f"cannot find a key by kid={kid!r} alone yet: pass key_label= or key_id= "
-            "(kid= then sets the JWK's kid)"
-        )
-    return find(key_label=key_label, key_id=key_id)
+        return _find_by_kid(source, kid)
+    return source.find_key(key_label=key_label, key_id=key_id)
+
+
+def jwks(source: Session | Pool) -> dict[str, list[dict[str, Any]]]:
+    """The public JWK Set (RFC 7517) of every key in the token that hsmkey can use, each
+    with its RFC 7638 thumbprint as ``kid``: what a service publishes at its JWKS URL."""
+    keys = []
+    for key in source.list_keys():
+        info = _key_info(key)
+        jinfo = info.jwk or _jwk_info(key, info)
+        member = dict(jinfo.items)
+        member["kid"] = jinfo.thumbprint
+        keys.append(member)
+    return {"keys": keys}
 
 
 class HSMJWK(JWK):  # type: ignore[misc]
@@ -150,13 +189,12 @@ class HSMJWK(JWK):  # type: ignore[misc]
         """
         if kid is not None and not isinstance(kid, str):
             raise TypeError(f"kid must be a str, not {type(kid).__name__}")
-        find = getattr(source, "find_key", None)
-        if find is not None:
-            key = _find_key(find, key_label, key_id, kid)
+        if hasattr(source, "find_key"):
+            key = _find_key(cast("Session | Pool", source), key_label, key_id, kid)
         elif hasattr(source, "sign_raw"):
             if key_label is not None or key_id is not None:
                 raise TypeError("key_label= and key_id= do not apply when source is a Key")
-            key = cast("Key", source)
+            key = source
         else:
             raise TypeError(
                 f"source must be an hsmkey Session, SessionPool or Key, not {type(source).__name__}"
