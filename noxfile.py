@@ -109,6 +109,10 @@ def cargo_test_env(session: nox.Session) -> dict[str, str]:
     return env
 
 
+# The fault-injection PKCS#11 module the reliability tests load (its own crate).
+FAULTMOD = "tests/faultmod/Cargo.toml"
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
     """Build and install hsmkey, run the Rust unit tests, then pytest."""
@@ -116,6 +120,7 @@ def tests(session: nox.Session) -> None:
     ensure_cargo(session)
     session.install(TEST_EXTRAS, *TEST_DEPS)
     session.run("cargo", "test", "--locked", external=True, env=cargo_test_env(session))
+    session.run("cargo", "test", "--locked", "--manifest-path", FAULTMOD, external=True)
     session.run("pytest", *session.posargs)
 
 
@@ -128,6 +133,19 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "check", *paths)
     session.run("ruff", "format", "--check", *paths)
     session.run("cargo", "fmt", "--all", "--", "--check", external=True)
+    session.run("cargo", "fmt", "--manifest-path", FAULTMOD, "--", "--check", external=True)
+    session.run(
+        "cargo",
+        "clippy",
+        "--locked",
+        "--manifest-path",
+        FAULTMOD,
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+        external=True,
+    )
     session.run(
         "cargo",
         "clippy",

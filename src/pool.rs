@@ -107,6 +107,8 @@ enum Fault {
     LoggedOut,
     StaleHandle,
     TokenGone,
+    /// The code said "session gone" but the session is there: try once more on it.
+    Retry,
 }
 
 static CONNECTIONS: AtomicU64 = AtomicU64::new(1);
@@ -473,22 +475,57 @@ impl Pool {
         lease: &mut Lease,
         mut op: impl FnMut(&Session, &TokenState, bool) -> Result<T>,
     ) -> Result<T> {
+        if lease.session.is_none() {
+            // A session replaced after an earlier failure could not be reopened then.
+            lease.session = Some(lease.token.open_session(lease.rw)?);
+        }
         let seen_epoch = lease.token.epoch();
         let err = match op(lease.session()?, &lease.token, false) {
             Ok(v) => return Ok(v),
             Err(e) => e,
         };
         let Some(fault) = diagnose(lease, &err) else {
+            self.replace_after_error(lease, &err);
             return Err(err);
         };
         self.heal(lease, fault, seen_epoch, &err)?;
         lock(&self.state).stats.recoveries += 1;
-        op(lease.session()?, &lease.token, fault == Fault::StaleHandle)
+        let result = op(lease.session()?, &lease.token, fault == Fault::StaleHandle);
+        if let Err(e) = &result {
+            self.replace_after_error(lease, e);
+        }
+        result
+    }
+
+    /// After a token error that was not healed, the session may still carry an active
+    /// operation (a token that fails `C_Sign` without ending it answers every later
+    /// `C_SignInit` with `CKR_OPERATION_ACTIVE`), or be dead: swap it for a fresh one, closing
+    /// it if the token still knows it and forgetting it if not.
+    fn replace_after_error(&self, lease: &mut Lease, err: &Error) {
+        if err.rv.is_none() || err.is_pin_error() {
+            return;
+        }
+        if let Some(old) = lease.session.take() {
+            if old.get_session_info().is_ok() {
+                let _ = old.close();
+            } else {
+                std::mem::forget(old);
+            }
+        }
+        lock(&self.state).stats.discarded += 1;
+        lease.session = lease.token.open_session(lease.rw).ok();
     }
 
     fn heal(&self, lease: &mut Lease, fault: Fault, seen_epoch: u64, err: &Error) -> Result<()> {
         let what = err.rv_name().unwrap_or_else(|| err.message.clone());
         match fault {
+            Fault::Retry => {
+                log::log(
+                    log::INFO,
+                    &format!("the token answered {what} for a session it still knows; retrying"),
+                );
+                Ok(())
+            }
             Fault::StaleHandle => {
                 log::log(
                     log::INFO,
@@ -774,9 +811,7 @@ fn diagnose(lease: &Lease, err: &Error) -> Option<Fault> {
             Some(RvError::ObjectHandleInvalid | RvError::KeyHandleInvalid) => {
                 Some(Fault::StaleHandle)
             }
-            Some(RvError::SessionHandleInvalid | RvError::SessionClosed) => {
-                Some(Fault::SessionGone)
-            }
+            Some(RvError::SessionHandleInvalid | RvError::SessionClosed) => Some(Fault::Retry),
             Some(RvError::DeviceRemoved | RvError::TokenNotPresent) => Some(Fault::TokenGone),
             Some(RvError::UserNotLoggedIn) => Some(Fault::LoggedOut),
             _ => None,

@@ -15,7 +15,7 @@ use crate::key::{self, KeyInfo};
 use crate::mechanism::{check_scheme_key, HashAlg, JoseAlg, Scheme};
 use crate::pool::{KeyEntry, Lease, Pool};
 use crate::py_session::SessionSlot;
-use crate::py_util::detach_interruptible;
+use crate::py_util::{detach_interruptible, opt_count, type_name};
 use crate::token::TokenState;
 
 /// Where a key gets its session from.
@@ -230,10 +230,23 @@ impl PyKey {
         &self,
         py: Python<'py>,
         alg: &str,
-        payloads: Vec<Vec<u8>>,
+        payloads: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyList>> {
         let scheme = self.jose(alg)?;
-        let inputs: Vec<&[u8]> = payloads.iter().map(|p| p.as_slice()).collect();
+        let mut items = Vec::new();
+        for item in payloads.try_iter()? {
+            let item = item?;
+            items.push(item.cast_into::<PyBytes>().map_err(|e| {
+                PyErr::from(Error::new(
+                    crate::error::Kind::Type,
+                    format!(
+                        "sign_many takes an iterable of bytes, not of {}",
+                        type_name(e.into_inner().as_any())
+                    ),
+                ))
+            })?);
+        }
+        let inputs: Vec<&[u8]> = items.iter().map(|p| p.as_bytes()).collect();
         let sigs = self.sign_all(py, scheme, &inputs)?;
         PyList::new(py, sigs.iter().map(|s| PyBytes::new(py, s)))
     }
@@ -247,8 +260,9 @@ impl PyKey {
         data: &[u8],
         hash: Option<&str>,
         prehashed: bool,
-        salt_length: Option<usize>,
+        salt_length: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyBytes>> {
+        let salt_length = opt_count("salt_length", salt_length, 0..=1 << 16)?;
         let need_hash = || -> Result<HashAlg> {
             HashAlg::parse(
                 hash.ok_or_else(|| Error::value(format!("{mechanism} signatures need hash=")))?,

@@ -11,7 +11,7 @@ use crate::keygen::{Import, KeySpec};
 use crate::module::lock;
 use crate::pool::{Lease, Pool};
 use crate::py_key::{Binding, PyKey};
-use crate::py_util::{detach_interruptible, key_query};
+use crate::py_util::{detach_interruptible, key_query, opt_bytes, opt_count};
 
 /// What `hsmkey._import.key_components` returns: key type, curve, attribute values.
 type ImportedParts = (
@@ -152,10 +152,12 @@ impl PySession {
         py: Python<'_>,
         key_type: &str,
         label: &str,
-        key_id: Option<Vec<u8>>,
-        bits: Option<usize>,
+        key_id: Option<&Bound<'_, PyAny>>,
+        bits: Option<&Bound<'_, PyAny>>,
         curve: Option<&str>,
     ) -> PyResult<PyKey> {
+        let key_id = opt_bytes("key_id", key_id)?;
+        let bits = opt_count("bits", bits, 0..=1 << 20)?;
         let spec = KeySpec::new(key_type, bits, curve, label.to_owned(), key_id)?;
         let slot = self.slot.clone();
         let entry =
@@ -176,8 +178,9 @@ impl PySession {
         py: Python<'_>,
         key: &Bound<'_, PyAny>,
         label: &str,
-        key_id: Option<Vec<u8>>,
+        key_id: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<PyKey> {
+        let key_id = opt_bytes("key_id", key_id)?;
         let (key_type, curve, components): ImportedParts = py
             .import("hsmkey._import")?
             .call_method1("key_components", (key,))?

@@ -94,3 +94,48 @@ pub fn type_name(obj: &Bound<'_, PyAny>) -> String {
         .map(|n| n.to_string())
         .unwrap_or_else(|_| "?".to_string())
 }
+
+/// An optional whole number in `range`, for `name=`: `TypeError` for other types (bool
+/// included), `ValueError` out of range (never `OverflowError`).
+pub fn opt_count(
+    name: &str,
+    value: Option<&Bound<'_, PyAny>>,
+    range: std::ops::RangeInclusive<i128>,
+) -> PyResult<Option<usize>> {
+    let Some(v) = value.filter(|v| !v.is_none()) else {
+        return Ok(None);
+    };
+    if v.cast::<pyo3::types::PyBool>().is_ok() {
+        return Err(Error::new(Kind::Type, format!("{name} must be an int, not bool")).into());
+    }
+    let n: i128 = v.extract().map_err(|_| {
+        PyErr::from(Error::new(
+            Kind::Type,
+            format!("{name} must be an int, not {}", type_name(v)),
+        ))
+    })?;
+    if !range.contains(&n) {
+        return Err(Error::value(format!(
+            "{name} must be between {} and {}, not {n}",
+            range.start(),
+            range.end()
+        ))
+        .into());
+    }
+    Ok(Some(n as usize))
+}
+
+/// An optional `bytes` argument (CKA_ID and the like): `TypeError` for anything else.
+pub fn opt_bytes(name: &str, value: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Vec<u8>>> {
+    let Some(v) = value.filter(|v| !v.is_none()) else {
+        return Ok(None);
+    };
+    match v.cast::<PyBytes>() {
+        Ok(b) => Ok(Some(b.as_bytes().to_vec())),
+        Err(_) => Err(Error::new(
+            Kind::Type,
+            format!("{name} must be bytes, not {}", type_name(v)),
+        )
+        .into()),
+    }
+}

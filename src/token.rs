@@ -280,10 +280,29 @@ impl TokenState {
             _ => self.open_session(false)?,
         };
         if let Err(e) = self.check_pin_flags(policy) {
-            login.anchor = Some(anchor);
+            let _ = anchor.close();
             return Err(e);
         }
-        match anchor.login_with_raw(UserType::User, &pin.auth()) {
+        let mut result = anchor.login_with_raw(UserType::User, &pin.auth());
+        if let Err(CkError::Pkcs11(RvError::GeneralError, _)) = result {
+            // SoftHSM2 answers CKR_GENERAL_ERROR before it looks at the PIN when it cannot
+            // read its token file (another process was writing it: several workers logging
+            // in at the same moment). Once more, after a pause, if the token still allows it.
+            log::log(
+                log::WARNING,
+                &format!(
+                    "logging in to {} failed with CKR_GENERAL_ERROR; trying once more",
+                    self.describe()
+                ),
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            if let Err(e) = self.check_pin_flags(policy) {
+                let _ = anchor.close();
+                return Err(e);
+            }
+            result = anchor.login_with_raw(UserType::User, &pin.auth());
+        }
+        match result {
             Ok(()) => {
                 log::log(log::INFO, &format!("logged in to {}", self.describe()));
             }
