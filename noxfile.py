@@ -160,6 +160,17 @@ def lint(session: nox.Session) -> None:
 
 
 @nox.session
+def stress(session: nox.Session) -> None:
+    """The stress test for minutes (HSMKEY_STRESS_SECONDS, default 300): 16 threads, every
+    algorithm, injected faults."""
+    ensure_system_packages(session)
+    ensure_cargo(session)
+    session.install(TEST_EXTRAS, *TEST_DEPS)
+    seconds = os.environ.get("HSMKEY_STRESS_SECONDS", "300")
+    session.run("pytest", "-s", "tests/test_stress.py", env={"HSMKEY_STRESS_SECONDS": seconds})
+
+
+@nox.session
 def typecheck(session: nox.Session) -> None:
     """mypy --strict over python/ (the package, its stubs), with the package installed."""
     session.install(".", MYPY)

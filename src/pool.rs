@@ -278,9 +278,10 @@ impl Pool {
                 }
             }
             let now = Instant::now();
-            let expired = self.take_expired(&mut st, now);
+            let mut expired = self.take_expired(&mut st, now);
+            let free = st.in_use < self.cfg.max_sessions;
             let idle = if rw { &mut st.idle_rw } else { &mut st.idle_ro };
-            if let Some(Idle { session, .. }) = idle.pop() {
+            if let Some(Idle { session, .. }) = idle.pop().filter(|_| free) {
                 st.in_use += 1;
                 st.stats.reused += 1;
                 st.stats.max_in_use = st.stats.max_in_use.max(st.in_use as u64);
@@ -295,7 +296,15 @@ impl Pool {
                 close_all(expired);
                 return Ok(lease);
             }
-            if st.in_use < self.cfg.max_sessions {
+            if free {
+                // Keep the sessions open on the token (lent + idle of both kinds) within
+                // max_sessions too: make room by closing the oldest idle one of the other kind.
+                if st.in_use + st.idle_ro.len() + st.idle_rw.len() >= self.cfg.max_sessions {
+                    let other = if rw { &mut st.idle_ro } else { &mut st.idle_rw };
+                    if !other.is_empty() {
+                        expired.push(other.remove(0).session);
+                    }
+                }
                 st.in_use += 1;
                 st.stats.created += 1;
                 st.stats.max_in_use = st.stats.max_in_use.max(st.in_use as u64);

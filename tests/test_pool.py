@@ -385,3 +385,20 @@ def test_waiting_for_a_session_can_be_interrupted(softhsm: SoftHSM) -> None:
         assert pool.stats()["in_use"] == 0
         with pool.session():
             pass
+
+
+def test_max_sessions_bounds_read_only_and_read_write_together(softhsm: SoftHSM) -> None:
+    with SessionPool(
+        softhsm.module, softhsm.token_label, softhsm.pin, max_sessions=2, acquire_timeout=0
+    ) as pool:
+        with pool.session(rw=True), pool.session(rw=True):
+            pass
+        assert pool.stats()["idle"] == 2
+        with pool.session(), pool.session():
+            # Two read-only sessions lent: the idle read-write ones made room.
+            assert pool.stats()["idle"] == 0
+            with pytest.raises(HSMPoolExhaustedError), pool.session(rw=True):
+                pass
+        stats = pool.stats()
+        assert stats["max_in_use"] == 2
+        assert stats["idle"] == 2
