@@ -546,3 +546,30 @@ def test_pin_failure_during_relogin_is_not_retried(
     with pytest.raises(HSMPinError), pool.session():
         pass
     assert faultmod.count("C_Login") == 1
+
+
+def test_login_general_error_is_tried_once_more(
+    make_pool: Callable[..., SessionPool], faultmod: FaultModule
+) -> None:
+    # SoftHSM2 answers CKR_GENERAL_ERROR from C_Login before it looks at the PIN when its
+    # token file cannot be read (several processes logging in at once): one more try.
+    faultmod.fail("C_Login", "CKR_GENERAL_ERROR", nth=1)
+    pool = make_pool()
+    pool.check()
+    assert faultmod.count("C_Login") == 2
+    assert_closed_cleanly(pool, faultmod)
+
+
+def test_login_general_error_twice_raises_without_more_tries(
+    make_pool: Callable[..., SessionPool], faultmod: FaultModule
+) -> None:
+    faultmod.fail("C_Login", "CKR_GENERAL_ERROR", always=True)
+    pool = make_pool()
+    with pytest.raises(HSMError) as info:
+        pool.check()
+    assert info.value.rv == "CKR_GENERAL_ERROR"
+    assert info.value.function == "C_Login"
+    assert faultmod.count("C_Login") == 2
+    faultmod.clear()
+    pool.check()  # not a PIN verdict: the next use logs in
+    assert_closed_cleanly(pool, faultmod)
