@@ -6,21 +6,19 @@ use std::sync::OnceLock;
 use cryptoki::types::RawAuthPin;
 use hmac::{KeyInit, Mac};
 use sha2::Sha256;
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
-/// A PIN. Its bytes are wiped when it is dropped; `Debug` shows no part of it.
-#[derive(Clone)]
+/// A PIN. Its bytes (the whole allocation) are wiped when it is dropped; `Debug` shows no
+/// part of it.
+#[derive(Zeroize, ZeroizeOnDrop)]
 pub struct Pin {
-    bytes: Zeroizing<Vec<u8>>,
+    bytes: Vec<u8>,
 }
 
 impl Pin {
-    pub fn new(mut bytes: Vec<u8>) -> Self {
-        let pin = Pin {
-            bytes: Zeroizing::new(bytes.clone()),
-        };
-        bytes.zeroize();
-        pin
+    /// Takes the bytes over (no copy is left behind).
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Pin { bytes }
     }
 
     /// A copy in cryptoki's secret type (itself wiped on drop), for one `C_Login`.
@@ -52,7 +50,7 @@ impl fmt::Debug for Pin {
 }
 
 /// A keyed hash of a PIN that worked; wiped on drop.
-#[derive(Clone)]
+#[derive(Clone, ZeroizeOnDrop)]
 pub struct PinFingerprint(Zeroizing<[u8; 32]>);
 
 impl PinFingerprint {
@@ -99,6 +97,21 @@ mod tests {
         let pin = Pin::new(b"123456".to_vec());
         let shown = format!("{pin:?} {:?}", pin.fingerprint());
         assert!(!shown.contains("123456"));
+    }
+
+    #[test]
+    fn the_pin_is_wiped() {
+        fn wiped_on_drop<T: ZeroizeOnDrop>() {}
+        wiped_on_drop::<Pin>();
+        wiped_on_drop::<PinFingerprint>();
+        // What drop does: zeroize the whole allocation (capacity, not just length).
+        let mut pin = Pin::new(b"s3cret-pin-0042".to_vec());
+        let (ptr, cap) = (pin.bytes.as_ptr(), pin.bytes.capacity());
+        pin.zeroize();
+        // SAFETY: `pin` is alive, so its allocation of `cap` bytes is too; zeroize wrote
+        // zeros to all of it, so every byte is initialized.
+        let memory = unsafe { std::slice::from_raw_parts(ptr, cap) };
+        assert!(memory.iter().all(|b| *b == 0));
     }
 
     #[test]
