@@ -1,36 +1,109 @@
-"""Throwaway SoftHSM2 tokens, for tests and demos.
+"""Throwaway SoftHSM2 tokens for tests and demos, and hsmkey's pytest plugin.
 
-:func:`softhsm2_token` creates a SoftHSM2 configuration and token in a temporary directory
-and points ``SOFTHSM2_CONF`` at it. SoftHSM2 reads that variable once per process, when the
-module is first initialized, so create the token before anything in the process loads
-SoftHSM2.
+Helpers (no pytest needed):
+
+- :func:`softhsm2_token` creates a SoftHSM2 configuration and an empty token in a temporary
+  directory and points ``SOFTHSM2_CONF`` at it;
+- :func:`softhsm2_test_token` does the same and generates one key of each type in the token
+  (:data:`TEST_KEYS`);
+- :func:`find_softhsm2_module` finds ``libsofthsm2.so``.
+
+The pytest plugin (loaded automatically once hsmkey is installed, through the ``pytest11``
+entry point ``hsmkey``) offers these fixtures:
+
+``hsm_token`` (session scope)
+    A :class:`SoftHSM2Token` made by :func:`softhsm2_test_token`: a fresh token in a
+    temporary directory holding the keys of :data:`TEST_KEYS`, removed after the session.
+    Tests that request it are skipped, with a message saying what to install, where SoftHSM2
+    is not installed.
+``hsm_pool`` (session scope)
+    A :class:`~hsmkey.SessionPool` logged in to that token, closed after the session.
+``hsm_key_labels`` (session scope)
+    The labels of the keys in the token, mapped to the JOSE algorithm each signs with:
+    ``{"rsa": "RS256", "ec256": "ES256", "ec384": "ES384", "ec521": "ES512",
+    "ed25519": "EdDSA"}`` (the same as :data:`TEST_KEYS`, which ``parametrize`` can use).
+``hsm_env`` (function scope)
+    Sets ``HSM_MODULE``, ``HSM_TOKEN`` and ``HSM_PIN`` for the test, for code that calls
+    :meth:`~hsmkey.SessionPool.from_env`.
+
+SoftHSM2 reads ``SOFTHSM2_CONF`` once per process, when the module is first initialized,
+and sees only the tokens that exist then. The fixtures therefore do their work lazily, when
+a test first asks for one, and set ``SOFTHSM2_CONF`` for the rest of the session (tokens of a
+``SOFTHSM2_CONF`` set before are not visible meanwhile). If something in the test process
+loaded SoftHSM2 before that moment, the fixture fails with a message saying so: request
+``hsm_token`` (or ``hsm_pool``) before code that talks to SoftHSM2 itself. Merely creating a
+:class:`~hsmkey.SessionPool` is fine: pools connect on first use. The plugin does nothing
+at all in test runs that do not request its fixtures.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["SoftHSM2NotFound", "SoftHSM2Token", "find_softhsm2_module", "softhsm2_token"]
+if TYPE_CHECKING:
+    from .pool import SessionPool
 
+__all__ = [
+    "TEST_KEYS",
+    "SoftHSM2AlreadyLoaded",
+    "SoftHSM2NotFound",
+    "SoftHSM2Token",
+    "find_softhsm2_module",
+    "find_softhsm2_util",
+    "softhsm2_loaded",
+    "softhsm2_test_token",
+    "softhsm2_token",
+]
+
+# Where distributions install the module; $SOFTHSM2_MODULE wins over all of them.
 SOFTHSM2_MODULE_PATHS = (
-    "/usr/lib/softhsm/libsofthsm2.so",
+    "/usr/lib/softhsm/libsofthsm2.so",  # Debian, Ubuntu
     "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
     "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
-    "/usr/lib64/pkcs11/libsofthsm2.so",
-    "/usr/local/lib/softhsm/libsofthsm2.so",
-    "/opt/homebrew/lib/softhsm/libsofthsm2.so",
+    "/usr/lib64/pkcs11/libsofthsm2.so",  # Fedora, RHEL
+    "/usr/lib/pkcs11/libsofthsm2.so",  # Arch
+    "/usr/local/lib/softhsm/libsofthsm2.so",  # from source, Homebrew on Intel
+    "/opt/homebrew/lib/softhsm/libsofthsm2.so",  # Homebrew on Apple silicon
 )
+INSTALL_HINT = (
+    "install it (Debian/Ubuntu: apt-get install softhsm2; Fedora: dnf install softhsm; "
+    "macOS: brew install softhsm) or set SOFTHSM2_MODULE to the path of libsofthsm2.so"
+)
+
+# The keys of softhsm2_test_token() and of the hsm_token fixture: label -> JOSE algorithm.
+TEST_KEYS: Mapping[str, str] = {
+    "rsa": "RS256",
+    "ec256": "ES256",
+    "ec384": "ES384",
+    "ec521": "ES512",
+    "ed25519": "EdDSA",
+}
+# label -> (key type, generate_key_pair arguments); CKA_ID is the 1-based position.
+_TEST_KEY_SPECS: Mapping[str, tuple[str, Mapping[str, Any]]] = {
+    "rsa": ("RSA", {"bits": 2048}),
+    "ec256": ("EC", {"curve": "P-256"}),
+    "ec384": ("EC", {"curve": "P-384"}),
+    "ec521": ("EC", {"curve": "P-521"}),
+    "ed25519": ("Ed25519", {}),
+}
 
 
 class SoftHSM2NotFound(RuntimeError):
     """SoftHSM2 (its module or ``softhsm2-util``) is not installed."""
+
+
+class SoftHSM2AlreadyLoaded(RuntimeError):
+    """SoftHSM2 was loaded in this process before the token was created, so it would not
+    see the new token."""
 
 
 def find_softhsm2_module() -> str:
@@ -44,14 +117,39 @@ def find_softhsm2_module() -> str:
         if Path(path).is_file():
             return path
     raise SoftHSM2NotFound(
-        "SoftHSM2 is not installed (no libsofthsm2.so found); on Debian/Ubuntu: "
-        "apt-get install softhsm2"
+        f"SoftHSM2 is not installed (no libsofthsm2.so in {', '.join(SOFTHSM2_MODULE_PATHS)}); "
+        + INSTALL_HINT
     )
+
+
+def find_softhsm2_util() -> str:
+    """The path of ``softhsm2-util`` (on ``PATH``)."""
+    util = shutil.which("softhsm2-util")
+    if util is None:
+        raise SoftHSM2NotFound(
+            "softhsm2-util is not on PATH; install SoftHSM2 (Debian/Ubuntu: apt-get install "
+            "softhsm2; Fedora: dnf install softhsm; macOS: brew install softhsm)"
+        )
+    return util
+
+
+def softhsm2_loaded(module_path: str | None = None) -> bool:
+    """True when the SoftHSM2 module is already loaded in this process (and so has read
+    ``SOFTHSM2_CONF`` and its tokens already)."""
+    path = module_path or find_softhsm2_module()
+    noload = getattr(os, "RTLD_NOLOAD", None)
+    if noload is None:  # not a dlopen platform: cannot tell
+        return False
+    try:
+        ctypes.CDLL(path, mode=noload | os.RTLD_NOW)
+    except OSError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
 class SoftHSM2Token:
-    """A SoftHSM2 token made by :func:`softhsm2_token`."""
+    """A SoftHSM2 token made by :func:`softhsm2_token` or :func:`softhsm2_test_token`."""
 
     module_path: str
     label: str
@@ -59,6 +157,25 @@ class SoftHSM2Token:
     so_pin: str
     directory: Path
     conf_path: Path
+    #: label -> JOSE algorithm of each key in the token (empty for :func:`softhsm2_token`)
+    keys: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def env(self) -> dict[str, str]:
+        """``SOFTHSM2_CONF`` and the ``HSM_MODULE``/``HSM_TOKEN``/``HSM_PIN`` variables of
+        :meth:`~hsmkey.SessionPool.from_env`, for subprocesses and the ``hsmkey`` command."""
+        return {
+            "SOFTHSM2_CONF": str(self.conf_path),
+            "HSM_MODULE": self.module_path,
+            "HSM_TOKEN": self.label,
+            "HSM_PIN": self.pin,
+        }
+
+    def pool(self, **kwargs: Any) -> SessionPool:
+        """A new :class:`~hsmkey.SessionPool` on this token (the caller closes it)."""
+        from .pool import SessionPool
+
+        return SessionPool(self.module_path, self.label, self.pin, **kwargs)
 
 
 @contextmanager
@@ -74,9 +191,7 @@ def softhsm2_token(
     The directory is removed on exit unless ``keep`` is true; ``SOFTHSM2_CONF`` is restored.
     """
     module = find_softhsm2_module()
-    util = shutil.which("softhsm2-util")
-    if util is None:
-        raise SoftHSM2NotFound("softhsm2-util is not on PATH; apt-get install softhsm2")
+    util = find_softhsm2_util()
     made = directory is None
     root = Path(tempfile.mkdtemp(prefix="hsmkey-softhsm2-")) if directory is None else directory
     tokens = root / "tokens"
@@ -104,3 +219,99 @@ def softhsm2_token(
             os.environ["SOFTHSM2_CONF"] = previous
         if made and not keep:
             shutil.rmtree(root, ignore_errors=True)
+
+
+@contextmanager
+def softhsm2_test_token(
+    label: str = "hsmkey-pytest",
+    pin: str = "123456",
+    so_pin: str = "12345678",
+    directory: Path | None = None,
+    keep: bool = False,
+) -> Iterator[SoftHSM2Token]:
+    """:func:`softhsm2_token` with the keys of :data:`TEST_KEYS` generated in the token
+    (with hsmkey: sensitive, not extractable; CKA_ID ``01`` to ``05`` in that order).
+
+    This process must not have loaded SoftHSM2 yet (see the module's documentation):
+    :class:`SoftHSM2AlreadyLoaded` is raised when it has.
+    """
+    module = find_softhsm2_module()
+    if softhsm2_loaded(module):
+        raise SoftHSM2AlreadyLoaded(
+            f"SoftHSM2 ({module}) was loaded in this process before the throwaway token "
+            "could be created; SoftHSM2 reads SOFTHSM2_CONF and finds its tokens only when "
+            "it is first initialized, so it would not see the new token. Create the token "
+            "(request the hsm_token or hsm_pool fixture) before anything in the process "
+            "talks to SoftHSM2, or use a separate process"
+        )
+    from .pool import SessionPool
+
+    with softhsm2_token(label, pin, so_pin, directory, keep) as token:
+        with (
+            SessionPool(token.module_path, token.label, token.pin) as pool,
+            pool.session(rw=True) as session,
+        ):
+            for i, (key_label, (key_type, kwargs)) in enumerate(_TEST_KEY_SPECS.items(), 1):
+                session.generate_key_pair(key_type, label=key_label, key_id=bytes([i]), **kwargs)
+        yield replace(token, keys=dict(TEST_KEYS))
+
+
+# -- the pytest plugin ---------------------------------------------------------------------
+# Registered as the pytest11 entry point "hsmkey". Importing it costs nothing: the fixtures
+# only run when a test requests them. pytest is optional for the helpers above.
+
+try:
+    import pytest
+except ImportError:  # pragma: no cover - the helpers work without pytest
+    _HAVE_PYTEST = False
+else:
+    _HAVE_PYTEST = True
+
+if _HAVE_PYTEST:
+
+    @pytest.fixture(scope="session")
+    def hsm_token() -> Iterator[SoftHSM2Token]:
+        """A throwaway SoftHSM2 token with an RSA 2048, a P-256, a P-384, a P-521 and an
+        Ed25519 key (labels ``rsa``, ``ec256``, ``ec384``, ``ec521``, ``ed25519``), created
+        on first use in a temporary directory; ``SOFTHSM2_CONF`` points at it until the end
+        of the session. Skips the test when SoftHSM2 is not installed."""
+        with ExitStack() as stack:
+            try:
+                token = stack.enter_context(softhsm2_test_token())
+            except SoftHSM2NotFound as exc:
+                pytest.skip(f"hsmkey: a SoftHSM2 test token needs SoftHSM2: {exc}")
+            except SoftHSM2AlreadyLoaded as exc:
+                pytest.fail(f"hsmkey: {exc}", pytrace=False)
+            except subprocess.CalledProcessError as exc:
+                pytest.fail(
+                    f"hsmkey: softhsm2-util failed ({exc.returncode}): "
+                    f"{(exc.stderr or exc.stdout or '').strip()}",
+                    pytrace=False,
+                )
+            yield token
+
+    @pytest.fixture(scope="session")
+    def hsm_pool(hsm_token: SoftHSM2Token) -> Iterator[SessionPool]:
+        """A :class:`~hsmkey.SessionPool` logged in to the ``hsm_token`` token (it has
+        connected and logged in already), closed at the end of the session."""
+        pool = hsm_token.pool()
+        try:
+            pool.check()
+            yield pool
+        finally:
+            pool.close()
+
+    @pytest.fixture(scope="session")
+    def hsm_key_labels(hsm_token: SoftHSM2Token) -> Mapping[str, str]:
+        """The labels of the ``hsm_token`` keys, each mapped to the JOSE algorithm it signs
+        with (``{"rsa": "RS256", "ec256": "ES256", ...}``)."""
+        return hsm_token.keys
+
+    @pytest.fixture
+    def hsm_env(hsm_token: SoftHSM2Token, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+        """Set ``HSM_MODULE``, ``HSM_TOKEN`` and ``HSM_PIN`` (and ``SOFTHSM2_CONF``) to the
+        ``hsm_token`` token for one test; returns them."""
+        env = hsm_token.env
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        return env

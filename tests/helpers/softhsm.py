@@ -18,17 +18,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import hsmkey.testing as hsmkey_testing
+
 from .vectors import RFC7515_A2, RFC8037_A4, b64url_decode
 
-# Where distributions put the modules; an environment variable of the same name wins.
-SOFTHSM2_MODULE_CANDIDATES = (
-    "/usr/lib/softhsm/libsofthsm2.so",  # Debian, Ubuntu
-    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
-    "/usr/lib64/pkcs11/libsofthsm2.so",  # Fedora, RHEL
-    "/usr/lib/pkcs11/libsofthsm2.so",  # Arch
-    "/usr/local/lib/softhsm/libsofthsm2.so",  # from source, Homebrew on Intel
-    "/opt/homebrew/lib/softhsm/libsofthsm2.so",
-)
+# Where distributions put the modules; an environment variable of the same name wins. The
+# SoftHSM2 paths live in hsmkey.testing (one list for the package and its tests).
+SOFTHSM2_MODULE_CANDIDATES = hsmkey_testing.SOFTHSM2_MODULE_PATHS
 PKCS11_SPY_CANDIDATES = (
     "/usr/lib/x86_64-linux-gnu/pkcs11-spy.so",  # Debian, Ubuntu (opensc)
     "/usr/lib/x86_64-linux-gnu/pkcs11/pkcs11-spy.so",
@@ -61,7 +57,11 @@ def find_module(env_var: str, candidates: Sequence[str], what: str) -> str:
 
 
 def find_softhsm2_module() -> str:
-    return find_module("SOFTHSM2_MODULE", SOFTHSM2_MODULE_CANDIDATES, "SoftHSM2 module")
+    """``hsmkey.testing.find_softhsm2_module``, raising :class:`SoftHSMSetupError`."""
+    try:
+        return hsmkey_testing.find_softhsm2_module()
+    except hsmkey_testing.SoftHSM2NotFound as exc:
+        raise SoftHSMSetupError(str(exc)) from None
 
 
 def find_spy_module() -> str | None:
