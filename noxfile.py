@@ -172,9 +172,20 @@ def stress(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    """mypy --strict over python/ (the package, its stubs), with the package installed."""
+    """mypy --strict over python/ (the package, its stubs), with the package installed, and
+    mypy.stubtest of the Rust core's stubs against the compiled module."""
     session.install(".", MYPY)
     session.run("mypy", "--strict", "python/")
+    # The stubs of the Rust core, checked against the compiled module.
+    session.run(
+        "python",
+        "-m",
+        "mypy.stubtest",
+        "hsmkey._hsmkey",
+        "--allowlist",
+        "tests/stubtest_allowlist.txt",
+        "--ignore-unused-allowlist",
+    )
 
 
 @nox.session

@@ -30,5 +30,16 @@ fn _hsmkey(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<py_session::PySession>()?;
     m.add_class::<py_key::PyKey>()?;
     m.add_function(wrap_pyfunction!(py_pool::_close_all_pools, m)?)?;
+    m.add(
+        "__all__",
+        vec![
+            "DEFAULT_MAX_SESSIONS",
+            "Key",
+            "Pool",
+            "Session",
+            "__version__",
+            "_close_all_pools",
+        ],
+    )?;
     Ok(())
 }

@@ -6,8 +6,9 @@ and :class:`hsmkey.HSMJWK` wraps :class:`Key`.
 
 import os
 from types import TracebackType
-from typing import Literal
+from typing import Literal, final
 
+__all__ = ["DEFAULT_MAX_SESSIONS", "Key", "Pool", "Session", "__version__", "_close_all_pools"]
 __version__: str
 DEFAULT_MAX_SESSIONS: int
 
@@ -21,8 +22,8 @@ class Pool:
     the module, finds the token and logs in.
     """
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         module_path: str | os.PathLike[str],
         token_label: str | None = None,
         user_pin: str | bytes | None = None,
@@ -33,7 +34,7 @@ class Pool:
         acquire_timeout: float = 30.0,
         max_idle: float | None = 300.0,
         allow_final_pin_try: bool = False,
-    ) -> None: ...
+    ) -> Pool: ...
     @property
     def module_path(self) -> str:
         """The module path as given (canonicalized on first use)."""
@@ -69,6 +70,7 @@ class Pool:
         tb: TracebackType | None,
     ) -> None: ...
 
+@final
 class Session:
     """A session borrowed from a pool; used by one thread at a time."""
 
@@ -117,6 +119,7 @@ class Session:
         tb: TracebackType | None,
     ) -> None: ...
 
+@final
 class Key:
     """A private key object in the token, found by label or id."""
 
