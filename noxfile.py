@@ -4,6 +4,8 @@
 - ``lint``: ruff (check, format), ``cargo fmt --check``, ``cargo clippy -D warnings``
 - ``typecheck``: ``mypy --strict`` over the package and its stubs
 - ``demo``: sign and verify a JWT with a key in a throwaway SoftHSM2 token
+- ``wheel``: build one abi3 wheel into ``dist/``, install it into a fresh virtual environment
+  and run the demo, the ``hsmkey`` command and the pytest plugin from it
 
 The tests need SoftHSM2 and OpenSC's ``pkcs11-tool`` (Debian: ``softhsm2``, ``opensc``); run
 as root, the sessions install them with apt-get.
@@ -174,7 +176,7 @@ def stress(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     """mypy --strict over python/ (the package, its stubs), with the package installed, and
     mypy.stubtest of the Rust core's stubs against the compiled module."""
-    session.install(".", MYPY)
+    session.install(".", MYPY, "pytest")  # pytest: hsmkey.testing is a pytest plugin
     session.run("mypy", "--strict", "python/")
     # The stubs of the Rust core, checked against the compiled module.
     session.run(
@@ -194,3 +196,31 @@ def demo(session: nox.Session) -> None:
     ensure_system_packages(session)
     session.install(".")
     session.run("python", "-m", "hsmkey.demo", *session.posargs)
+
+
+@nox.session
+def wheel(session: nox.Session) -> None:
+    """Build one abi3 wheel into dist/ (maturin build --release), then install it into a
+    fresh virtual environment, away from the source tree, and run the demo, the command and
+    the pytest plugin from there (tests/test_wheel.py)."""
+    ensure_system_packages(session)
+    ensure_cargo(session)
+    session.install("maturin>=1.5,<2", "pytest")
+    dist = ROOT / "dist"
+    for old in dist.glob("hsmkey-*.whl"):
+        old.unlink()
+    session.run("maturin", "build", "--release", "--locked", "--out", str(dist))
+    wheels = sorted(dist.glob("hsmkey-*.whl"))
+    if len(wheels) != 1:
+        session.error(f"expected one wheel in {dist}, found {[w.name for w in wheels]}")
+    session.log(f"built {wheels[0].name}")
+    # --noconftest: the test suite's conftest needs hsmkey itself installed; this file does not.
+    session.run(
+        "pytest",
+        "--noconftest",
+        "-p",
+        "no:cacheprovider",
+        "tests/test_wheel.py",
+        *session.posargs,
+        env={"HSMKEY_TEST_WHEEL": "1", "HSMKEY_WHEEL": str(wheels[0])},
+    )
