@@ -6,6 +6,7 @@
 - ``demo``: sign and verify a JWT with a key in a throwaway SoftHSM2 token
 - ``wheel``: build one abi3 wheel into ``dist/``, install it into a fresh virtual environment
   and run the demo, the ``hsmkey`` command and the pytest plugin from it
+- ``docs``: build the Sphinx documentation (``docs/_build/html``), warnings as errors
 
 The tests need SoftHSM2 and OpenSC's ``pkcs11-tool`` (Debian: ``softhsm2``, ``opensc``); run
 as root, the sessions install them with apt-get.
@@ -224,3 +225,14 @@ def wheel(session: nox.Session) -> None:
         *session.posargs,
         env={"HSMKEY_TEST_WHEEL": "1", "HSMKEY_WHEEL": str(wheels[0])},
     )
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the HTML documentation with Sphinx, warnings as errors (autodoc reads the
+    installed package, compiled core included). The examples in the pages run in the tests
+    session (tests/test_docs.py)."""
+    ensure_cargo(session)
+    session.install(".", "sphinx>=7.2")
+    html = "docs/_build/html"
+    session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", html, *session.posargs)

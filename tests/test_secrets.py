@@ -1,6 +1,6 @@
 """The PIN never shows: not in repr or str of any object, not in exceptions or their
 tracebacks, not in log records, whatever happens (success, wrong PIN, different PIN,
-closed pools; recovery messages are covered by test_recovery/test_reliability). Runs in its own process with a token whose PIN is distinctive."""
+closed pools). Runs in its own process with a token whose PIN is distinctive."""
 
 from __future__ import annotations
 
