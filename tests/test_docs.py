@@ -1,0 +1,317 @@
+"""Every Python example in docs/*.rst runs, page by page, against a throwaway SoftHSM2 token.
+
+How the examples are found and run (keep the docs to these rules):
+
+- A block runs when it is a ``.. code-block:: python`` (or ``python3``, ``py``) directive, or a
+  bare ``::`` literal block while the page's ``.. highlight::`` language is Python. conf.py
+  sets ``highlight_language = "text"``, so a bare ``::`` block is text unless a page says
+  ``.. highlight:: python``. Shell commands, configuration files and output use other
+  languages (``bash``, ``console``, ``ini``, ``yaml``, ``text``) and are not run; any other
+  language is an error here, so that a typo (``pyhton``) cannot hide an example.
+- The blocks of one page run in order, in one namespace, in a fresh interpreter
+  (``python -W error``): a later block may use what an earlier one defined.
+- Before the first block, the prelude makes a SoftHSM2 token labelled ``my-token`` with user
+  PIN ``123456`` (:func:`hsmkey.testing.softhsm2_token`), sets ``SOFTHSM2_CONF``,
+  ``HSM_MODULE``, ``HSM_TOKEN`` and ``HSM_PIN``, and generates with hsmkey the keys the page
+  names in a comment line (invisible in the rendered page)::
+
+      .. docs-test: keys signing-key=EC:P-256 rsa-key=RSA:2048 ed-key=Ed25519
+
+  Key specs are ``EC:<curve>``, ``RSA:<bits>``, ``Ed25519`` and ``Ed448``.
+- The literal SoftHSM2 path ``/usr/lib/softhsm/libsofthsm2.so`` in a block is replaced by the
+  path of the SoftHSM2 module found on this machine (the same path on Debian and Ubuntu).
+- A block whose last non-blank line is ``# raises SomeError`` must raise an exception with a
+  class of that name in its MRO (``# raises HSMPinError``, ``# raises HSMError``); the page
+  then goes on with the next block. Any other exception fails the page, naming the page and
+  the line of the block in the ``.rst`` file.
+- A Python block with ``:caption: test_<name>.py`` is a pytest module: besides running with
+  its page (which only defines its tests), it is written to that file name in an empty
+  directory and run by pytest in a fresh process, with the hsmkey plugin's fixtures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from hsmkey.testing import SoftHSM2NotFound, find_softhsm2_module
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+DOC_SOFTHSM2_PATH = "/usr/lib/softhsm/libsofthsm2.so"
+
+PYTHON_LANGS = {"python", "python3", "py"}
+OTHER_LANGS = {"bash", "console", "shell", "ini", "toml", "yaml", "text", "none", "json"}
+
+_DIRECTIVE = re.compile(r"^(\s*)\.\.\s+code-block::\s*(\S*)\s*$")
+_HIGHLIGHT = re.compile(r"^\.\.\s+highlight::\s*(\S+)\s*$")
+_KEYS = re.compile(r"^\.\.\s+docs-test:\s+keys\b(.*)$")
+_RAISES = re.compile(r"^#\s*raises\s+([A-Za-z_][A-Za-z0-9_.]*)\s*$")
+
+
+@dataclass
+class Block:
+    page: str
+    line: int  # 1-based line of the first line of code in the .rst file
+    language: str
+    code: str
+    caption: str = ""
+
+    @property
+    def raises(self) -> str | None:
+        lines = [ln.strip() for ln in self.code.splitlines() if ln.strip()]
+        m = _RAISES.match(lines[-1]) if lines else None
+        return m.group(1).rsplit(".", 1)[-1] if m else None
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip(" "))
+
+
+def _body(
+    lines: list[str], start: int, parent_indent: int, options: dict[str, str] | None = None
+) -> tuple[int, list[str], int]:
+    """The indented body after a directive or ``::`` line at ``start - 1``: (first line of
+    code, dedented lines, index after the body). Directive options go to ``options``."""
+    i = start
+    while i < len(lines) and not lines[i].strip():
+        i += 1
+    # directive options (":caption: ...") sit right under the directive
+    while i < len(lines) and lines[i].strip().startswith(":") and _indent(lines[i]) > parent_indent:
+        name, _, value = lines[i].strip()[1:].partition(":")
+        if options is not None:
+            options[name.strip()] = value.strip()
+        i += 1
+    while i < len(lines) and not lines[i].strip():
+        i += 1
+    body: list[str] = []
+    first = i
+    indent = None
+    while i < len(lines):
+        line = lines[i]
+        if line.strip():
+            if _indent(line) <= parent_indent:
+                break
+            indent = _indent(line) if indent is None else min(indent, _indent(line))
+        body.append(line)
+        i += 1
+    while body and not body[-1].strip():
+        body.pop()
+    cut = indent or 0
+    return first + 1, [ln[cut:] for ln in body], i
+
+
+def extract(path: Path) -> tuple[list[Block], list[str]]:
+    """The code blocks of one page, and the key specs it asks for."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    blocks: list[Block] = []
+    keys: list[str] = []
+    highlight = "text"
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        m = _KEYS.match(line)
+        if m:
+            keys.extend(m.group(1).split())
+            i += 1
+            continue
+        m = _HIGHLIGHT.match(line)
+        if m:
+            highlight = m.group(1).lower()
+            i += 1
+            continue
+        m = _DIRECTIVE.match(line)
+        if m:
+            lang = m.group(2).lower()
+            options: dict[str, str] = {}
+            first, body, i = _body(lines, i + 1, _indent(line), options)
+            code = "\n".join(body) + "\n"
+            blocks.append(Block(path.name, first, lang, code, options.get("caption", "")))
+            continue
+        stripped = line.rstrip()
+        if stripped.endswith("::") and not stripped.lstrip().startswith(".."):
+            first, body, i = _body(lines, i + 1, _indent(line))
+            if body:
+                blocks.append(Block(path.name, first, highlight, "\n".join(body) + "\n"))
+            continue
+        i += 1
+    return blocks, keys
+
+
+def pages() -> list[Path]:
+    return sorted(DOCS.glob("*.rst"))
+
+
+def runnable(path: Path) -> bool:
+    return any(b.language in PYTHON_LANGS for b in extract(path)[0])
+
+
+RUNNER = r"""
+import json, os, sys, traceback
+from pathlib import Path
+
+from hsmkey.testing import softhsm2_token
+
+page = json.loads(Path(sys.argv[1]).read_text(encoding="utf-8"))
+directory = Path(sys.argv[2])
+
+with softhsm2_token(label="my-token", pin="123456", directory=directory) as token:
+    os.environ["HSM_MODULE"] = token.module_path
+    os.environ["HSM_TOKEN"] = token.label
+    os.environ["HSM_PIN"] = token.pin
+    if page["keys"]:
+        from hsmkey import SessionPool
+
+        with SessionPool(token.module_path, token.label, token.pin) as setup:
+            with setup.session(rw=True) as session:
+                for spec in page["keys"]:
+                    label, _, kind = spec.partition("=")
+                    kind, _, arg = kind.partition(":")
+                    if kind == "RSA":
+                        session.generate_key_pair("RSA", label=label, bits=int(arg or 2048))
+                    elif kind == "EC":
+                        session.generate_key_pair("EC", label=label, curve=arg or "P-256")
+                    else:
+                        session.generate_key_pair(kind, label=label)
+    namespace = {"__name__": "__main__"}
+    for block in page["blocks"]:
+        where = f"{block['page']}:{block['line']}"
+        source = "\n" * (block["line"] - 1) + block["code"]
+        code = compile(source, block["page"], "exec")
+        expected = block["raises"]
+        try:
+            exec(code, namespace)
+        except BaseException as exc:
+            names = [cls.__name__ for cls in type(exc).__mro__]
+            if expected and expected in names:
+                continue
+            print(f"\nFAILED: the block at {where} raised {type(exc).__name__}", file=sys.stderr)
+            traceback.print_exc()
+            sys.exit(1)
+        if expected:
+            print(f"\nFAILED: the block at {where} should raise {expected}", file=sys.stderr)
+            sys.exit(1)
+print("page ran", len(page["blocks"]), "blocks")
+"""
+
+
+@pytest.mark.parametrize("path", [p for p in pages() if runnable(p)], ids=lambda p: p.name)
+def test_page_examples_run(path: Path, tmp_path: Path) -> None:
+    try:
+        module = find_softhsm2_module()
+    except SoftHSM2NotFound as e:
+        pytest.skip(str(e))
+    blocks, keys = extract(path)
+    page = {
+        "keys": keys,
+        "blocks": [
+            {
+                "page": b.page,
+                "line": b.line,
+                "code": b.code.replace(DOC_SOFTHSM2_PATH, module),
+                "raises": b.raises,
+            }
+            for b in blocks
+            if b.language in PYTHON_LANGS
+        ],
+    }
+    spec = tmp_path / "page.json"
+    spec.write_text(json.dumps(page), encoding="utf-8")
+    runner = tmp_path / "runner.py"
+    runner.write_text(RUNNER, encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HSM_", "SOFTHSM2_CONF"))}
+    env.pop("PKCS11SPY", None)
+    proc = subprocess.run(
+        [sys.executable, "-W", "error", str(runner), str(spec), str(tmp_path / "softhsm")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert proc.returncode == 0, (
+        f"the examples of docs/{path.name} failed\n--- stdout\n{proc.stdout}\n"
+        f"--- stderr\n{proc.stderr}"
+    )
+
+
+def pytest_modules() -> list[Block]:
+    return [
+        b
+        for p in pages()
+        for b in extract(p)[0]
+        if b.language in PYTHON_LANGS and re.fullmatch(r"test_\w+\.py", b.caption)
+    ]
+
+
+@pytest.mark.parametrize("block", pytest_modules(), ids=lambda b: f"{b.page}:{b.caption}")
+def test_pytest_modules_pass(block: Block, tmp_path: Path) -> None:
+    try:
+        find_softhsm2_module()
+    except SoftHSM2NotFound as e:
+        pytest.skip(str(e))
+    (tmp_path / block.caption).write_text(block.code, encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HSM_", "SOFTHSM2_CONF"))}
+    env.pop("PKCS11SPY", None)
+    env.pop("PYTEST_ADDOPTS", None)
+    command = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error", block.caption]
+    proc = subprocess.run(
+        [sys.executable, *command],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert proc.returncode == 0, (
+        f"the pytest module at docs/{block.page}:{block.line} failed\n{proc.stdout}\n{proc.stderr}"
+    )
+    assert " passed" in proc.stdout and "skipped" not in proc.stdout, proc.stdout
+
+
+@pytest.mark.parametrize("path", pages(), ids=lambda p: p.name)
+def test_code_blocks_name_a_known_language(path: Path) -> None:
+    blocks, keys = extract(path)
+    unknown = [
+        f"line {b.line}: {b.language or '(none)'}"
+        for b in blocks
+        if b.language not in PYTHON_LANGS | OTHER_LANGS
+    ]
+    assert not unknown, f"docs/{path.name}: code blocks in an unknown language: {unknown}"
+    for spec in keys:
+        label, _, kind = spec.partition("=")
+        assert label and re.fullmatch(r"(RSA(:\d+)?|EC(:[\w-]+)?|Ed25519|Ed448)", kind), spec
+
+
+def test_bare_literal_blocks_are_text() -> None:
+    """conf.py keeps bare ``::`` blocks as text, the rule the extractor relies on."""
+    conf = (DOCS / "conf.py").read_text(encoding="utf-8")
+    assert re.search(r'^highlight_language\s*=\s*"text"', conf, re.M)
+
+
+def test_extractor_understands_the_rules(tmp_path: Path) -> None:
+    page = tmp_path / "sample.rst"
+    page.write_text(
+        "Title\n=====\n\n"
+        ".. docs-test: keys a=EC:P-256 b=RSA:2048\n\n"
+        "Text::\n\n    not python\n\n"
+        ".. code-block:: python\n   :caption: x\n\n    x = 1\n    if x:\n        y = 2\n\n"
+        ".. code-block:: bash\n\n    ls\n\n"
+        ".. highlight:: python\n\n"
+        "Then::\n\n    z = 3\n    # raises ValueError\n\nEnd.\n",
+        encoding="utf-8",
+    )
+    blocks, keys = extract(page)
+    assert keys == ["a=EC:P-256", "b=RSA:2048"]
+    assert [(b.language, b.code, b.raises) for b in blocks] == [
+        ("text", "not python\n", None),
+        ("python", "x = 1\nif x:\n    y = 2\n", None),
+        ("bash", "ls\n", None),
+        ("python", "z = 3\n# raises ValueError\n", "ValueError"),
+    ]
+    assert blocks[1].line == 13
