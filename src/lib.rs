@@ -4,6 +4,7 @@
 
 mod decrypt;
 mod error;
+mod inventory;
 mod key;
 mod keygen;
 mod log;
@@ -30,6 +31,7 @@ fn _hsmkey(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<py_session::PySession>()?;
     m.add_class::<py_key::PyKey>()?;
     m.add_function(wrap_pyfunction!(py_pool::_close_all_pools, m)?)?;
+    m.add_function(wrap_pyfunction!(py_pool::list_tokens, m)?)?;
     m.add(
         "__all__",
         vec![
@@ -39,6 +41,7 @@ fn _hsmkey(m: &Bound<'_, PyModule>) -> PyResult<()> {
             "Session",
             "__version__",
             "_close_all_pools",
+            "list_tokens",
         ],
     )?;
     Ok(())

@@ -6,9 +6,17 @@ and :class:`hsmkey.HSMJWK` wraps :class:`Key`.
 
 import os
 from types import TracebackType
-from typing import Literal, final
+from typing import Any, Literal, final
 
-__all__ = ["DEFAULT_MAX_SESSIONS", "Key", "Pool", "Session", "__version__", "_close_all_pools"]
+__all__ = [
+    "DEFAULT_MAX_SESSIONS",
+    "Key",
+    "Pool",
+    "Session",
+    "__version__",
+    "_close_all_pools",
+    "list_tokens",
+]
 __version__: str
 DEFAULT_MAX_SESSIONS: int
 
@@ -184,3 +192,9 @@ class Key:
 
 def _close_all_pools() -> None:
     """Close every live pool of this process (registered with ``atexit``)."""
+
+def list_tokens(
+    module_path: str | os.PathLike[str], *, mechanisms: bool = True
+) -> list[dict[str, Any]]:
+    """Every slot of the module (``C_GetSlotList(FALSE)`` order) with its token and, unless
+    ``mechanisms=False``, the token's mechanisms. Opens no session and does not log in."""
