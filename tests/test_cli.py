@@ -573,6 +573,96 @@ def test_tokens_json_and_mechanisms(softhsm: SoftHSM) -> None:
     assert [s["label"] for s in only] == ["hsmkey-test"]
 
 
+FAKE_SLOTS: list[dict[str, Any]] = [
+    {
+        "slot_id": 17,
+        "slot_description": "Reader 0",
+        "slot_manufacturer": "ACME",
+        "slot_flags": ["CKF_TOKEN_PRESENT", "CKF_HW_SLOT"],
+        "token_present": True,
+        "label": "signing",
+        "manufacturer": "ACME",
+        "model": "HSM 9000",
+        "serial": "00ab",
+        "flags": ["CKF_RNG", "CKF_LOGIN_REQUIRED", "CKF_TOKEN_INITIALIZED"],
+        "hardware_version": "1.0",
+        "firmware_version": "2.1",
+        "mechanisms": [
+            {
+                "name": "CKM_ECDSA",
+                "type": 0x1041,
+                "min_key_size": 256,
+                "max_key_size": 521,
+                "flags": ["CKF_SIGN", "CKF_VERIFY"],
+            }
+        ],
+    },
+    {
+        "slot_id": 18,
+        "slot_description": "Reader 1",
+        "slot_manufacturer": "ACME",
+        "slot_flags": ["CKF_TOKEN_PRESENT"],
+        "token_present": True,
+        "label": "",
+        "manufacturer": "ACME",
+        "model": "HSM 9000",
+        "serial": "00ac",
+        "flags": ["CKF_RNG", "CKF_LOGIN_REQUIRED"],
+        "hardware_version": "1.0",
+        "firmware_version": "2.1",
+        "mechanisms": [],
+    },
+    {
+        "slot_id": 19,
+        "slot_description": "Reader 2",
+        "slot_manufacturer": "ACME",
+        "slot_flags": ["CKF_REMOVABLE_DEVICE"],
+        "token_present": False,
+        "label": None,
+        "manufacturer": None,
+        "model": None,
+        "serial": None,
+        "flags": [],
+        "hardware_version": None,
+        "firmware_version": None,
+        "mechanisms": [],
+    },
+]
+
+
+def test_tokens_output_of_the_core_function(
+    softhsm: SoftHSM, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """How ``hsmkey tokens`` shows what ``_hsmkey.list_tokens`` returns (REQUEST-list_tokens.md),
+    in this process with a stand-in for the core function."""
+    from hsmkey.cli import main
+
+    calls: list[tuple[str, bool]] = []
+
+    def list_tokens(module: str, *, mechanisms: bool = True) -> list[dict[str, Any]]:
+        calls.append((module, mechanisms))
+        return FAKE_SLOTS
+
+    monkeypatch.setattr(hsmkey._hsmkey, "list_tokens", list_tokens, raising=False)
+    monkeypatch.delenv("HSM_PIN")  # no PIN needed, none asked for
+    assert main(["tokens", "--module", softhsm.module]) == 0
+    assert calls == [(softhsm.module, False)]
+    assert table(capsys.readouterr().out) == [
+        ["SLOT", "LABEL", "SERIAL", "MANUFACTURER", "MODEL", "FLAGS"],
+        ["17", "signing", "00ab", "ACME", "HSM", "9000", "rng,login_required,token_initialized"],
+        ["18", "(not", "initialized)", "00ac", "ACME", "HSM", "9000", "rng,login_required"],
+        ["19", "(no", "token)", "-", "-", "-", "-"],
+    ]
+    assert main(["tokens", "--mechanisms", "--token", "signing"]) == 0
+    out = capsys.readouterr().out
+    assert "Reader 1" not in out and "00ac" not in out
+    assert "slot 17 (signing): 1 mechanisms" in out
+    assert re.search(r"^CKM_ECDSA\s+256\s+521\s+sign,verify$", out, re.M), out
+    assert main(["tokens", "--json", "--serial", "00ac"]) == 0
+    assert json.loads(capsys.readouterr().out) == [FAKE_SLOTS[1]]
+    assert calls[-1] == (softhsm.module, True)  # --json has everything
+
+
 def test_tokens_without_a_module_is_a_usage_error() -> None:
     assert_error(run("tokens", unset=["HSM_MODULE"]), 2, "--module")
 

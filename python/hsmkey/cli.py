@@ -16,7 +16,8 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -779,14 +780,23 @@ class _LogFormatter(logging.Formatter):
         return f"{PROG}: {record.levelname.lower()}: {record.getMessage()}"
 
 
-def _setup_logging(verbose: int) -> None:
+@contextmanager
+def _logging(verbose: int) -> Iterator[None]:
+    """hsmkey's log records as ``hsmkey: warning: ...`` lines on stderr while the command
+    runs (INFO with -v, DEBUG with -vv); the logger is restored afterwards."""
+    logger = logging.getLogger("hsmkey")
+    saved = (logger.level, logger.propagate)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_LogFormatter())
-    logger = logging.getLogger("hsmkey")
     logger.addHandler(handler)
-    levels = {0: logging.WARNING, 1: logging.INFO}
-    logger.setLevel(levels.get(verbose, logging.DEBUG))
+    logger.setLevel({0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG))
     logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
 
 
 def _error_line(exc: BaseException) -> str:
@@ -809,9 +819,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             parser.print_help(sys.stderr)
             return 2
-        _setup_logging(args.verbose)
-        status: int = args.func(args)
-        sys.stdout.flush()
+        with _logging(args.verbose):
+            status: int = args.func(args)
+            sys.stdout.flush()
         return status
     except CLIError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
