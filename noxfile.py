@@ -177,7 +177,7 @@ def stress(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     """mypy --strict over python/ (the package, its stubs), with the package installed, and
     mypy.stubtest of the Rust core's stubs against the compiled module."""
-    session.install(".", MYPY, "pytest")  # pytest: hsmkey.testing is a pytest plugin
+    session.install(".", MYPY)
     session.run("mypy", "--strict", "python/")
     # The stubs of the Rust core, checked against the compiled module.
     session.run(

@@ -39,15 +39,16 @@ at all in test runs that do not request its fixtures.
 from __future__ import annotations
 
 import ctypes
+import importlib
 import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 if TYPE_CHECKING:
     from .pool import SessionPool
@@ -258,18 +259,25 @@ def softhsm2_test_token(
 
 # -- the pytest plugin ---------------------------------------------------------------------
 # Registered as the pytest11 entry point "hsmkey". Importing it costs nothing: the fixtures
-# only run when a test requests them. pytest is optional for the helpers above.
+# only run when a test requests them. pytest is optional for the helpers above, and it is
+# imported by name so that type checkers need not have it (nor parse its sources).
 
 try:
-    import pytest
+    _pytest: Any = importlib.import_module("pytest")
 except ImportError:  # pragma: no cover - the helpers work without pytest
-    _HAVE_PYTEST = False
-else:
-    _HAVE_PYTEST = True
+    _pytest = None
 
-if _HAVE_PYTEST:
+_F = TypeVar("_F", bound=Callable[..., Any])
 
-    @pytest.fixture(scope="session")
+
+def _fixture(scope: str = "function") -> Callable[[_F], _F]:
+    """``pytest.fixture(scope=...)``, typed."""
+    return cast("Callable[[_F], _F]", _pytest.fixture(scope=scope))
+
+
+if _pytest is not None:
+
+    @_fixture(scope="session")
     def hsm_token() -> Iterator[SoftHSM2Token]:
         """A throwaway SoftHSM2 token with an RSA 2048, a P-256, a P-384, a P-521 and an
         Ed25519 key (labels ``rsa``, ``ec256``, ``ec384``, ``ec521``, ``ed25519``), created
@@ -279,18 +287,20 @@ if _HAVE_PYTEST:
             try:
                 token = stack.enter_context(softhsm2_test_token())
             except SoftHSM2NotFound as exc:
-                pytest.skip(f"hsmkey: a SoftHSM2 test token needs SoftHSM2: {exc}")
+                _pytest.skip(f"hsmkey: a SoftHSM2 test token needs SoftHSM2: {exc}")
+                raise  # not reached: skip() raises
             except SoftHSM2AlreadyLoaded as exc:
-                pytest.fail(f"hsmkey: {exc}", pytrace=False)
+                _pytest.fail(f"hsmkey: {exc}", pytrace=False)
+                raise
             except subprocess.CalledProcessError as exc:
-                pytest.fail(
-                    f"hsmkey: softhsm2-util failed ({exc.returncode}): "
-                    f"{(exc.stderr or exc.stdout or '').strip()}",
-                    pytrace=False,
+                output = (exc.stderr or exc.stdout or "").strip()
+                _pytest.fail(
+                    f"hsmkey: softhsm2-util failed ({exc.returncode}): {output}", pytrace=False
                 )
+                raise
             yield token
 
-    @pytest.fixture(scope="session")
+    @_fixture(scope="session")
     def hsm_pool(hsm_token: SoftHSM2Token) -> Iterator[SessionPool]:
         """A :class:`~hsmkey.SessionPool` logged in to the ``hsm_token`` token (it has
         connected and logged in already), closed at the end of the session."""
@@ -301,14 +311,14 @@ if _HAVE_PYTEST:
         finally:
             pool.close()
 
-    @pytest.fixture(scope="session")
+    @_fixture(scope="session")
     def hsm_key_labels(hsm_token: SoftHSM2Token) -> Mapping[str, str]:
         """The labels of the ``hsm_token`` keys, each mapped to the JOSE algorithm it signs
         with (``{"rsa": "RS256", "ec256": "ES256", ...}``)."""
         return hsm_token.keys
 
-    @pytest.fixture
-    def hsm_env(hsm_token: SoftHSM2Token, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    @_fixture()
+    def hsm_env(hsm_token: SoftHSM2Token, monkeypatch: Any) -> dict[str, str]:
         """Set ``HSM_MODULE``, ``HSM_TOKEN`` and ``HSM_PIN`` (and ``SOFTHSM2_CONF``) to the
         ``hsm_token`` token for one test; returns them."""
         env = hsm_token.env
