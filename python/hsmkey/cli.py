@@ -493,15 +493,10 @@ def _check_new_key(pool: Pool, label: str, key_id: bytes | None) -> None:
 
 
 def _list_tokens(module: str, mechanisms: bool) -> list[dict[str, Any]]:
-    """Slots, tokens and mechanisms of a module, from the Rust core's ``list_tokens``."""
+    """Slots, tokens and mechanisms of a module (no session, no login)."""
     from . import _hsmkey
 
-    list_tokens = getattr(_hsmkey, "list_tokens", None)
-    if list_tokens is None:
-        raise CLIError(
-            "listing tokens needs hsmkey._hsmkey.list_tokens, which this build of hsmkey lacks"
-        )
-    return list(list_tokens(module, mechanisms=mechanisms))
+    return list(_hsmkey.list_tokens(module, mechanisms=mechanisms))
 
 
 def cmd_tokens(args: argparse.Namespace) -> int:
