@@ -373,7 +373,10 @@ impl JoseAlg {
             "ES384" => ("ES384", ec(Sha384), Needs::Curve(Curve::P384)),
             "ES512" => ("ES512", ec(Sha512), Needs::Curve(Curve::P521)),
             "ES256K" => ("ES256K", ec(Sha256), Needs::Curve(Curve::Secp256k1)),
-            "EdDSA" | "Ed25519" | "Ed448" => ("EdDSA", Scheme::EdDsa, Needs::Edwards),
+            "EdDSA" => ("EdDSA", Scheme::EdDsa, Needs::Edwards),
+            // The fully specified names (RFC 9864) name the curve too.
+            "Ed25519" => ("Ed25519", Scheme::EdDsa, Needs::Curve(Curve::Ed25519)),
+            "Ed448" => ("Ed448", Scheme::EdDsa, Needs::Curve(Curve::Ed448)),
             other => {
                 return Err(Error::mechanism(format!(
                     "unknown JOSE signature algorithm {other:?} (hsmkey signs RS256/384/512, \
@@ -392,7 +395,7 @@ impl JoseAlg {
     pub fn check_key(&self, kind: KeyKind, curve: Option<Curve>, key_desc: &str) -> Result<()> {
         let ok = match self.needs {
             Needs::Rsa => kind == KeyKind::Rsa,
-            Needs::Curve(c) => kind == KeyKind::Ec && curve == Some(c),
+            Needs::Curve(c) => curve == Some(c) && (kind == KeyKind::Edwards) == c.is_edwards(),
             Needs::Edwards => kind == KeyKind::Edwards,
         };
         if ok {
@@ -400,6 +403,7 @@ impl JoseAlg {
         }
         let wanted = match self.needs {
             Needs::Rsa => "an RSA key".to_string(),
+            Needs::Curve(c) if c.is_edwards() => format!("an {} key", c.name()),
             Needs::Curve(c) => format!("an EC key on {}", c.name()),
             Needs::Edwards => "an Ed25519 or Ed448 key".to_string(),
         };
@@ -641,6 +645,21 @@ mod tests {
         let msg = err.err().map(|e| e.message).unwrap_or_default();
         assert!(msg.contains("ES384") && msg.contains("P-384") && msg.contains("P-256"));
         assert!(JoseAlg::parse("HS256").is_err());
+        let Ok(ed448) = JoseAlg::parse("Ed448") else {
+            panic!("Ed448 parses")
+        };
+        assert!(ed448
+            .check_key(KeyKind::Edwards, Some(Curve::Ed25519), "")
+            .is_err());
+        assert!(ed448
+            .check_key(KeyKind::Edwards, Some(Curve::Ed448), "")
+            .is_ok());
+        let Ok(eddsa) = JoseAlg::parse("EdDSA") else {
+            panic!("EdDSA parses")
+        };
+        assert!(eddsa
+            .check_key(KeyKind::Edwards, Some(Curve::Ed448), "")
+            .is_ok());
         assert!(JoseAlg::parse("RS256")
             .map(|a| a.check_key(KeyKind::Rsa, None, "").is_ok())
             .unwrap_or(false));

@@ -682,9 +682,20 @@ impl Pool {
             ));
         }
         let query = KeyQuery::new(Some(spec.label.clone()), Some(spec.id.clone()))?;
+        let mut tried = false;
         let entry = self.run(lease, |session, token, _| {
             let epoch = token.epoch();
-            let handle = keygen::generate(session, spec)?;
+            // On the retry after a lost session, the first attempt may have made the key
+            // before the answer was lost (a network HSM): use it rather than make another.
+            let existing = match tried {
+                true => key::find_private_key(session, &query, &token.describe()).ok(),
+                false => None,
+            };
+            tried = true;
+            let handle = match existing {
+                Some(h) => h,
+                None => keygen::generate(session, spec)?,
+            };
             let info = key::read_info(session, handle, &query)?;
             Ok(Arc::new(KeyEntry {
                 query: query.clone(),
@@ -705,9 +716,19 @@ impl Pool {
             ));
         }
         let query = KeyQuery::new(Some(import.label.clone()), Some(import.id.clone()))?;
+        let mut tried = false;
         let entry = self.run(lease, |session, token, _| {
             let epoch = token.epoch();
-            let handle = keygen::import(session, import)?;
+            // As for generation: a retry first looks for what the first attempt stored.
+            let existing = match tried {
+                true => key::find_private_key(session, &query, &token.describe()).ok(),
+                false => None,
+            };
+            tried = true;
+            let handle = match existing {
+                Some(h) => h,
+                None => keygen::import(session, import)?,
+            };
             let info = key::read_info(session, handle, &query)?;
             Ok(Arc::new(KeyEntry {
                 query: query.clone(),

@@ -91,3 +91,17 @@ def test_bad_generation_arguments(
 ) -> None:
     with pool.session(rw=True) as s, pytest.raises(ValueError, match=match):
         s.generate_key_pair(key_type, label="bad", **kwargs)  # type: ignore[arg-type]
+
+
+def test_fully_specified_eddsa_names_check_the_curve(pool: SessionPool) -> None:
+    from hsmkey.exceptions import HSMMechanismError
+
+    with pool.session(rw=True) as s:
+        key = s.generate_key_pair("Ed448", label="gen-ed448-names")
+        try:
+            assert len(key.sign("Ed448", b"x")) == 114
+            assert len(key.sign("EdDSA", b"x")) == 114
+            with pytest.raises(HSMMechanismError, match="Ed25519"):
+                key.sign("Ed25519", b"x")
+        finally:
+            s.delete_key(key_label="gen-ed448-names")
