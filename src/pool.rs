@@ -675,51 +675,35 @@ impl Pool {
     /// Generates a key pair on a read-write lease and returns its entry (cached like a found
     /// key).
     pub fn generate_key(&self, lease: &mut Lease, spec: &keygen::KeySpec) -> Result<Arc<KeyEntry>> {
-        if !lease.rw {
-            return Err(Error::new(
-                Kind::Session,
-                "generating keys needs a read-write session: use pool.session(rw=True)",
-            ));
-        }
         let query = KeyQuery::new(Some(spec.label.clone()), Some(spec.id.clone()))?;
-        let mut tried = false;
-        let entry = self.run(lease, |session, token, _| {
-            let epoch = token.epoch();
-            // On the retry after a lost session, the first attempt may have made the key
-            // before the answer was lost (a network HSM): use it rather than make another.
-            let existing = match tried {
-                true => key::find_private_key(session, &query, &token.describe()).ok(),
-                false => None,
-            };
-            tried = true;
-            let handle = match existing {
-                Some(h) => h,
-                None => keygen::generate(session, spec)?,
-            };
-            let info = key::read_info(session, handle, &query)?;
-            Ok(Arc::new(KeyEntry {
-                query: query.clone(),
-                info,
-                handle: Mutex::new((epoch, handle)),
-            }))
-        })?;
-        lock(&self.keys).insert(query, entry.clone());
-        Ok(entry)
+        self.store_key(lease, "generating", query, |s| keygen::generate(s, spec))
     }
 
     /// Imports a private key on a read-write lease and returns its entry.
     pub fn import_key(&self, lease: &mut Lease, import: &keygen::Import) -> Result<Arc<KeyEntry>> {
+        let query = KeyQuery::new(Some(import.label.clone()), Some(import.id.clone()))?;
+        self.store_key(lease, "importing", query, |s| keygen::import(s, import))
+    }
+
+    /// Makes a key object with `make` (on a read-write lease) and caches its entry. On the
+    /// retry after a lost session, the first attempt may have made the key before its answer
+    /// was lost (a network HSM): the retry looks for it before making another.
+    fn store_key(
+        &self,
+        lease: &mut Lease,
+        what: &str,
+        query: KeyQuery,
+        make: impl Fn(&Session) -> Result<ObjectHandle>,
+    ) -> Result<Arc<KeyEntry>> {
         if !lease.rw {
             return Err(Error::new(
                 Kind::Session,
-                "importing keys needs a read-write session: use pool.session(rw=True)",
+                format!("{what} keys needs a read-write session: use pool.session(rw=True)"),
             ));
         }
-        let query = KeyQuery::new(Some(import.label.clone()), Some(import.id.clone()))?;
         let mut tried = false;
         let entry = self.run(lease, |session, token, _| {
             let epoch = token.epoch();
-            // As for generation: a retry first looks for what the first attempt stored.
             let existing = match tried {
                 true => key::find_private_key(session, &query, &token.describe()).ok(),
                 false => None,
@@ -727,7 +711,7 @@ impl Pool {
             tried = true;
             let handle = match existing {
                 Some(h) => h,
-                None => keygen::import(session, import)?,
+                None => make(session)?,
             };
             let info = key::read_info(session, handle, &query)?;
             Ok(Arc::new(KeyEntry {

@@ -31,6 +31,19 @@ fn value_error(msg: String) -> PyErr {
     Error::new(Kind::Value, msg).into()
 }
 
+/// `module_path=`: a str or os.PathLike.
+fn path_arg(module_path: &Bound<'_, PyAny>) -> PyResult<PathBuf> {
+    module_path.extract().map_err(|_| {
+        PyErr::from(Error::new(
+            Kind::Type,
+            format!(
+                "module_path must be a str or os.PathLike, not {}",
+                type_name(module_path)
+            ),
+        ))
+    })
+}
+
 fn seconds(name: &str, value: f64, allow_zero: bool) -> PyResult<Duration> {
     if value.is_nan() || value < 0.0 || (!allow_zero && value == 0.0) {
         return Err(value_error(format!(
@@ -95,15 +108,7 @@ impl PyPool {
         max_idle: Option<f64>,
         allow_final_pin_try: bool,
     ) -> PyResult<Self> {
-        let path: PathBuf = module_path.extract().map_err(|_| {
-            PyErr::from(Error::new(
-                Kind::Type,
-                format!(
-                    "module_path must be a str or os.PathLike, not {}",
-                    type_name(module_path)
-                ),
-            ))
-        })?;
+        let path = path_arg(module_path)?;
         if path.as_os_str().is_empty() {
             return Err(value_error("module_path is empty".into()));
         }
@@ -363,15 +368,7 @@ pub fn list_tokens<'py>(
     module_path: &Bound<'py, PyAny>,
     mechanisms: bool,
 ) -> PyResult<Vec<Bound<'py, PyDict>>> {
-    let path: PathBuf = module_path.extract().map_err(|_| {
-        PyErr::from(Error::new(
-            Kind::Type,
-            format!(
-                "module_path must be a str or os.PathLike, not {}",
-                type_name(module_path)
-            ),
-        ))
-    })?;
+    let path = path_arg(module_path)?;
     let slots = py.detach(move || -> crate::error::Result<_> {
         let module = crate::module::load(&path)?;
         crate::inventory::list(&module, mechanisms)
