@@ -7,6 +7,9 @@
 //! Usage: hsmkey-bench-limit MODULE TOKEN_LABEL PIN KEY_LABEL ALG THREADS SECONDS
 //!            [REPETITIONS [PAYLOAD_BYTES]]
 //!
+//! SECONDS may instead be a count such as `1000ops`: each thread then signs exactly that
+//! many times per repetition (for instruction counts under `valgrind --tool=callgrind`).
+//!
 //! Prints one JSON object: `ops_per_sec` (median over repetitions), `reps` (ops/s of each
 //! repetition), and the parameters. Repetitions are separated by a barrier so that every
 //! thread measures the same window.
@@ -86,6 +89,8 @@ struct Args {
     alg_name: String,
     threads: usize,
     seconds: f64,
+    /// Signatures per thread per repetition, instead of a duration.
+    count: Option<u64>,
     reps: usize,
     payload: usize,
 }
@@ -98,6 +103,15 @@ fn parse_args() -> Result<Args, String> {
             .into());
     }
     let alg = Alg::parse(&a[4]).ok_or_else(|| format!("unknown algorithm {:?}", a[4]))?;
+    let count = match a[6].strip_suffix("ops") {
+        Some(n) => Some(
+            n.parse::<u64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| format!("SECONDS: bad count {:?}", a[6]))?,
+        ),
+        None => None,
+    };
     let num = |i: usize, what: &str| -> Result<f64, String> {
         a[i].parse::<f64>()
             .ok()
@@ -112,7 +126,12 @@ fn parse_args() -> Result<Args, String> {
         alg,
         alg_name: a[4].clone(),
         threads: num(5, "THREADS")? as usize,
-        seconds: num(6, "SECONDS")?,
+        seconds: if count.is_some() {
+            0.0
+        } else {
+            num(6, "SECONDS")?
+        },
+        count,
         reps: if a.len() > 7 {
             num(7, "REPETITIONS")? as usize
         } else {
@@ -179,7 +198,8 @@ fn run(args: &Args) -> Result<(), String> {
             .open_ro_session(slot)
             .map_err(|e| format!("C_OpenSession: {e}"))?;
         let key = find_key(&session, &args.key)?;
-        let (alg, reps, barrier, payload) = (args.alg, args.reps, barrier.clone(), payload.clone());
+        let (alg, reps, count) = (args.alg, args.reps, args.count);
+        let (barrier, payload) = (barrier.clone(), payload.clone());
         workers.push(thread::spawn(move || -> Result<Vec<u64>, String> {
             let mech = alg.mechanism();
             for _ in 0..20 {
@@ -191,7 +211,10 @@ fn run(args: &Args) -> Result<(), String> {
                 barrier.wait();
                 let start = Instant::now();
                 let mut n = 0u64;
-                while start.elapsed() < duration {
+                while match count {
+                    Some(c) => n < c,
+                    None => start.elapsed() < duration,
+                } {
                     let sig = alg
                         .sign(&session, &mech, key, &payload)
                         .map_err(|e| format!("sign: {e}"))?;
