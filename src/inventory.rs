@@ -122,10 +122,14 @@ fn token_entry(
         (t.error_state(), "CKF_ERROR_STATE"),
     ];
     let mechanisms = if with_mechanisms {
-        module
-            .ctx
-            .get_mechanism_list(slot)
-            .context("listing the token's mechanisms")?
+        let types = match crate::raw_list::mechanism_types(&module.path, slot.id()) {
+            Some(types) => types,
+            None => module
+                .ctx
+                .get_mechanism_list(slot)
+                .context("listing the token's mechanisms")?,
+        };
+        types
             .into_iter()
             .map(|m| mechanism_entry(module, slot, m))
             .collect()

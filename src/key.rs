@@ -138,7 +138,14 @@ pub fn list_private_keys(session: &Session) -> Result<Vec<(ObjectHandle, KeyQuer
 
 /// Reads the key's type and public half (from the private object, or from the public-key
 /// object beside it where the private object does not carry the point).
-pub fn read_info(session: &Session, handle: ObjectHandle, query: &KeyQuery) -> Result<KeyInfo> {
+///
+/// `public` is the public-key object when the caller knows it (it just made the pair).
+pub fn read_info(
+    session: &Session,
+    handle: ObjectHandle,
+    public: Option<ObjectHandle>,
+    query: &KeyQuery,
+) -> Result<KeyInfo> {
     let attrs = session
         .get_attributes(
             handle,
@@ -222,8 +229,10 @@ pub fn read_info(session: &Session, handle: ObjectHandle, query: &KeyQuery) -> R
                     curve.name()
                 )));
             }
-            let raw = match point {
-                Some(p) if !p.is_empty() => p,
+            let raw = match (point, public) {
+                (Some(p), _) if !p.is_empty() => p,
+                (_, Some(h)) => read_point(session, h)?
+                    .ok_or_else(|| Error::mechanism("the new public key has no CKA_EC_POINT"))?,
                 _ => public_point(session, &info, query)?,
             };
             info.ec_point = Some(curve.unwrap_point(&raw)?);
@@ -234,9 +243,27 @@ pub fn read_info(session: &Session, handle: ObjectHandle, query: &KeyQuery) -> R
     Ok(info)
 }
 
+/// CKA_EC_POINT of a public-key object, if it has one.
+fn read_point(session: &Session, handle: ObjectHandle) -> Result<Option<Vec<u8>>> {
+    let attrs = session
+        .get_attributes(handle, &[AttributeType::EcPoint])
+        .context("reading CKA_EC_POINT")?;
+    Ok(attrs.into_iter().find_map(|a| match a {
+        Attribute::EcPoint(p) => Some(p),
+        _ => None,
+    }))
+}
+
 /// The public point from the public-key object with the same CKA_ID (or label).
 fn public_point(session: &Session, info: &KeyInfo, query: &KeyQuery) -> Result<Vec<u8>> {
+    // Most specific first: a label and id that both match beat either alone.
     let mut candidates = Vec::new();
+    if let (false, Some(l)) = (info.id.is_empty(), &info.label) {
+        candidates.push(KeyQuery {
+            label: Some(l.clone()),
+            id: Some(info.id.clone()),
+        });
+    }
     if !info.id.is_empty() {
         candidates.push(KeyQuery {
             label: None,
@@ -256,13 +283,8 @@ fn public_point(session: &Session, info: &KeyInfo, query: &KeyQuery) -> Result<V
         if found.len() != 1 {
             continue;
         }
-        let attrs = session
-            .get_attributes(found[0], &[AttributeType::EcPoint])
-            .context("reading CKA_EC_POINT")?;
-        for a in attrs {
-            if let Attribute::EcPoint(p) = a {
-                return Ok(p);
-            }
+        if let Some(point) = read_point(session, found[0])? {
+            return Ok(point);
         }
     }
     Err(Error::mechanism(format!(

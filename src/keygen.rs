@@ -97,8 +97,8 @@ impl KeySpec {
     }
 }
 
-/// Generates a key pair; returns the private key's handle.
-pub fn generate(session: &Session, spec: &KeySpec) -> Result<ObjectHandle> {
+/// Generates a key pair; returns the (private, public) handles.
+pub fn generate(session: &Session, spec: &KeySpec) -> Result<(ObjectHandle, ObjectHandle)> {
     let common = |private: bool| {
         vec![
             Attribute::Token(true),
@@ -136,10 +136,10 @@ pub fn generate(session: &Session, spec: &KeySpec) -> Result<ObjectHandle> {
         }
         _ => return Err(Error::value("an EC key needs a curve")),
     };
-    let (_, private_handle) = session
+    let (public_handle, private_handle) = session
         .generate_key_pair(&mechanism, &public, &private)
         .context(&format!("generating a key pair labelled {:?}", spec.label))?;
-    Ok(private_handle)
+    Ok((private_handle, public_handle))
 }
 
 /// A private key to import, as PKCS#11 attribute values.
@@ -154,7 +154,7 @@ pub struct Import {
 
 /// Stores a private key (sensitive, never extractable) and its public key in the token;
 /// returns the private key's handle.
-pub fn import(session: &Session, key: &Import) -> Result<ObjectHandle> {
+pub fn import(session: &Session, key: &Import) -> Result<(ObjectHandle, ObjectHandle)> {
     let get = |name: &str| -> Result<Vec<u8>> {
         key.components
             .iter()
@@ -226,14 +226,16 @@ pub fn import(session: &Session, key: &Import) -> Result<ObjectHandle> {
     let handle = session
         .create_object(&private)
         .context(&format!("importing the private key {:?}", key.label))?;
-    if let Err(e) = session.create_object(&public) {
-        let _ = session.destroy_object(handle);
-        return Err(Error::from_cryptoki(
-            e,
-            &format!("importing the public key {:?}", key.label),
-        ));
+    match session.create_object(&public) {
+        Ok(public_handle) => Ok((handle, public_handle)),
+        Err(e) => {
+            let _ = session.destroy_object(handle);
+            Err(Error::from_cryptoki(
+                e,
+                &format!("importing the public key {:?}", key.label),
+            ))
+        }
     }
-    Ok(handle)
 }
 
 /// DER OCTET STRING around `data` (how PKCS#11 wants CKA_EC_POINT).

@@ -17,6 +17,7 @@ mod py_key;
 mod py_pool;
 mod py_session;
 mod py_util;
+mod raw_list;
 mod secret;
 mod token;
 

@@ -661,7 +661,7 @@ impl Pool {
         let entry = self.run(lease, |session, token, _| {
             let epoch = token.epoch();
             let handle = key::find_private_key(session, query, &token.describe())?;
-            let info = key::read_info(session, handle, query)?;
+            let info = key::read_info(session, handle, None, query)?;
             Ok(Arc::new(KeyEntry {
                 query: query.clone(),
                 info,
@@ -693,7 +693,7 @@ impl Pool {
         lease: &mut Lease,
         what: &str,
         query: KeyQuery,
-        make: impl Fn(&Session) -> Result<ObjectHandle>,
+        make: impl Fn(&Session) -> Result<(ObjectHandle, ObjectHandle)>,
     ) -> Result<Arc<KeyEntry>> {
         if !lease.rw {
             return Err(Error::new(
@@ -709,11 +709,14 @@ impl Pool {
                 false => None,
             };
             tried = true;
-            let handle = match existing {
-                Some(h) => h,
-                None => make(session)?,
+            let (handle, public) = match existing {
+                Some(h) => (h, None),
+                None => {
+                    let (private, public) = make(session)?;
+                    (private, Some(public))
+                }
             };
-            let info = key::read_info(session, handle, &query)?;
+            let info = key::read_info(session, handle, public, &query)?;
             Ok(Arc::new(KeyEntry {
                 query: query.clone(),
                 info,
@@ -731,7 +734,7 @@ impl Pool {
             key::list_private_keys(session)?
                 .into_iter()
                 .map(|(handle, query)| {
-                    let info = key::read_info(session, handle, &query)?;
+                    let info = key::read_info(session, handle, None, &query)?;
                     Ok(Arc::new(KeyEntry {
                         query,
                         info,
