@@ -19,9 +19,41 @@ pub struct Module {
     /// The process that initialized it; another pid means we are in a forked child.
     pub pid: u32,
     tokens: Mutex<HashMap<u64, Weak<TokenState>>>,
+    /// Labels of the initialized tokens seen by the last token search (see `load`).
+    pub seen_labels: Mutex<Vec<String>>,
+    /// True when this process's `C_Initialize` (not another library's) set the module up.
+    initialized_here: bool,
+    /// When it did: the start-up race `reload_if_unused` works around is over after a while.
+    initialized_at: std::time::Instant,
+    /// Held (shared) by connections between finding a token and holding its state; taken
+    /// (exclusive) by `reload_if_unused`, so a reload never pulls the module from under them.
+    pub connecting: std::sync::RwLock<()>,
 }
 
 impl Module {
+    /// Finalizes and re-initializes the module if nothing of this process uses it (no token
+    /// state alive, nobody connecting) and this process initialized it. SoftHSM2 skips, for
+    /// the life of its state, a token whose files it could not read during `C_Initialize`
+    /// (sibling processes logging in rewrite them): a fresh start brings it back. Only in the
+    /// first seconds after start-up, when that race happens. Returns whether it reloaded.
+    pub fn reload_if_unused(&self) -> bool {
+        if !self.initialized_here
+            || self.pid != std::process::id()
+            || self.initialized_at.elapsed() > std::time::Duration::from_secs(10)
+        {
+            return false;
+        }
+        let _exclusive = self
+            .connecting
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let tokens = lock(&self.tokens);
+        if tokens.values().any(|w| w.strong_count() > 0) {
+            return false;
+        }
+        reinitialize(&self.ctx, &self.path).is_ok()
+    }
+
     /// The shared login state of the token in `slot`, made on first use.
     pub fn token_state(
         self: &Arc<Self>,
@@ -85,19 +117,22 @@ pub fn load(path: &Path) -> Result<Arc<Module>> {
         Some(_) => true,
         None => false,
     };
+    let mut expected = Vec::new();
     if forked {
         // The parent's module state (its sessions, its login) is not ours: never drop or call
-        // into it. Leak the inherited value so that nothing of it runs in this process.
+        // into it. Leak the inherited value so that nothing of it runs in this process. What
+        // the parent had seen (plain memory, no call) tells which tokens to expect.
         if let Some(old) = modules.remove(&canonical) {
+            expected = lock(&old.seen_labels).clone();
             std::mem::forget(old);
         }
     }
-    let module = Arc::new(open(&canonical, pid, forked)?);
+    let module = Arc::new(open(&canonical, pid, forked, &expected)?);
     modules.insert(canonical, module.clone());
     Ok(module)
 }
 
-fn open(path: &Path, pid: u32, forked: bool) -> Result<Module> {
+fn open(path: &Path, pid: u32, forked: bool, expected: &[String]) -> Result<Module> {
     let ctx = Pkcs11::new(path).map_err(|e| match e {
         CkError::LibraryLoading(err) => Error::new(
             Kind::Module,
@@ -113,27 +148,29 @@ fn open(path: &Path, pid: u32, forked: bool) -> Result<Module> {
         other => Error::from_cryptoki(other, &format!("loading {}", path.display())),
     })?;
     let args = || CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK);
+    let mut initialized_here = true;
     match ctx.initialize(args()) {
         Ok(()) => {}
         Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) if forked => {
             // The child inherited the parent's initialized state: finalize it (this does not
             // touch the parent's process) and start over with our own.
             reinitialize(&ctx, path)?;
-            // SoftHSM2 reads its token directory in C_Initialize, and children that do so at
-            // the same moment sometimes see no token at all (a race in its file store, seen
-            // with 3 children re-initializing at once). Nobody in this process uses the
-            // module yet (the registry lock is held), so try again a few times.
-            for attempt in 1..=5u32 {
-                let initialized = ctx.get_slots_with_initialized_token().unwrap_or_default();
-                match initialized.is_empty() {
-                    false => break,
-                    true => {
-                        std::thread::sleep(std::time::Duration::from_millis(
-                            10 * u64::from(attempt),
-                        ));
-                        reinitialize(&ctx, path)?;
-                    }
+            // SoftHSM2 reads its token directory in C_Initialize and skips a token whose
+            // files it cannot read at that moment, as when sibling workers log in (which
+            // rewrites the token file) while this one starts: seen as no token at all, or
+            // all but one. Nobody in this process uses the module yet (the registry lock is
+            // held), so start over until every token the parent saw is back, a few times.
+            for attempt in 1..=6u32 {
+                let present = initialized_labels(&ctx);
+                let missing = match present.is_empty() {
+                    true => true,
+                    false => expected.iter().any(|l| !present.contains(l)),
+                };
+                if !missing {
+                    break;
                 }
+                std::thread::sleep(std::time::Duration::from_millis(10 * u64::from(attempt)));
+                reinitialize(&ctx, path)?;
             }
             log::log(
                 log::INFO,
@@ -142,6 +179,7 @@ fn open(path: &Path, pid: u32, forked: bool) -> Result<Module> {
         }
         Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {
             // Another library in this process initialized the module: share its instance.
+            initialized_here = false;
             log::log(
                 log::DEBUG,
                 &format!("{} was already initialized in this process", path.display()),
@@ -162,7 +200,21 @@ fn open(path: &Path, pid: u32, forked: bool) -> Result<Module> {
         path: path.to_path_buf(),
         pid,
         tokens: Mutex::new(HashMap::new()),
+        seen_labels: Mutex::new(Vec::new()),
+        initialized_here,
+        initialized_at: std::time::Instant::now(),
+        connecting: std::sync::RwLock::new(()),
     })
+}
+
+/// Labels of the initialized tokens the module shows now.
+fn initialized_labels(ctx: &Pkcs11) -> Vec<String> {
+    ctx.get_slots_with_initialized_token()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|slot| ctx.get_token_info(slot).ok())
+        .map(|info| info.label().trim_end().to_string())
+        .collect()
 }
 
 fn reinitialize(ctx: &Pkcs11, path: &Path) -> Result<()> {

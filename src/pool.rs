@@ -242,8 +242,33 @@ impl Pool {
 
     fn connect(&self) -> Result<(Arc<TokenState>, bool)> {
         let module = module::load(&self.cfg.module_path)?;
-        let (slot, info) = token::find_slot(&module, &self.cfg.criteria)?;
-        let token = module.token_state(slot, || TokenState::new(module.clone(), slot, &info))?;
+        let mut attempt = 0u64;
+        let token = loop {
+            let found = {
+                let _shared = module
+                    .connecting
+                    .read()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                token::find_slot(&module, &self.cfg.criteria).and_then(|(slot, info)| {
+                    module.token_state(slot, || TokenState::new(module.clone(), slot, &info))
+                })
+            };
+            match found {
+                Err(e) if e.kind == Kind::TokenNotFound && attempt < 3 => {
+                    // A token SoftHSM2 could not read at start-up (see reload_if_unused).
+                    attempt += 1;
+                    if !module.reload_if_unused() {
+                        return Err(e);
+                    }
+                    log::log(
+                        log::INFO,
+                        &format!("token not found; re-initialized the module ({e})"),
+                    );
+                    std::thread::sleep(Duration::from_millis(10 * attempt));
+                }
+                other => break other?,
+            }
+        };
         let joined = token.join(&self.cfg.pin, self.cfg.pin_policy)?;
         Ok((token, joined.logged_in))
     }

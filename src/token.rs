@@ -53,6 +53,7 @@ pub fn find_slot(module: &Module, criteria: &TokenCriteria) -> Result<(Slot, Tok
         .get_slots_with_token()
         .context("listing the slots with a token")?;
     let mut present = Vec::new();
+    let mut seen = Vec::new();
     let mut matches = Vec::new();
     for slot in slots {
         let info = match token_info(module, slot) {
@@ -67,12 +68,14 @@ pub fn find_slot(module: &Module, criteria: &TokenCriteria) -> Result<(Slot, Tok
             && criteria.serial.as_deref().is_none_or(|s| s == serial)
             && criteria.slot_id.is_none_or(|id| id == slot.id());
         if info.token_initialized() {
+            seen.push(label.clone());
             present.push(format!("{label:?} (serial {serial}, slot {})", slot.id()));
         }
         if ok {
             matches.push((slot, info));
         }
     }
+    *lock(&module.seen_labels) = seen;
     match matches.len() {
         1 => matches
             .pop()
