@@ -12,7 +12,6 @@ from typing import Any, Callable
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding
-
 from hsmkey.testing import softhsm2_token
 
 KEYS = {
