@@ -236,3 +236,16 @@ def docs(session: nox.Session) -> None:
     session.install(".", "sphinx>=7.2")
     html = "docs/_build/html"
     session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", html, *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Signing throughput on a throwaway SoftHSM2 token: the raw PKCS#11 limit (bench/limit,
+    Rust) against hsmkey at each layer, python-pkcs11, PyKCS11 and jwcrypto with a software
+    key, with threads, a busy neighbour thread, session blocks, memory and worker processes
+    (about 9 minutes on 2 cores; ``nox -s bench -- --quick``: under a minute). See
+    docs/performance.rst."""
+    ensure_system_packages(session)
+    ensure_cargo(session)
+    session.install(".", "jwcrypto", "PyJWT", "python-pkcs11", "PyKCS11")
+    session.run("python", "bench/bench_sign.py", *session.posargs)
