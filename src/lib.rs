@@ -4,6 +4,7 @@
 
 mod decrypt;
 mod error;
+mod fork;
 mod inventory;
 mod key;
 mod keygen;

@@ -38,7 +38,7 @@ impl Module {
     /// first seconds after start-up, when that race happens. Returns whether it reloaded.
     pub fn reload_if_unused(&self) -> bool {
         if !self.initialized_here
-            || self.pid != std::process::id()
+            || self.pid != crate::fork::pid()
             || self.initialized_at.elapsed() > std::time::Duration::from_secs(10)
         {
             return false;
@@ -110,7 +110,7 @@ pub fn load(path: &Path) -> Result<Arc<Module>> {
             format!("PKCS#11 module {} cannot be used: {e}", path.display()),
         )
     })?;
-    let pid = std::process::id();
+    let pid = crate::fork::pid();
     let mut modules = lock(registry());
     let forked = match modules.get(&canonical) {
         Some(m) if m.pid == pid => return Ok(m.clone()),

@@ -73,6 +73,8 @@ struct State {
     idle_ro: Vec<Idle>,
     idle_rw: Vec<Idle>,
     in_use: usize,
+    /// Threads blocked in `acquire` (a return wakes one only if there is one).
+    waiting: usize,
     stats: Stats,
 }
 
@@ -153,12 +155,13 @@ impl Pool {
             cfg,
             state: Mutex::new(State {
                 closed: false,
-                pid: std::process::id(),
+                pid: crate::fork::pid(),
                 conn: None,
                 failure: None,
                 idle_ro: Vec::new(),
                 idle_rw: Vec::new(),
                 in_use: 0,
+                waiting: 0,
                 stats: Stats::default(),
             }),
             cond: Condvar::new(),
@@ -174,7 +177,7 @@ impl Pool {
     /// In a forked child, everything the pool holds belongs to the parent: forget it without
     /// calling into the module; the next use connects anew.
     fn reset_after_fork(&self, st: &mut State) {
-        let pid = std::process::id();
+        let pid = crate::fork::pid();
         if st.pid == pid {
             return;
         }
@@ -188,6 +191,7 @@ impl Pool {
             conn.token.forget_anchor();
         }
         st.in_use = 0;
+        st.waiting = 0;
         st.pid = pid;
         lock(&self.keys).clear();
     }
@@ -385,10 +389,12 @@ impl Pool {
                 ));
             }
             let slice = (deadline - now).min(WAIT_SLICE);
+            st.waiting += 1;
             st = match self.cond.wait_timeout(st, slice) {
                 Ok((g, _)) => g,
                 Err(poisoned) => poisoned.into_inner().0,
             };
+            st.waiting -= 1;
             drop(st);
             interrupt()?;
             st = lock(&self.state);
@@ -416,7 +422,7 @@ impl Pool {
     pub fn release(&self, mut lease: Lease) {
         let session = lease.session.take();
         let mut st = lock(&self.state);
-        let pid = std::process::id();
+        let pid = crate::fork::pid();
         if lease.pid != pid || st.pid != pid {
             // Inherited from the parent process: not ours to close or reuse.
             std::mem::forget(session);
@@ -449,7 +455,9 @@ impl Pool {
         } else {
             None
         };
-        self.cond.notify_one();
+        if st.waiting > 0 {
+            self.cond.notify_one();
+        }
         drop(st);
         if let Some(s) = close {
             let _ = s.close();

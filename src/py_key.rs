@@ -12,7 +12,7 @@ use cryptoki::session::Session;
 use crate::decrypt::{self, Decryption};
 use crate::error::{Error, Result};
 use crate::key::{self, KeyInfo};
-use crate::mechanism::{check_scheme_key, HashAlg, JoseAlg, Scheme};
+use crate::mechanism::{check_scheme_key, ecdsa_der, HashAlg, JoseAlg, Scheme};
 use crate::pool::{KeyEntry, Lease, Pool};
 use crate::py_session::SessionSlot;
 use crate::py_util::{detach_interruptible, opt_count, type_name};
@@ -252,7 +252,8 @@ impl PyKey {
     }
 
     /// The low-level signer behind the cryptography key interface.
-    #[pyo3(signature = (mechanism, data, *, hash=None, prehashed=false, salt_length=None))]
+    #[pyo3(signature = (mechanism, data, *, hash=None, prehashed=false, salt_length=None, der=false))]
+    #[allow(clippy::too_many_arguments)]
     fn sign_raw<'py>(
         &self,
         py: Python<'py>,
@@ -261,6 +262,7 @@ impl PyKey {
         hash: Option<&str>,
         prehashed: bool,
         salt_length: Option<&Bound<'py, PyAny>>,
+        der: bool,
     ) -> PyResult<Bound<'py, PyBytes>> {
         let salt_length = opt_count("salt_length", salt_length, 0..=1 << 16)?;
         let need_hash = || -> Result<HashAlg> {
@@ -294,8 +296,14 @@ impl PyKey {
             }
         };
         check_scheme_key(&scheme, self.info().kind, &self.info().describe())?;
-        let mut sigs = self.sign_all(py, scheme, &[data])?;
-        Ok(PyBytes::new(py, &sigs.pop().unwrap_or_default()))
+        let sig = self
+            .sign_all(py, scheme, &[data])?
+            .pop()
+            .unwrap_or_default();
+        match (der, scheme) {
+            (true, Scheme::Ecdsa { .. }) => Ok(PyBytes::new(py, &ecdsa_der(&sig))),
+            _ => Ok(PyBytes::new(py, &sig)),
+        }
     }
 
     /// Decrypts with the RSA private key: ``"RSA_PKCS"`` (PKCS#1 v1.5), ``"RSA_OAEP"``

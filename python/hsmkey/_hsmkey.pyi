@@ -167,12 +167,14 @@ class Key:
         hash: _Hash | None = None,
         prehashed: bool = False,
         salt_length: int | None = None,
+        der: bool = False,
     ) -> bytes:
         """The low-level signer behind the cryptography interface.
 
         RSA_PKCS: PKCS#1 v1.5 over ``hash`` (``prehashed``: ``data`` is the digest).
         RSA_PSS: PSS with MGF1(``hash``) and ``salt_length`` bytes of salt.
-        ECDSA: over ``hash`` of ``data`` (or the digest itself); returns raw r||s.
+        ECDSA: over ``hash`` of ``data`` (or the digest itself); returns raw r||s, or the DER
+        ``ECDSA-Sig-Value`` with ``der=True`` (what cryptography's keys return).
         EDDSA: pure Ed25519/Ed448.
         """
     def decrypt(

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.padding import (
     AsymmetricPadding,
     PKCS1v15,
 )
-from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_dss_signature
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from .exceptions import HSMKeyNotFoundError, HSMMechanismError
@@ -449,11 +449,8 @@ class HSMEllipticCurvePrivateKey(_HSMKeyMixin, ec.EllipticCurvePrivateKey):
             data = _bytes(data)
         if prehashed and len(data) != size:
             raise _prehashed_length_error()
-        raw = self._key.sign_raw("ECDSA", data, hash=name, prehashed=prehashed)
-        half = len(raw) >> 1
-        return encode_dss_signature(
-            int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big")
-        )
+        # DER, as cryptography's own keys return it (encoded in the core).
+        return self._key.sign_raw("ECDSA", data, hash=name, prehashed=prehashed, der=True)
 
     def _check_signature_algorithm(self, sa: object, args: tuple[object, ...]) -> None:
         if isinstance(sa, AsymmetricPadding):
