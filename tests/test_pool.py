@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, utils
-from helpers import SoftHSM
+from helpers import STATS_KEYS, SoftHSM
 from hsmkey import SessionPool
 from hsmkey.exceptions import (
     HSMError,
@@ -20,21 +20,6 @@ from hsmkey.exceptions import (
     HSMPoolExhaustedError,
     HSMSessionError,
 )
-
-STATS_KEYS = {
-    "in_use",
-    "idle",
-    "created",
-    "reused",
-    "waits",
-    "timeouts",
-    "relogins",
-    "discarded",
-    "recoveries",
-    "logins",
-    "max_in_use",
-    "epoch",
-}
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from typing import Any, Callable
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, utils
+from helpers import STATS_KEYS
 from helpers.faultmod import (  # noqa: F401  (faultmod_fixture: the `faultmod` fixture)
     CKF_USER_PIN_FINAL_TRY,
     CKF_USER_PIN_LOCKED,
@@ -33,21 +34,6 @@ from hsmkey import (
     Key,
     SessionPool,
 )
-
-STATS_KEYS = {
-    "in_use",
-    "idle",
-    "created",
-    "reused",
-    "waits",
-    "timeouts",
-    "relogins",
-    "discarded",
-    "recoveries",
-    "logins",
-    "max_in_use",
-    "epoch",
-}
 
 
 @pytest.fixture

@@ -31,12 +31,31 @@ from .softhsm import (
 from .spy import Call, Spy, SpyRun, parse_spy_log
 from .vectors import RFC7515_A2, RFC8037_A4, JWSVector
 
+# The counters SessionPool.stats() reports (DESIGN.md, plus recoveries/logins/max_in_use/epoch).
+STATS_KEYS = frozenset(
+    {
+        "in_use",
+        "idle",
+        "created",
+        "reused",
+        "waits",
+        "timeouts",
+        "relogins",
+        "discarded",
+        "recoveries",
+        "logins",
+        "max_in_use",
+        "epoch",
+    }
+)
+
 __all__ = [
     "GENERATED_KEYS",
     "RFC7515_A2",
     "RFC7515_KEY",
     "RFC8037_A4",
     "RFC8037_KEY",
+    "STATS_KEYS",
     "TEST_KEYS",
     "TOKEN2_KEYS",
     "UNIQUE_KEYS",
