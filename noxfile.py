@@ -179,6 +179,9 @@ def typecheck(session: nox.Session) -> None:
     mypy.stubtest of the Rust core's stubs against the compiled module."""
     session.install(".", MYPY)
     session.run("mypy", "--strict", "python/")
+    # The docs' examples, the way users write them (jwcrypto has no type information).
+    session.install("PyJWT", "joserfc", "pytest")
+    session.run("python", "scripts/typecheck_docs.py")
     # The stubs of the Rust core, checked against the compiled module.
     session.run(
         "python",

@@ -47,3 +47,19 @@ def test_jwks_publishes_every_key_and_verifies(pool: SessionPool) -> None:
     check.deserialize(compact)
     check.verify(keyset.get_key(signer["kid"]))
     assert check.payload == b"published"
+
+
+def test_typed_private_key_accessors(pool: SessionPool) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+    from hsmkey.exceptions import HSMMechanismError
+
+    assert isinstance(HSMJWK.from_hsm(pool, key_label="rsa-key").rsa_private_key, rsa.RSAPrivateKey)
+    ec_key = HSMJWK.from_hsm(pool, key_label="ec-key")
+    assert isinstance(ec_key.ec_private_key, ec.EllipticCurvePrivateKey)
+    assert ec_key.ec_private_key is ec_key.hsm_private_key
+    ed = HSMJWK.from_hsm(pool, key_label="ed-key")
+    assert isinstance(ed.ed25519_private_key, ed25519.Ed25519PrivateKey)
+    with pytest.raises(HSMMechanismError, match="not an RSA key"):
+        ec_key.rsa_private_key  # noqa: B018
+    with pytest.raises(HSMMechanismError, match="not an Ed448 key"):
+        ed.ed448_private_key  # noqa: B018

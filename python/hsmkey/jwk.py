@@ -28,7 +28,17 @@ from jwcrypto.common import base64url_encode  # type: ignore[import-untyped]
 from jwcrypto.jwk import JWK, JWKValuesRegistry  # type: ignore[import-untyped]
 
 from .exceptions import HSMKeyNotFoundError, HSMMechanismError
-from .keys import NOT_EXTRACTABLE, HSMPrivateKey, _describe, _key_info, _KeyInfo
+from .keys import (
+    NOT_EXTRACTABLE,
+    HSMEd448PrivateKey,
+    HSMEd25519PrivateKey,
+    HSMEllipticCurvePrivateKey,
+    HSMPrivateKey,
+    HSMRSAPrivateKey,
+    _describe,
+    _key_info,
+    _KeyInfo,
+)
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
@@ -38,6 +48,7 @@ if TYPE_CHECKING:
 __all__ = ["HSMJWK", "jwks"]
 
 _T = TypeVar("_T", bound="HSMJWK")
+_K = TypeVar("_K", bound=HSMPrivateKey)
 
 # Curve names jwcrypto passes to get_op_key() for ES* algorithms, and the algorithm each
 # stands for (for error messages).
@@ -286,8 +297,38 @@ class HSMJWK(JWK):  # type: ignore[misc]
 
     @property
     def hsm_private_key(self) -> HSMPrivateKey:
-        """The HSM-backed cryptography private key (for PyJWT, joserfc, cryptography)."""
+        """The HSM-backed cryptography private key (for PyJWT, joserfc, cryptography).
+
+        Its static type is the union of the four key classes; typed code that calls
+        type-specific methods uses :attr:`rsa_private_key`, :attr:`ec_private_key`,
+        :attr:`ed25519_private_key` or :attr:`ed448_private_key` instead."""
         return self._hsm_private
+
+    @property
+    def rsa_private_key(self) -> HSMRSAPrivateKey:
+        """:attr:`hsm_private_key` typed as an RSA key; ``HSMMechanismError`` for others."""
+        return self._typed(HSMRSAPrivateKey, "an RSA")
+
+    @property
+    def ec_private_key(self) -> HSMEllipticCurvePrivateKey:
+        """:attr:`hsm_private_key` typed as an EC key; ``HSMMechanismError`` for others."""
+        return self._typed(HSMEllipticCurvePrivateKey, "an EC")
+
+    @property
+    def ed25519_private_key(self) -> HSMEd25519PrivateKey:
+        """:attr:`hsm_private_key` typed as an Ed25519 key; ``HSMMechanismError`` for others."""
+        return self._typed(HSMEd25519PrivateKey, "an Ed25519")
+
+    @property
+    def ed448_private_key(self) -> HSMEd448PrivateKey:
+        """:attr:`hsm_private_key` typed as an Ed448 key; ``HSMMechanismError`` for others."""
+        return self._typed(HSMEd448PrivateKey, "an Ed448")
+
+    def _typed(self, cls: type[_K], what: str) -> _K:
+        private = self._hsm_private
+        if not isinstance(private, cls):
+            raise HSMMechanismError(f"{_describe(private.hsm_key)} is not {what} key")
+        return private
 
     # -- compact JWS without jwcrypto's JWS object -----------------------------------------
 
