@@ -428,7 +428,13 @@ impl JoseAlg {
     }
 
     /// Fails with `HSMMechanismError` naming both when the key cannot make this algorithm.
-    pub fn check_key(&self, kind: KeyKind, curve: Option<Curve>, key_desc: &str) -> Result<()> {
+    /// `key_desc` is called only then (no message is built per signature).
+    pub fn check_key(
+        &self,
+        kind: KeyKind,
+        curve: Option<Curve>,
+        key_desc: impl FnOnce() -> String,
+    ) -> Result<()> {
         let ok = match self.needs {
             Needs::Rsa => kind == KeyKind::Rsa,
             Needs::Curve(c) => curve == Some(c) && (kind == KeyKind::Edwards) == c.is_edwards(),
@@ -444,14 +450,19 @@ impl JoseAlg {
             Needs::Edwards => "an Ed25519 or Ed448 key".to_string(),
         };
         Err(Error::mechanism(format!(
-            "algorithm {} needs {wanted}, but {key_desc}",
-            self.name
+            "algorithm {} needs {wanted}, but {}",
+            self.name,
+            key_desc()
         )))
     }
 }
 
 /// Checks that a scheme fits a key family (the low-level `sign_raw` path).
-pub fn check_scheme_key(scheme: &Scheme, kind: KeyKind, key_desc: &str) -> Result<()> {
+pub fn check_scheme_key(
+    scheme: &Scheme,
+    kind: KeyKind,
+    key_desc: impl FnOnce() -> String,
+) -> Result<()> {
     let ok = match scheme {
         Scheme::RsaPkcs { .. } | Scheme::RsaPss { .. } => kind == KeyKind::Rsa,
         Scheme::Ecdsa { .. } => kind == KeyKind::Ec,
@@ -461,8 +472,9 @@ pub fn check_scheme_key(scheme: &Scheme, kind: KeyKind, key_desc: &str) -> Resul
         Ok(())
     } else {
         Err(Error::mechanism(format!(
-            "{} signatures need a different key type: {key_desc}",
-            scheme_name(scheme)
+            "{} signatures need a different key type: {}",
+            scheme_name(scheme),
+            key_desc()
         )))
     }
 }
@@ -677,7 +689,9 @@ mod tests {
         let Ok(alg) = JoseAlg::parse("ES384") else {
             panic!("ES384 parses")
         };
-        let err = alg.check_key(KeyKind::Ec, Some(Curve::P256), "key 'k' is EC P-256");
+        let err = alg.check_key(KeyKind::Ec, Some(Curve::P256), || {
+            "key 'k' is EC P-256".into()
+        });
         let msg = err.err().map(|e| e.message).unwrap_or_default();
         assert!(msg.contains("ES384") && msg.contains("P-384") && msg.contains("P-256"));
         assert!(JoseAlg::parse("HS256").is_err());
@@ -685,19 +699,19 @@ mod tests {
             panic!("Ed448 parses")
         };
         assert!(ed448
-            .check_key(KeyKind::Edwards, Some(Curve::Ed25519), "")
+            .check_key(KeyKind::Edwards, Some(Curve::Ed25519), String::new)
             .is_err());
         assert!(ed448
-            .check_key(KeyKind::Edwards, Some(Curve::Ed448), "")
+            .check_key(KeyKind::Edwards, Some(Curve::Ed448), String::new)
             .is_ok());
         let Ok(eddsa) = JoseAlg::parse("EdDSA") else {
             panic!("EdDSA parses")
         };
         assert!(eddsa
-            .check_key(KeyKind::Edwards, Some(Curve::Ed448), "")
+            .check_key(KeyKind::Edwards, Some(Curve::Ed448), String::new)
             .is_ok());
         assert!(JoseAlg::parse("RS256")
-            .map(|a| a.check_key(KeyKind::Rsa, None, "").is_ok())
+            .map(|a| a.check_key(KeyKind::Rsa, None, String::new).is_ok())
             .unwrap_or(false));
     }
 

@@ -291,9 +291,10 @@ impl Pool {
     /// Lends a session, waiting up to `acquire_timeout` for one to be free. `interrupt` is
     /// called about every 50 ms while waiting (to let Ctrl-C through).
     pub fn acquire(&self, rw: bool, interrupt: &dyn Fn() -> Result<()>) -> Result<Lease> {
-        self.connection()?;
+        // One lock of the state on a warm pool: the loop connects only when it must.
         let mut conn: Conn;
-        let deadline = Instant::now() + self.cfg.acquire_timeout;
+        // Set once connected (a first login is not counted against acquire_timeout).
+        let mut deadline: Option<Instant> = None;
         let mut waited = false;
         let mut st = lock(&self.state);
         loop {
@@ -375,6 +376,7 @@ impl Pool {
                 st.stats.waits += 1;
             }
             let now = Instant::now();
+            let deadline = *deadline.get_or_insert(now + self.cfg.acquire_timeout);
             if now >= deadline {
                 st.stats.timeouts += 1;
                 return Err(Error::new(

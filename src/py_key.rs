@@ -131,7 +131,7 @@ impl PyKey {
     fn jose(&self, alg: &str) -> Result<Scheme> {
         let alg = JoseAlg::parse(alg)?;
         let info = self.info();
-        alg.check_key(info.kind, info.curve, &info.describe())?;
+        alg.check_key(info.kind, info.curve, || info.describe())?;
         Ok(alg.scheme)
     }
 }
@@ -295,7 +295,7 @@ impl PyKey {
                 .into())
             }
         };
-        check_scheme_key(&scheme, self.info().kind, &self.info().describe())?;
+        check_scheme_key(&scheme, self.info().kind, || self.info().describe())?;
         let sig = self
             .sign_all(py, scheme, &[data])?
             .pop()
