@@ -27,7 +27,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import bench_sign as bs
+from hsmbench import common as bs
+from hsmbench.limit import build_limit
+from hsmbench.peers import WORKER_LIBS
 
 LAYERS = ("limit", "raw", "many", "crypto", "jws", "pyjwt", "python-pkcs11", "pykcs11", "soft")
 
@@ -35,7 +37,7 @@ LAYERS = ("limit", "raw", "many", "crypto", "jws", "pyjwt", "python-pkcs11", "py
 def child(layer: str, alg: str, n: int, module: str, token: str, pin: str) -> None:
     """Signs ``n`` times at one layer (after 3 warm-up signatures)."""
     if layer in ("python-pkcs11", "pykcs11"):
-        factories, _ = bs.WORKER_LIBS[layer](module, token, pin)
+        factories, _ = WORKER_LIBS[layer](module, token, pin)
         fn = factories[alg]()
     elif layer == "soft":
         from jwcrypto.jwk import JWK
@@ -141,7 +143,7 @@ def main() -> int:
         return 0
     if shutil.which("valgrind") is None:
         sys.exit("valgrind not found (Debian: apt-get install valgrind)")
-    limit = bs.build_limit()
+    limit = build_limit()
     from hsmkey.testing import softhsm2_token
 
     n1, n2 = args.n

@@ -1,0 +1,16 @@
+"""One module per section of the report; each has ``run(bench)``."""
+
+from __future__ import annotations
+
+from . import layers, memory, scale, seed, session, spinner, threads
+
+# In the order of the report.
+SCENARIOS = {
+    "layers": layers,
+    "threads": threads,
+    "spinner": spinner,
+    "session": session,
+    "seed": seed,
+    "memory": memory,
+    "scale": scale,
+}
