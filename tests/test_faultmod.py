@@ -535,3 +535,27 @@ def test_a_bad_target_fails_cleanly(faultmod: FaultModule, tmp_path: Path, targe
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "C_GetFunctionList CKR_GENERAL_ERROR"
     assert "hsmkey-faultmod:" in proc.stderr
+
+
+def test_latency_from_the_environment(faultmod: FaultModule, softhsm: SoftHSM) -> None:
+    """``HSMKEY_FAULT_LATENCY``: a per-function delay set before the module loads, the way a
+    benchmark simulates a network HSM; a bad value is reported and ignored."""
+    code = f"""
+        import time
+        from helpers.faultmod import Pkcs11Client
+        c = Pkcs11Client({faultmod.path!r})
+        h = c.open_session({softhsm.slot_id})
+        start = time.perf_counter()
+        assert c.random(h) == 0
+        print(f"{{time.perf_counter() - start:.4f}}")
+        c.close_session(h)
+        """
+    proc = run_python(
+        code, {"HSMKEY_FAULT_LATENCY": "C_GenerateRandom=60ms,*=1us", "HSMKEY_FAULT_CONTROL": ""}
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert float(proc.stdout) >= 0.06
+    assert "hsmkey-faultmod" not in proc.stderr
+    proc = run_python(code, {"HSMKEY_FAULT_LATENCY": "C_Bogus=1ms", "HSMKEY_FAULT_CONTROL": ""})
+    assert proc.returncode == 0, proc.stderr
+    assert "HSMKEY_FAULT_LATENCY" in proc.stderr and "C_Bogus" in proc.stderr

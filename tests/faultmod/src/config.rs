@@ -135,6 +135,24 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
+/// `HSMKEY_FAULT_LATENCY`: a round trip for every call a network client would send (`1ms`,
+/// the same as `*=1ms`), or per function: `C_Sign=2ms,C_SignInit=1ms,*=500us` (commas or
+/// spaces between entries; the longest matching entry applies, as with `latency` lines).
+pub fn parse_latency_env(text: &str) -> Result<Vec<(Target, Duration)>, String> {
+    let mut out = Vec::new();
+    for item in text
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|s| !s.is_empty())
+    {
+        let (target, duration) = match item.split_once('=') {
+            Some((f, d)) => (parse_target(f.trim())?, d.trim()),
+            None => (Target::All, item),
+        };
+        out.push((target, parse_duration(duration)?));
+    }
+    Ok(out)
+}
+
 fn parse_fail(words: &[&str], key: String) -> Result<Rule, String> {
     let [function, code, options @ ..] = words else {
         return Err("fail needs a function and a return code".into());
@@ -408,6 +426,25 @@ mod tests {
         assert!(cfg.errors[0].contains("C_Bogus"));
         assert_eq!(cfg.rules.len(), 1);
         assert_eq!(cfg.rules[0].trigger, Trigger::Nth(2));
+    }
+
+    #[test]
+    fn latency_from_the_environment() {
+        assert_eq!(
+            parse_latency_env("1ms"),
+            Ok(vec![(Target::All, Duration::from_millis(1))])
+        );
+        assert_eq!(
+            parse_latency_env(" C_Sign=2ms, C_SignInit=500us *=0.1ms "),
+            Ok(vec![
+                (Target::One(Func::C_Sign), Duration::from_millis(2)),
+                (Target::One(Func::C_SignInit), Duration::from_micros(500)),
+                (Target::All, Duration::from_micros(100)),
+            ])
+        );
+        assert_eq!(parse_latency_env(""), Ok(vec![]));
+        assert!(parse_latency_env("C_Bogus=1ms").is_err());
+        assert!(parse_latency_env("C_Sign=slow").is_err());
     }
 
     #[test]

@@ -22,6 +22,9 @@ pub struct Env {
     pub target: PathBuf,
     pub control: Option<PathBuf>,
     pub counts: Option<PathBuf>,
+    /// `HSMKEY_FAULT_LATENCY`: a delay per call, as if every call crossed a network (on top
+    /// of the control file's `latency` lines: the longest applies).
+    pub latency: Vec<(config::Target, Duration)>,
 }
 
 pub fn env() -> &'static Env {
@@ -36,6 +39,13 @@ pub fn env() -> &'static Env {
             target: path("HSMKEY_FAULT_TARGET").unwrap_or_else(|| DEFAULT_TARGET.into()),
             control: path("HSMKEY_FAULT_CONTROL"),
             counts: path("HSMKEY_FAULT_COUNTS"),
+            latency: match std::env::var("HSMKEY_FAULT_LATENCY") {
+                Ok(text) => config::parse_latency_env(&text).unwrap_or_else(|e| {
+                    eprintln!("hsmkey-faultmod: HSMKEY_FAULT_LATENCY={text:?} ignored: {e}");
+                    Vec::new()
+                }),
+                Err(_) => Vec::new(),
+            },
         }
     })
 }
@@ -508,6 +518,7 @@ pub fn enter(func: Func, scope: Scope) -> Entry {
     let delay: Duration = st
         .latency
         .iter()
+        .chain(env().latency.iter())
         .filter(|(t, _)| t.matches(func))
         .map(|(_, d)| *d)
         .max()
