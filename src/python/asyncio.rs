@@ -15,8 +15,8 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyBytes;
 
-use crate::error::{Error, Kind, Result};
-use crate::module::lock;
+use crate::core::error::{Error, Kind, Result};
+use crate::core::module::lock;
 
 /// Threads that run PKCS#11 work for asyncio callers: `HSMKEY_ASYNC_THREADS`, or the number
 /// of CPUs. More threads than cores buys nothing from a token that computes in this process

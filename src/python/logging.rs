@@ -1,19 +1,22 @@
-//! Session events for `logging.getLogger("hsmkey")`. Events are rare (open, login, discard,
-//! recovery), so each takes the GIL for its own short moment; none is logged on the signing
-//! hot path.
+//! The core's log sink, forwarding to `logging.getLogger("hsmkey")`. Each event takes the GIL
+//! for its own short moment.
 
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 
-pub const DEBUG: u32 = 10;
-pub const INFO: u32 = 20;
-pub const WARNING: u32 = 30;
+use crate::core::log::{self, Level};
 
 static LOGGER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
+/// Connects the core's events to Python's logging (at module import).
+pub fn install() {
+    log::set_sink(forward);
+}
+
 /// Logs `message` at `level` to the `hsmkey` logger; silently does nothing while the
 /// interpreter is not available (start-up, shutdown).
-pub fn log(level: u32, message: &str) {
+fn forward(level: Level, message: &str) {
+    let level = level as u32;
     let _ = Python::try_attach(|py| -> PyResult<()> {
         let logger = LOGGER.get_or_try_init(py, || -> PyResult<Py<PyAny>> {
             Ok(py

@@ -5,9 +5,9 @@ use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 
-use crate::error::{Context, Error, Result};
-use crate::key::KeyQuery;
-use crate::mechanism::{Curve, KeyKind};
+use crate::core::error::{Context, Error, Result};
+use crate::core::key::KeyQuery;
+use crate::core::mechanism::{Curve, KeyKind};
 
 /// What to generate.
 #[derive(Debug, Clone)]

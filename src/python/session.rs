@@ -5,13 +5,16 @@ use std::sync::{Arc, Mutex};
 use pyo3::prelude::*;
 use pyo3::types::PyType;
 
-use crate::error::{Error, Kind, Result};
-use crate::key::KeyQuery;
-use crate::keygen::{Import, KeySpec};
-use crate::module::lock;
-use crate::pool::{Lease, Pool};
-use crate::py_key::{Binding, PyKey};
-use crate::py_util::{detach_interruptible, key_query, opt_bytes, opt_count};
+use crate::core::bound_key::Binding;
+use crate::core::error::{Error, Kind, Result};
+use crate::core::key::KeyQuery;
+use crate::core::keygen::{Import, KeySpec};
+use crate::core::module::lock;
+use crate::core::pool::{Lease, Pool};
+use crate::core::session::{SessionSlot, SlotState};
+use crate::python::args::{key_query, opt_bytes, opt_count};
+use crate::python::gil::detach_interruptible;
+use crate::python::key::PyKey;
 
 /// What `hsmkey._import.key_components` returns: key type, curve, attribute values.
 type ImportedParts = (
@@ -19,54 +22,6 @@ type ImportedParts = (
     Option<String>,
     std::collections::HashMap<String, Vec<u8>>,
 );
-
-/// The lease behind a `Session` object, shared with the keys loaded from it.
-pub struct SessionSlot {
-    pub pool: Arc<Pool>,
-    pub state: Mutex<SlotState>,
-}
-
-pub struct SlotState {
-    pub lease: Option<Lease>,
-    pub closed: bool,
-}
-
-impl SessionSlot {
-    /// Runs `f` on the lease, holding the session's lock (one thread at a time).
-    pub fn with_lease<T>(&self, f: impl FnOnce(&mut Lease) -> Result<T>) -> Result<T> {
-        let mut st = lock(&self.state);
-        let closed = st.closed;
-        match st.lease.as_mut() {
-            Some(lease) => f(lease),
-            None if closed => Err(Error::new(
-                Kind::PoolClosed,
-                "the session is closed: load keys inside the `with pool.session()` block that \
-                 uses them, or load a pool-bound key with HSMJWK.from_hsm(pool, ...)",
-            )),
-            None => Err(Error::new(
-                Kind::Session,
-                "the session is not open yet: use it inside `with pool.session() as session:`",
-            )),
-        }
-    }
-
-    pub fn close(&self) {
-        let lease = {
-            let mut st = lock(&self.state);
-            st.closed = true;
-            st.lease.take()
-        };
-        if let Some(lease) = lease {
-            self.pool.release(lease);
-        }
-    }
-}
-
-impl Drop for SessionSlot {
-    fn drop(&mut self) {
-        self.close();
-    }
-}
 
 /// A PKCS#11 session lent by a pool. Use it as a context manager (``with pool.session() as
 /// session:``); keys loaded from it are valid until the block ends.
@@ -248,7 +203,7 @@ impl PySession {
         let me = slf.clone().into_any().unbind();
         let slot = slf.get().slot.clone();
         let rw = slf.get().rw;
-        let fut = crate::py_async::spawn(
+        let fut = crate::python::asyncio::spawn(
             py,
             move || -> Result<()> {
                 if lock(&slot.state).lease.is_some() {
@@ -259,7 +214,7 @@ impl PySession {
                 if st.closed {
                     drop(st);
                     slot.pool.release(lease);
-                    return Err(crate::py_async::worker_error(
+                    return Err(crate::python::asyncio::worker_error(
                         "this session was closed (or its task cancelled) while it waited",
                     ));
                 }
@@ -268,7 +223,7 @@ impl PySession {
             },
             move |_, ()| Ok(me),
         )?;
-        crate::py_async::close_when_cancelled(&fut, slf.into_any().unbind())?;
+        crate::python::asyncio::close_when_cancelled(&fut, slf.into_any().unbind())?;
         Ok(fut)
     }
 
@@ -282,7 +237,7 @@ impl PySession {
     ) -> PyResult<Bound<'py, PyAny>> {
         let _ = (exc_type, exc, tb);
         let slot = self.slot.clone();
-        crate::py_async::spawn(
+        crate::python::asyncio::spawn(
             py,
             move || {
                 slot.close();
