@@ -17,6 +17,7 @@ use crate::core::mechanism::{check_scheme_key, ecdsa_der, HashAlg, JoseAlg, Sche
 use crate::core::pool::{KeyEntry, Pool};
 use crate::core::token::TokenState;
 use crate::python::args::{opt_count, type_name};
+use crate::python::asyncio::Gate;
 use crate::python::gil::detach_interruptible;
 
 /// A private key object in the token (found by label and/or id). Its public half is read
@@ -148,8 +149,12 @@ impl PyKey {
     ) -> PyResult<Bound<'py, PyAny>> {
         let scheme = self.jose(alg)?;
         let key = self.key.clone();
-        crate::python::asyncio::spawn_bytes(py, move || {
-            let mut sigs = key.sign_blocking(scheme, &[&data], &|| Ok(()))?;
+        let gate = match &self.key.binding {
+            Binding::Pool => Gate::Pool(&self.key.pool),
+            Binding::Session(slot) => Gate::Session(slot),
+        };
+        crate::python::asyncio::spawn_bytes(py, gate, move |interrupt| {
+            let mut sigs = key.sign_blocking(scheme, &[&data], interrupt)?;
             Ok(sigs.pop().unwrap_or_default())
         })
     }

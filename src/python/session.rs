@@ -13,6 +13,7 @@ use crate::core::module::lock;
 use crate::core::pool::{Lease, Pool};
 use crate::core::session::{SessionSlot, SlotState};
 use crate::python::args::{key_query, opt_bytes, opt_count};
+use crate::python::asyncio::Gate;
 use crate::python::gil::detach_interruptible;
 use crate::python::key::PyKey;
 
@@ -203,13 +204,15 @@ impl PySession {
         let me = slf.clone().into_any().unbind();
         let slot = slf.get().slot.clone();
         let rw = slf.get().rw;
+        let pool = slot.pool.clone();
         let fut = crate::python::asyncio::spawn(
             py,
-            move || -> Result<()> {
+            Gate::Pool(&pool),
+            move |interrupt| -> Result<()> {
                 if lock(&slot.state).lease.is_some() {
                     return Ok(());
                 }
-                let lease = slot.pool.acquire(rw, &|| Ok(()))?;
+                let lease = slot.pool.acquire(rw, interrupt)?;
                 let mut st = lock(&slot.state);
                 if st.closed {
                     drop(st);
@@ -237,9 +240,18 @@ impl PySession {
     ) -> PyResult<Bound<'py, PyAny>> {
         let _ = (exc_type, exc, tb);
         let slot = self.slot.clone();
+        if !slot.pool.is_closed() {
+            // Giving a session back to an open pool makes no PKCS#11 call: done here, at
+            // once, so that the next task gets it without a trip through a worker.
+            py.detach(|| slot.close());
+            let done = false.into_pyobject(py)?.to_owned().into_any();
+            return crate::python::asyncio::ready(py, done);
+        }
+        // A closed pool closes the session (and may log out): on a worker thread.
         crate::python::asyncio::spawn(
             py,
-            move || {
+            Gate::Free,
+            move |_| {
                 slot.close();
                 Ok(())
             },

@@ -123,16 +123,7 @@ impl Pool {
             let deadline = *deadline.get_or_insert(now + self.cfg.acquire_timeout);
             if now >= deadline {
                 st.stats.timeouts += 1;
-                return Err(Error::new(
-                    Kind::PoolExhausted,
-                    format!(
-                        "no session on {} became free within {:.3} s: all {} are in use; \
-                         return sessions sooner or raise max_sessions= / acquire_timeout=",
-                        conn.token.describe(),
-                        self.cfg.acquire_timeout.as_secs_f64(),
-                        self.cfg.max_sessions
-                    ),
-                ));
+                return Err(self.exhausted_error(&conn.token.describe()));
             }
             let slice = (deadline - now).min(WAIT_SLICE);
             st.waiting += 1;
@@ -146,6 +137,37 @@ impl Pool {
             st = lock(&self.state);
         }
     }
+    /// What a caller gets when no session became free within `acquire_timeout`.
+    fn exhausted_error(&self, token: &str) -> Error {
+        Error::new(
+            Kind::PoolExhausted,
+            format!(
+                "no session on {token} became free within {:.3} s: all {} are in use; \
+                 return sessions sooner or raise max_sessions= / acquire_timeout=",
+                self.cfg.acquire_timeout.as_secs_f64(),
+                self.cfg.max_sessions
+            ),
+        )
+    }
+
+    /// An asynchronous caller's `acquire_timeout` ran out (waiting for its turn, or for a
+    /// session; `acquire` counted the wait already in the latter case): counted as a timeout
+    /// and answered like a blocking `acquire`.
+    pub fn timed_out(&self, count_wait: bool) -> Error {
+        let mut st = lock(&self.state);
+        if count_wait {
+            st.stats.waits += 1;
+        }
+        st.stats.timeouts += 1;
+        let token = st
+            .conn
+            .as_ref()
+            .map(|c| c.token.describe())
+            .unwrap_or_else(|| self.describe());
+        drop(st);
+        self.exhausted_error(&token)
+    }
+
     fn take_expired(&self, st: &mut State, now: Instant) -> Vec<Session> {
         let mut out = Vec::new();
         let State {
