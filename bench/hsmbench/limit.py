@@ -4,6 +4,7 @@ that measures on request."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -37,12 +38,24 @@ def build_limit() -> Path:
 class LimitServer:
     """``bench/limit --serve``: the Rust loop, kept logged in, measuring on request."""
 
-    def __init__(self, tok: Any) -> None:
+    def __init__(
+        self, tok: Any, module: str | None = None, env: dict[str, str] | None = None
+    ) -> None:
+        """On ``tok``'s token, through ``module`` (default the token's own module), with
+        ``env`` added to the environment."""
         self.proc = subprocess.Popen(
-            [str(LIMIT_BIN), tok.module_path, tok.label, tok.pin, "--serve", str(len(PAYLOAD))],
+            [
+                str(LIMIT_BIN),
+                module or tok.module_path,
+                tok.label,
+                tok.pin,
+                "--serve",
+                str(len(PAYLOAD)),
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
+            env={**os.environ, **(env or {})},
         )
         hello = self._read()
         if not hello.get("ready"):

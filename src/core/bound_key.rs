@@ -63,7 +63,15 @@ impl KeyRef {
             for data in inputs {
                 out.push(pool.run(lease, |session, token, refind| {
                     let handle = pool.key_handle(session, token, entry, refind)?;
-                    key::sign(session, handle, &scheme, &entry.info, token, data)
+                    key::sign(
+                        session,
+                        handle,
+                        &scheme,
+                        &entry.info,
+                        token,
+                        token.module.raw.as_ref(),
+                        data,
+                    )
                 })?);
             }
             Ok(out)

@@ -19,6 +19,7 @@ pub mod log;
 pub mod mechanism;
 pub mod module;
 pub mod pool;
+pub mod raw;
 pub mod secret;
 pub mod session;
 pub mod token;

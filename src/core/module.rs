@@ -26,6 +26,9 @@ pub struct Module {
     /// Held (shared) by connections between finding a token and holding its state; taken
     /// (exclusive) by `reload_if_unused`, so a reload never pulls the module from under them.
     pub connecting: std::sync::RwLock<()>,
+    /// The module's function list, for the calls cryptoki makes in more round trips than
+    /// needed (None: cryptoki's calls are used).
+    pub raw: Option<crate::core::raw::RawFunctions>,
 }
 
 impl Module {
@@ -183,6 +186,7 @@ fn open(path: &Path, pid: u32, forked: bool, expected: &[String]) -> Result<Modu
         initialized_here,
         initialized_at: std::time::Instant::now(),
         connecting: std::sync::RwLock::new(()),
+        raw: crate::core::raw::RawFunctions::load(path),
     })
 }
 

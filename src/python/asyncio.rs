@@ -2,15 +2,18 @@
 //! pyo3-async-runtimes' tokio runtime), never on the event loop; results go back to the loop
 //! in batches.
 //!
-//! Worker threads follow what the pools can use. An asynchronous call first waits for its
-//! turn without a thread (a tokio semaphore, no GIL): a call that borrows a session from a
-//! pool waits for one of `max_sessions` turns of that pool, a call on a session lent to an
-//! `async with` block waits for that session's one turn. Only then does it take a worker
-//! thread, so a pool keeps at most `max_sessions` threads busy (plus one per session lent to
-//! a block), however many tasks await it; a network HSM, where each call mostly waits, gets
-//! as many calls in flight as it has sessions. `HSMKEY_ASYNC_THREADS` caps the threads of
-//! the whole process (default [`DEFAULT_MAX_THREADS`]); idle threads end after 10 s.
-//! A wait for a turn counts against `acquire_timeout`, like a wait for a session.
+//! Worker threads follow what the pools can use. Calls that borrow a session from a pool
+//! line up in that pool's lane, which runs at most `max_sessions` of them at once; calls on a
+//! session lent to an `async with` block line up in that session's lane (one at a time). A
+//! lane takes a worker thread when it has a free place, and a worker that finishes a call
+//! takes the next one waiting in its lane itself: under load no thread is woken per call, and
+//! a waiting call holds no thread. So a pool keeps at most `max_sessions` threads busy (plus
+//! one per session lent to a block), however many tasks await it, and a network HSM, where
+//! each call mostly waits, gets as many calls in flight as the pool has sessions.
+//! `HSMKEY_ASYNC_THREADS` caps the worker threads of the whole process (default
+//! [`DEFAULT_MAX_THREADS`]); idle ones end after 10 s. The wait in a lane counts against
+//! `acquire_timeout`, like a wait for a session: a call still waiting when it runs out fails
+//! with `HSMPoolExhaustedError`.
 //!
 //! Results: a worker puts its result in the queue of the caller's event loop and wakes the
 //! loop (`call_soon_threadsafe`, which needs the GIL) only when the queue was empty; the
@@ -25,7 +28,7 @@
 //! counted, and the `atexit` handler waits for the count to reach zero before finalization
 //! starts.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -33,7 +36,6 @@ use std::time::{Duration, Instant};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyBytes;
-use tokio::sync::Semaphore;
 
 use crate::core::error::{Error, Kind, Result};
 use crate::core::module::lock;
@@ -68,63 +70,177 @@ pub fn configure_runtime() {
     pyo3_async_runtimes::tokio::init(builder);
 }
 
-// -- turns -----------------------------------------------------------------------------------
+// -- lanes -----------------------------------------------------------------------------------
 
-/// What an asynchronous call waits for before it takes a worker thread.
+/// Where an asynchronous call lines up before it takes a worker thread.
 pub enum Gate<'a> {
-    /// One of the pool's `max_sessions` turns (the call borrows a session from the pool).
+    /// The pool's lane, `max_sessions` wide (the call borrows a session from the pool).
     Pool(&'a Arc<Pool>),
-    /// The session's one turn (the call works on a session lent to a block).
+    /// The session's lane, one wide (the call works on a session lent to a block).
     Session(&'a Arc<SessionSlot>),
-    /// No wait (the call borrows nothing and returns quickly).
+    /// No lane (the call borrows nothing and returns quickly).
     Free,
 }
 
-/// A semaphore per live owner, found by the owner's address and checked by its weak
-/// reference (an address reused by a new owner gets a new semaphore).
-struct Turns<T> {
-    map: BTreeMap<usize, (Weak<T>, Arc<Semaphore>)>,
+/// A call waiting in a lane (type-erased [`Job`]).
+trait Waiting: Send {
+    fn run(self: Box<Self>);
+    fn fail(self: Box<Self>, err: Error);
+    fn is_cancelled(&self) -> bool;
+    fn deadline(&self) -> Instant;
+}
+
+struct LaneState {
+    running: usize,
+    /// In arrival order, so in deadline order too (one pool, one `acquire_timeout`).
+    queue: VecDeque<Box<dyn Waiting>>,
+    /// A timer fails calls that wait past their deadline; at most one per lane.
+    timer: bool,
+}
+
+struct Lane {
+    width: usize,
+    pool: Arc<Pool>,
+    state: Mutex<LaneState>,
+}
+
+impl Lane {
+    fn new(width: usize, pool: Arc<Pool>) -> Lane {
+        Lane {
+            width: width.max(1),
+            pool,
+            state: Mutex::new(LaneState {
+                running: 0,
+                queue: VecDeque::new(),
+                timer: false,
+            }),
+        }
+    }
+
+    /// Runs `job` now on a worker thread if the lane has room, else lines it up.
+    fn submit(self: &Arc<Self>, job: Box<dyn Waiting>) {
+        let mut st = lock(&self.state);
+        if st.running < self.width {
+            st.running += 1;
+            drop(st);
+            let lane = self.clone();
+            pyo3_async_runtimes::tokio::get_runtime().spawn_blocking(move || lane.work(job));
+            return;
+        }
+        st.queue.push_back(job);
+        if !std::mem::replace(&mut st.timer, true) {
+            drop(st);
+            let lane = self.clone();
+            pyo3_async_runtimes::tokio::get_runtime().spawn(async move { lane.expire().await });
+        }
+    }
+
+    /// A worker thread of the lane: runs `job`, then whatever waits, until nothing does.
+    fn work(&self, mut job: Box<dyn Waiting>) {
+        loop {
+            job.run();
+            let mut st = lock(&self.state);
+            loop {
+                match st.queue.pop_front() {
+                    None => {
+                        st.running -= 1;
+                        return;
+                    }
+                    Some(next) if next.is_cancelled() => drop(next),
+                    Some(next) if Instant::now() >= next.deadline() => {
+                        drop(st);
+                        next.fail(self.pool.timed_out(true));
+                        st = lock(&self.state);
+                    }
+                    Some(next) => {
+                        job = next;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The lane's timer: fails the calls that waited past their deadline, sleeping until the
+    /// next one's; ends when nothing waits.
+    async fn expire(self: Arc<Self>) {
+        loop {
+            let now = Instant::now();
+            let mut expired = Vec::new();
+            let next = {
+                let mut st = lock(&self.state);
+                while let Some(front) = st.queue.front() {
+                    if !front.is_cancelled() && front.deadline() > now {
+                        break;
+                    }
+                    if let Some(job) = st.queue.pop_front() {
+                        if !job.is_cancelled() {
+                            expired.push(job);
+                        }
+                    }
+                }
+                let next = st.queue.front().map(|j| j.deadline());
+                if next.is_none() {
+                    st.timer = false;
+                }
+                next
+            };
+            for job in expired {
+                job.fail(self.pool.timed_out(true));
+            }
+            match next {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => return,
+            }
+        }
+    }
+}
+
+/// A lane per live owner, found by the owner's address and checked by its weak reference
+/// (an address reused by a new owner gets a new lane).
+struct Lanes<T> {
+    map: BTreeMap<usize, (Weak<T>, Arc<Lane>)>,
     /// Dead entries are swept when the map grows past this.
     sweep_at: usize,
 }
 
-impl<T> Turns<T> {
+impl<T> Lanes<T> {
     const fn new() -> Self {
-        Turns {
+        Lanes {
             map: BTreeMap::new(),
             sweep_at: 64,
         }
     }
 
-    fn get(&mut self, owner: &Arc<T>, permits: usize) -> Arc<Semaphore> {
+    fn get(&mut self, owner: &Arc<T>, make: impl FnOnce() -> Lane) -> Arc<Lane> {
         let key = Arc::as_ptr(owner) as usize;
-        if let Some((weak, sem)) = self.map.get(&key) {
+        if let Some((weak, lane)) = self.map.get(&key) {
             if weak.upgrade().is_some_and(|o| Arc::ptr_eq(&o, owner)) {
-                return sem.clone();
+                return lane.clone();
             }
         }
         if self.map.len() >= self.sweep_at {
             self.map.retain(|_, (weak, _)| weak.strong_count() > 0);
             self.sweep_at = (self.map.len() * 2).max(64);
         }
-        let sem = Arc::new(Semaphore::new(permits.clamp(1, Semaphore::MAX_PERMITS)));
-        self.map.insert(key, (Arc::downgrade(owner), sem.clone()));
-        sem
+        let lane = Arc::new(make());
+        self.map.insert(key, (Arc::downgrade(owner), lane.clone()));
+        lane
     }
 }
 
-static POOL_TURNS: Mutex<Turns<Pool>> = Mutex::new(Turns::new());
-static SESSION_TURNS: Mutex<Turns<SessionSlot>> = Mutex::new(Turns::new());
+static POOL_LANES: Mutex<Lanes<Pool>> = Mutex::new(Lanes::new());
+static SESSION_LANES: Mutex<Lanes<SessionSlot>> = Mutex::new(Lanes::new());
 
 impl Gate<'_> {
-    /// The semaphore to wait on, and the pool whose `acquire_timeout` bounds the wait.
-    fn turns(&self) -> Option<(Arc<Semaphore>, Arc<Pool>)> {
+    fn lane(&self) -> Option<Arc<Lane>> {
         match self {
-            Gate::Pool(pool) => Some((
-                lock(&POOL_TURNS).get(pool, pool.cfg.max_sessions),
-                Arc::clone(pool),
-            )),
-            Gate::Session(slot) => Some((lock(&SESSION_TURNS).get(slot, 1), slot.pool.clone())),
+            Gate::Pool(pool) => Some(
+                lock(&POOL_LANES).get(pool, || Lane::new(pool.cfg.max_sessions, Arc::clone(pool))),
+            ),
+            Gate::Session(slot) => {
+                Some(lock(&SESSION_LANES).get(slot, || Lane::new(1, slot.pool.clone())))
+            }
             Gate::Free => None,
         }
     }
@@ -188,18 +304,89 @@ struct Queue {
     scheduled: bool,
 }
 
-/// The results waiting for one event loop. Called (by the loop, through
-/// `call_soon_threadsafe`) it completes all of them.
+/// The self-pipe of a dispatcher: a worker writes a byte (no GIL needed), the loop, which
+/// watches the read end (`loop.add_reader`), drains the queue.
+struct WakePipe {
+    read: libc::c_int,
+    write: libc::c_int,
+}
+
+impl WakePipe {
+    fn new() -> std::io::Result<WakePipe> {
+        let mut fds: [libc::c_int; 2] = [-1, -1];
+        // SAFETY: `fds` has room for the two descriptors pipe() writes.
+        if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let pipe = WakePipe {
+            read: fds[0],
+            write: fds[1],
+        };
+        for fd in fds {
+            // SAFETY: fcntl on descriptors this function just made and owns.
+            let ok = unsafe {
+                let flags = libc::fcntl(fd, libc::F_GETFL);
+                flags >= 0
+                    && libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) == 0
+                    && libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) == 0
+            };
+            if !ok {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(pipe)
+    }
+
+    /// Makes the read end readable (a full pipe already is: then nothing is written).
+    fn wake(&self) {
+        let byte = 1u8;
+        // SAFETY: writes one byte from a live local to a descriptor we own (non-blocking).
+        let _ = unsafe { libc::write(self.write, (&byte as *const u8).cast(), 1) };
+    }
+
+    /// Empties the pipe (non-blocking reads until there is nothing more).
+    fn drain(&self) {
+        let mut buf = [0u8; 256];
+        loop {
+            // SAFETY: reads into a live local buffer of that length, from a descriptor we own.
+            let n = unsafe { libc::read(self.read, buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 || (n as usize) < buf.len() {
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for WakePipe {
+    fn drop(&mut self) {
+        // SAFETY: the descriptors are ours and closed once, here.
+        unsafe {
+            libc::close(self.read);
+            libc::close(self.write);
+        }
+    }
+}
+
+/// The results waiting for one event loop. Called by the loop (its reader callback on the
+/// wake pipe, or through `call_soon_threadsafe` where the loop cannot watch a pipe) it
+/// completes all of them.
 #[pyclass(name = "_Dispatcher", module = "hsmkey._hsmkey", frozen)]
 struct Dispatcher {
     queue: Mutex<Queue>,
     /// A weak reference to the loop (the dispatcher lives in a WeakKeyDictionary by loop).
     event_loop: Py<PyAny>,
+    /// None: the loop has no `add_reader` (Windows' proactor loop); wake it with
+    /// `call_soon_threadsafe`, which takes the GIL.
+    pipe: Option<WakePipe>,
 }
 
 #[pymethods]
 impl Dispatcher {
     fn __call__(&self, py: Python<'_>) {
+        // The pipe first: a worker that finds the queue taken wakes the loop again.
+        if let Some(pipe) = &self.pipe {
+            pipe.drain();
+        }
         let items = {
             let mut q = lock(&self.queue);
             q.scheduled = false;
@@ -239,6 +426,10 @@ impl Dispatcher {
         if !wake {
             return;
         }
+        if let Some(pipe) = &this.pipe {
+            pipe.wake();
+            return;
+        }
         // Nothing to deliver to once the interpreter is finalizing.
         let _ = Python::try_attach(|py| {
             let woke = this
@@ -260,7 +451,8 @@ impl Dispatcher {
     }
 }
 
-/// The dispatcher of `event_loop`, made on first use.
+/// The dispatcher of `event_loop`, made on first use (with a wake pipe the loop watches, if
+/// it can).
 fn dispatcher(py: Python<'_>, event_loop: &Bound<'_, PyAny>) -> PyResult<Py<Dispatcher>> {
     static BY_LOOP: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     let by_loop = BY_LOOP
@@ -277,25 +469,49 @@ fn dispatcher(py: Python<'_>, event_loop: &Bound<'_, PyAny>) -> PyResult<Py<Disp
         return Ok(found.clone().unbind());
     }
     let weak = py.import("weakref")?.getattr("ref")?.call1((event_loop,))?;
+    let pipe = WakePipe::new().ok();
+    let read_fd = pipe.as_ref().map(|p| p.read);
     let made = Py::new(
         py,
         Dispatcher {
             queue: Mutex::new(Queue::default()),
             event_loop: weak.unbind(),
+            pipe,
         },
     )?;
+    if let Some(fd) = read_fd {
+        if event_loop
+            .call_method1("add_reader", (fd, made.clone_ref(py)))
+            .is_err()
+        {
+            // No add_reader here: a dispatcher that wakes the loop with call_soon_threadsafe.
+            let fallback = Py::new(
+                py,
+                Dispatcher {
+                    queue: Mutex::new(Queue::default()),
+                    event_loop: py
+                        .import("weakref")?
+                        .getattr("ref")?
+                        .call1((event_loop,))?
+                        .unbind(),
+                    pipe: None,
+                },
+            )?;
+            by_loop.set_item(event_loop, fallback.clone_ref(py))?;
+            return Ok(fallback);
+        }
+    }
     by_loop.set_item(event_loop, made.clone_ref(py))?;
     Ok(made)
 }
 
 // -- cancellation ------------------------------------------------------------------------------
 
-/// Done-callback of every future: when the future is cancelled, a call still waiting for its
-/// turn is dropped, and one waiting for a session stops waiting (nothing gets borrowed).
+/// Done-callback of every future: when the future is cancelled, a call still waiting in its
+/// lane is dropped, and one waiting for a session stops waiting (nothing gets borrowed).
 #[pyclass(name = "_Canceller", module = "hsmkey._hsmkey", frozen)]
 struct Canceller {
     cancelled: Arc<AtomicBool>,
-    task: tokio::task::AbortHandle,
 }
 
 #[pymethods]
@@ -303,7 +519,6 @@ impl Canceller {
     fn __call__(&self, fut: &Bound<'_, PyAny>) -> PyResult<()> {
         if fut.call_method0("cancelled")?.is_truthy()? {
             self.cancelled.store(true, Ordering::Release);
-            self.task.abort();
         }
         Ok(())
     }
@@ -326,8 +541,77 @@ fn get_running_loop(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
     .call0()
 }
 
+/// One asynchronous call: the work, where its result goes, and how it gets stopped.
+struct Job<W, C> {
+    work: W,
+    convert: C,
+    dispatcher: Py<Dispatcher>,
+    future: Py<PyAny>,
+    cancelled: Arc<AtomicBool>,
+    /// When `acquire_timeout` runs out (for calls in a lane), and the pool it is for.
+    deadline: Option<(Instant, Arc<Pool>)>,
+    in_flight: InFlight,
+}
+
+impl<T, W, C> Waiting for Job<W, C>
+where
+    T: Send + 'static,
+    W: FnOnce(&dyn Fn() -> Result<()>) -> Result<T> + Send + 'static,
+    C: FnOnce(Python<'_>, T) -> PyResult<Py<PyAny>> + Send + 'static,
+{
+    /// Runs the work (on a worker thread) and delivers the result.
+    fn run(self: Box<Self>) {
+        if self.is_cancelled() {
+            return; // nothing borrowed, nobody waiting for the result
+        }
+        let job = *self;
+        let (flag, deadline) = (&job.cancelled, &job.deadline);
+        let interrupt = || -> Result<()> {
+            if flag.load(Ordering::Acquire) {
+                return Err(cancelled_error());
+            }
+            match deadline {
+                Some((at, pool)) if Instant::now() >= *at => Err(pool.timed_out(false)),
+                _ => Ok(()),
+            }
+        };
+        let result = (job.work)(&interrupt);
+        deliver(
+            job.dispatcher,
+            job.future,
+            result,
+            job.convert,
+            job.in_flight,
+        );
+    }
+
+    /// Delivers `err` instead of running the work.
+    fn fail(self: Box<Self>, err: Error) {
+        let job = *self;
+        let result: Result<T> = Err(err);
+        deliver(
+            job.dispatcher,
+            job.future,
+            result,
+            job.convert,
+            job.in_flight,
+        );
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Acquire)
+    }
+
+    fn deadline(&self) -> Instant {
+        match &self.deadline {
+            Some((at, _)) => *at,
+            None => Instant::now(),
+        }
+    }
+}
+
 /// Returns an asyncio future of the running loop, completed with `convert(work(interrupt))`.
-/// `work` runs on a worker thread once `gate` gives it a turn; `interrupt` (for
+/// `work` runs on a worker thread once `gate`'s lane has room for it; `interrupt` (for
 /// `Pool::acquire`) fails once the task is cancelled or `acquire_timeout` has passed since
 /// the call.
 pub fn spawn<'py, T: Send + 'static>(
@@ -338,58 +622,36 @@ pub fn spawn<'py, T: Send + 'static>(
 ) -> PyResult<Bound<'py, PyAny>> {
     let event_loop = get_running_loop(py)?;
     let fut = event_loop.call_method0("create_future")?;
-    let dispatcher = dispatcher(py, &event_loop)?;
-    let future = fut.clone().unbind();
-    let turns = gate.turns();
+    let lane = gate.lane();
     let cancelled = Arc::new(AtomicBool::new(false));
-    let flag = cancelled.clone();
-    let in_flight = InFlight::new();
-    let start = Instant::now();
-    let runtime = pyo3_async_runtimes::tokio::get_runtime();
-    let task = runtime.spawn(async move {
-        let (permit, pool) = match turns {
-            None => (None, None),
-            Some((sem, pool)) => {
-                let timeout = pool.cfg.acquire_timeout;
-                match tokio::time::timeout(timeout, sem.acquire_owned()).await {
-                    Ok(Ok(permit)) => (Some(permit), Some(pool)),
-                    // (The semaphores are never closed.)
-                    Ok(Err(_)) | Err(_) => {
-                        let err = pool.timed_out(true);
-                        finish::<T>(dispatcher, future, Err(err), convert, in_flight);
-                        return;
-                    }
-                }
-            }
-        };
-        if flag.load(Ordering::Acquire) {
-            return; // cancelled while waiting: nothing was borrowed, nothing to deliver
-        }
-        tokio::task::spawn_blocking(move || {
-            let deadline = pool.as_ref().map(|p| (start + p.cfg.acquire_timeout, p));
-            let interrupt = || -> Result<()> {
-                if flag.load(Ordering::Acquire) {
-                    return Err(cancelled_error());
-                }
-                match &deadline {
-                    Some((at, pool)) if Instant::now() >= *at => Err(pool.timed_out(false)),
-                    _ => Ok(()),
-                }
-            };
-            let result = work(&interrupt);
-            drop(permit);
-            finish(dispatcher, future, result, convert, in_flight);
-        });
+    let job = Box::new(Job {
+        work,
+        convert,
+        dispatcher: dispatcher(py, &event_loop)?,
+        future: fut.clone().unbind(),
+        cancelled: cancelled.clone(),
+        deadline: lane.as_ref().map(|lane| {
+            (
+                Instant::now() + lane.pool.cfg.acquire_timeout,
+                lane.pool.clone(),
+            )
+        }),
+        in_flight: InFlight::new(),
     });
-    let canceller = Canceller {
-        cancelled,
-        task: task.abort_handle(),
-    };
-    fut.call_method1("add_done_callback", (Py::new(py, canceller)?,))?;
+    fut.call_method1(
+        "add_done_callback",
+        (Py::new(py, Canceller { cancelled })?,),
+    )?;
+    match lane {
+        Some(lane) => lane.submit(job),
+        None => {
+            pyo3_async_runtimes::tokio::get_runtime().spawn_blocking(move || job.run());
+        }
+    }
     Ok(fut)
 }
 
-fn finish<T: Send + 'static>(
+fn deliver<T: Send + 'static>(
     dispatcher: Py<Dispatcher>,
     future: Py<PyAny>,
     result: Result<T>,

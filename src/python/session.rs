@@ -205,6 +205,17 @@ impl PySession {
         let slot = slf.get().slot.clone();
         let rw = slf.get().rw;
         let pool = slot.pool.clone();
+        {
+            // A warm idle session: taken here, at once (no PKCS#11 call, no worker).
+            let mut st = lock(&slot.state);
+            if st.lease.is_none() && !st.closed {
+                st.lease = pool.try_acquire_idle(rw);
+            }
+            if st.lease.is_some() {
+                drop(st);
+                return crate::python::asyncio::ready(py, slf.into_any());
+            }
+        }
         let fut = crate::python::asyncio::spawn(
             py,
             Gate::Pool(&pool),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import layers, memory, scale, seed, session, spinner, threads
+from . import layers, memory, remote, scale, seed, session, spinner, threads
 
 # In the order of the report.
 SCENARIOS = {
@@ -13,4 +13,5 @@ SCENARIOS = {
     "seed": seed,
     "memory": memory,
     "scale": scale,
+    "remote": remote,
 }

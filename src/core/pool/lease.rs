@@ -137,6 +137,32 @@ impl Pool {
             st = lock(&self.state);
         }
     }
+    /// A warm idle session if one is free right now, else None (then `acquire`): no wait, no
+    /// connecting, no PKCS#11 call, so an event loop can take it on its own thread.
+    pub fn try_acquire_idle(&self, rw: bool) -> Option<Lease> {
+        let mut st = lock(&self.state);
+        let conn = self.current(&mut st).ok()??;
+        if st.in_use >= self.cfg.max_sessions {
+            return None;
+        }
+        let idle = if rw { &mut st.idle_rw } else { &mut st.idle_ro };
+        // An expired one is for `acquire` to close.
+        if idle.last()?.since.elapsed() > self.cfg.max_idle {
+            return None;
+        }
+        let Idle { session, .. } = idle.pop()?;
+        st.in_use += 1;
+        st.stats.reused += 1;
+        st.stats.max_in_use = st.stats.max_in_use.max(st.in_use as u64);
+        Some(Lease {
+            session: Some(session),
+            rw,
+            token: conn.token.clone(),
+            gen: conn.gen,
+            pid: st.pid,
+        })
+    }
+
     /// What a caller gets when no session became free within `acquire_timeout`.
     fn exhausted_error(&self, token: &str) -> Error {
         Error::new(

@@ -1,0 +1,102 @@
+//! Calls made through the module's own function list where cryptoki would make more of them:
+//! `Session::sign` asks `C_Sign` for the signature's length before asking for the signature,
+//! one round trip too many on a network HSM. hsmkey knows the length from the key.
+
+use std::path::Path;
+
+use cryptoki::context::Function;
+use cryptoki::error::{Error as CkError, Rv};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::ObjectHandle;
+use cryptoki::session::Session;
+use cryptoki_sys::{CKR_BUFFER_TOO_SMALL, CKR_OK, CK_FUNCTION_LIST, CK_MECHANISM, CK_RV, CK_ULONG};
+
+/// The function list of a loaded module.
+pub struct RawFunctions {
+    /// Keeps the library loaded while `list` is used.
+    _lib: cryptoki_sys::Pkcs11,
+    list: *const CK_FUNCTION_LIST,
+}
+
+// SAFETY: `list` points to the module's function list, which PKCS#11 makes static and
+// read-only for the life of the library (kept loaded by `_lib`); the functions themselves may
+// be called from any thread (the module is initialized with CKF_OS_LOCKING_OK).
+unsafe impl Send for RawFunctions {}
+// SAFETY: as for Send: nothing behind the pointer is ever written by us.
+unsafe impl Sync for RawFunctions {}
+
+impl RawFunctions {
+    /// The function list of the module at `path`, already loaded (and initialized) through
+    /// cryptoki: this `dlopen` takes one more reference to the same instance. None if the
+    /// module does not give one (then cryptoki's calls are used).
+    pub fn load(path: &Path) -> Option<RawFunctions> {
+        // SAFETY: loading a library runs its initializers; it is the library cryptoki has
+        // just loaded from the same path, so this only takes another reference to it.
+        let lib = unsafe { cryptoki_sys::Pkcs11::new(path) }.ok()?;
+        let mut list: *mut CK_FUNCTION_LIST = std::ptr::null_mut();
+        // SAFETY: `C_GetFunctionList` writes one pointer to the module's static list.
+        let rv: CK_RV = unsafe { lib.C_GetFunctionList(&mut list) };
+        if rv != CKR_OK || list.is_null() {
+            return None;
+        }
+        // SAFETY: non-null, returned by the module, valid while `lib` keeps it loaded.
+        let has_both = unsafe { (*list).C_SignInit.is_some() && (*list).C_Sign.is_some() };
+        has_both.then_some(RawFunctions {
+            _lib: lib,
+            list: list.cast_const(),
+        })
+    }
+
+    /// `C_SignInit` + one `C_Sign` into a buffer of `max_len` bytes (two calls); a token that
+    /// answers `CKR_BUFFER_TOO_SMALL` (leaving the operation active, as PKCS#11 says) gets a
+    /// second `C_Sign` with the length it asked for.
+    pub fn sign(
+        &self,
+        session: &Session,
+        mechanism: &Mechanism,
+        key: ObjectHandle,
+        data: &[u8],
+        max_len: usize,
+    ) -> cryptoki::error::Result<Vec<u8>> {
+        // SAFETY: `list` is valid for the life of `self` (see the Send impl).
+        let list = unsafe { &*self.list };
+        let (Some(sign_init), Some(sign)) = (list.C_SignInit, list.C_Sign) else {
+            return Err(CkError::NullFunctionPointer);
+        };
+        let mut mech: CK_MECHANISM = mechanism.into();
+        // SAFETY: `mech` (and the parameters it points into, owned by `mechanism`) outlives
+        // the call; the session and key handles are plain numbers the module checks.
+        let rv = unsafe { sign_init(session.handle(), &mut mech, key.handle()) };
+        Rv::from(rv).into_result(Function::SignInit)?;
+        let data_len: CK_ULONG = data.len().try_into()?;
+        let mut out = vec![0u8; max_len.max(1)];
+        let mut len: CK_ULONG = out.len().try_into()?;
+        // SAFETY: `data` is only read by C_Sign (the pointer is `*mut` in the C prototype);
+        // `out` has room for `len` bytes, and the module writes at most that many.
+        let mut rv = unsafe {
+            sign(
+                session.handle(),
+                data.as_ptr().cast_mut(),
+                data_len,
+                out.as_mut_ptr(),
+                &mut len,
+            )
+        };
+        if rv == CKR_BUFFER_TOO_SMALL {
+            out.resize(usize::try_from(len)?, 0);
+            // SAFETY: as above, with `out` grown to the length the module asked for.
+            rv = unsafe {
+                sign(
+                    session.handle(),
+                    data.as_ptr().cast_mut(),
+                    data_len,
+                    out.as_mut_ptr(),
+                    &mut len,
+                )
+            };
+        }
+        Rv::from(rv).into_result(Function::Sign)?;
+        out.truncate(usize::try_from(len)?);
+        Ok(out)
+    }
+}
