@@ -4,6 +4,7 @@ Most users never import this module: :class:`hsmkey.SessionPool` subclasses :cla
 and :class:`hsmkey.HSMJWK` wraps :class:`Key`.
 """
 
+import asyncio
 import os
 from types import TracebackType
 from typing import Any, Literal, final
@@ -155,8 +156,11 @@ class Key:
         """EC public point, uncompressed (``04 || X || Y``); Edwards: the raw public key."""
     def sign(self, alg: _Alg, data: bytes) -> bytes:
         """Sign ``data`` for a JOSE algorithm; returns the JOSE signature (r||s for EC)."""
-    async def sign_async(self, alg: _Alg, data: bytes) -> bytes:
-        """Like :meth:`sign`, on a worker thread: the event loop keeps running."""
+    def sign_async(self, alg: _Alg, data: bytes) -> asyncio.Future[bytes]:
+        """Like :meth:`sign`, on a worker thread: the event loop keeps running. Returns an
+        asyncio future of the running loop (await it, or pass it to ``asyncio.gather`` /
+        ``asyncio.ensure_future``); cancelling it drops a call that still waits for its
+        turn."""
     def sign_many(self, alg: _Alg, payloads: list[bytes]) -> list[bytes]:
         """Sign many payloads in one GIL-free section."""
     def sign_raw(

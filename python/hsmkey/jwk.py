@@ -366,11 +366,9 @@ class HSMJWK(JWK):  # type: ignore[misc]
     ) -> list[str]:
         """:meth:`sign_compact` for many payloads, signed in one call to the token
         (``Key.sign_many``: one session, one GIL release)."""
-        alg = alg or self.default_alg
-        header = {"alg": alg, "kid": dict.__getitem__(self, "kid"), **(headers or {})}
-        prefix = base64url_encode(json.dumps(header, separators=(",", ":"))) + "."
+        prefix = self._jws_prefix(alg, headers)
         inputs = [(prefix + base64url_encode(p)).encode("ascii") for p in payloads]
-        signatures = self._hsm_private.hsm_key.sign_many(alg, inputs)
+        signatures = self._hsm_private.hsm_key.sign_many(self._jws_alg(alg), inputs)
         return [
             i.decode("ascii") + "." + base64url_encode(sig) for i, sig in zip(inputs, signatures)
         ]
@@ -386,6 +384,44 @@ class HSMJWK(JWK):  # type: ignore[misc]
         token; see :meth:`sign_compact`."""
         body = json.dumps(claims, separators=(",", ":")).encode()
         return self.sign_compact(body, alg, headers={"typ": "JWT", **(headers or {})})
+
+    async def sign_compact_async(
+        self,
+        payload: bytes,
+        alg: str | None = None,
+        *,
+        headers: dict[str, Any] | None = None,
+    ) -> str:
+        """:meth:`sign_compact` for asyncio: the token signs on a worker thread
+        (``Key.sign_async``) while the event loop runs other tasks. Call it from a coroutine
+        (``await key.sign_compact_async(payload)``)."""
+        prefix = self._jws_prefix(alg, headers)
+        signing_input = (prefix + base64url_encode(payload)).encode("ascii")
+        signature = await self._hsm_private.hsm_key.sign_async(self._jws_alg(alg), signing_input)
+        return signing_input.decode("ascii") + "." + base64url_encode(signature)
+
+    async def make_jwt_async(
+        self,
+        claims: dict[str, Any],
+        alg: str | None = None,
+        *,
+        headers: dict[str, Any] | None = None,
+    ) -> str:
+        """:meth:`make_jwt` for asyncio (see :meth:`sign_compact_async`)."""
+        body = json.dumps(claims, separators=(",", ":")).encode()
+        return await self.sign_compact_async(body, alg, headers={"typ": "JWT", **(headers or {})})
+
+    def _jws_alg(self, alg: str | None) -> str:
+        return alg or self.default_alg
+
+    def _jws_prefix(self, alg: str | None, headers: dict[str, Any] | None) -> str:
+        """The base64url protected header and its dot."""
+        header = {
+            "alg": self._jws_alg(alg),
+            "kid": dict.__getitem__(self, "kid"),
+            **(headers or {}),
+        }
+        return base64url_encode(json.dumps(header, separators=(",", ":"))) + "."
 
     # -- no export of the private key -----------------------------------------------------
 
