@@ -303,8 +303,9 @@ class Bench:
             self.pool.close()
         self.out += [
             "",
-            "Targets of issues 7 and 16 (MET / MISSED; '-': not decided by this run; figures taken while "
-            f"other processes used\n{NOISY:.0%} or more of the CPU are marked as such):",
+            "Targets of issues 7 and 16 (MET / MISSED; '-': not decided by this run; figures "
+            f"taken while other\nprocesses used {NOISY:.0%} or more of the CPU are marked as "
+            "such):",
         ]
         for name, shown, met in self.targets:
             mark = "-" if met is None else ("MET" if met else "MISSED")

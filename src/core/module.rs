@@ -29,9 +29,63 @@ pub struct Module {
     /// The module's function list, for the calls cryptoki makes in more round trips than
     /// needed (None: cryptoki's calls are used).
     pub raw: Option<crate::core::raw::RawFunctions>,
+    /// Set when the module stopped answering and was re-initialized for it (see
+    /// `reinitialize_after_loss`); cleared once a token is found through it again.
+    lost: std::sync::atomic::AtomicBool,
+    /// Counts the re-initializations after a loss: threads that saw the module stop
+    /// answering in the same generation re-initialize it once.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl Module {
+    /// Whether the module stopped answering and was re-initialized for it, with no token
+    /// found through it since.
+    pub fn is_lost(&self) -> bool {
+        self.lost.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// A token was found through the module again.
+    pub fn found_again(&self) {
+        self.lost.store(false, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Which re-initialization after a loss the module is at (see `reinitialize_after_loss`).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The module stopped answering (`C_GetInfo` fails too): a network module whose
+    /// connection dropped stays dead until it is initialized again (p11-kit-client answers
+    /// `CKR_DEVICE_ERROR` to every call, and one initialized while its server is down shows
+    /// no slot until the next `C_Initialize`). `C_Finalize` + `C_Initialize`, unless another
+    /// thread did since `seen` (the generation the caller saw the failure in); every
+    /// session and the login of the process on this module are gone afterwards. Returns
+    /// whether this call re-initialized it.
+    pub fn reinitialize_after_loss(&self, seen: u64) -> Result<bool> {
+        if self.pid != crate::core::fork::pid() {
+            return Ok(false); // an inherited module: the child loads its own
+        }
+        let _exclusive = self
+            .connecting
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if self.generation() != seen {
+            return Ok(false);
+        }
+        self.lost.store(true, std::sync::atomic::Ordering::Release);
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        log::log(
+            log::WARNING,
+            &format!(
+                "PKCS#11 module {} stopped answering; re-initializing it",
+                self.path.display()
+            ),
+        );
+        reinitialize(&self.ctx, &self.path)?;
+        Ok(true)
+    }
+
     /// Finalizes and re-initializes the module if nothing of this process uses it (`in_use`
     /// says no, asked while nobody can start connecting) and this process initialized it. SoftHSM2 skips, for
     /// the life of its state, a token whose files it could not read during `C_Initialize`
@@ -187,6 +241,8 @@ fn open(path: &Path, pid: u32, forked: bool, expected: &[String]) -> Result<Modu
         initialized_at: std::time::Instant::now(),
         connecting: std::sync::RwLock::new(()),
         raw: crate::core::raw::RawFunctions::load(path),
+        lost: std::sync::atomic::AtomicBool::new(false),
+        generation: std::sync::atomic::AtomicU64::new(0),
     })
 }
 

@@ -1,22 +1,37 @@
 //! Calls made through the module's own function list where cryptoki would make more of them:
 //! `Session::sign` asks `C_Sign` for the signature's length before asking for the signature,
 //! one round trip too many on a network HSM. hsmkey knows the length from the key.
+//! Used only where the module's function list reaches the instance cryptoki initialized
+//! ([`RawFunctions::reaches`]).
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use cryptoki::context::Function;
 use cryptoki::error::{Error as CkError, Rv};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::ObjectHandle;
 use cryptoki::session::Session;
-use cryptoki_sys::{CKR_BUFFER_TOO_SMALL, CKR_OK, CK_FUNCTION_LIST, CK_MECHANISM, CK_RV, CK_ULONG};
+use cryptoki_sys::{
+    CKR_BUFFER_TOO_SMALL, CKR_CRYPTOKI_NOT_INITIALIZED, CKR_OK, CKR_SESSION_HANDLE_INVALID,
+    CK_FUNCTION_LIST, CK_MECHANISM, CK_RV, CK_SESSION_INFO, CK_ULONG,
+};
 
 /// The function list of a loaded module.
 pub struct RawFunctions {
     /// Keeps the library loaded while `list` is used.
     _lib: cryptoki_sys::Pkcs11,
     list: *const CK_FUNCTION_LIST,
+    /// Whether `list` reaches the instance cryptoki initialized: UNKNOWN until a session
+    /// told. Most modules hand out one static list; some make a new instance per
+    /// `C_GetFunctionList` (p11-kit-client: each is a connection of its own, which nobody
+    /// initialized), and then cryptoki's calls are used.
+    same: AtomicU8,
 }
+
+const UNKNOWN: u8 = 0;
+const SAME: u8 = 1;
+const OTHER: u8 = 2;
 
 // SAFETY: `list` points to the module's function list, which PKCS#11 makes static and
 // read-only for the life of the library (kept loaded by `_lib`); the functions themselves may
@@ -44,7 +59,39 @@ impl RawFunctions {
         has_both.then_some(RawFunctions {
             _lib: lib,
             list: list.cast_const(),
+            same: AtomicU8::new(UNKNOWN),
         })
+    }
+
+    /// True if this list reaches the instance that `session` (opened through cryptoki) lives
+    /// in: asked once, with `C_GetSessionInfo` through both.
+    pub fn reaches(&self, session: &Session) -> bool {
+        match self.same.load(Ordering::Relaxed) {
+            SAME => return true,
+            OTHER => return false,
+            _ => {}
+        }
+        // SAFETY: `list` is valid for the life of `self` (see the Send impl).
+        let Some(get_info) = (unsafe { &*self.list }).C_GetSessionInfo else {
+            self.same.store(OTHER, Ordering::Relaxed);
+            return false;
+        };
+        let Ok(theirs) = session.get_session_info() else {
+            return false; // the session cannot tell now; ask again another time
+        };
+        // SAFETY: CK_SESSION_INFO is plain data (integers): all zeros is a valid value.
+        let mut ours: CK_SESSION_INFO = unsafe { std::mem::zeroed() };
+        // SAFETY: `ours` is a live, writable CK_SESSION_INFO; the handle is a plain number.
+        let rv = unsafe { get_info(session.handle(), &mut ours) };
+        let verdict = if rv == CKR_OK && ours.slotID == theirs.slot_id().id() {
+            SAME
+        } else if rv == CKR_CRYPTOKI_NOT_INITIALIZED || rv == CKR_SESSION_HANDLE_INVALID {
+            OTHER
+        } else {
+            return false; // undecided (e.g. the device is unreachable): cryptoki this time
+        };
+        self.same.store(verdict, Ordering::Relaxed);
+        verdict == SAME
     }
 
     /// `C_SignInit` + one `C_Sign` into a buffer of `max_len` bytes (two calls); a token that

@@ -22,7 +22,7 @@ pub fn sign(
 ) -> Result<Vec<u8>> {
     let prepared = prepare(scheme, data, info.bits, token)?;
     let input = prepared.data.as_deref().unwrap_or(data);
-    match raw {
+    match raw.filter(|r| r.reaches(session)) {
         Some(raw) => raw.sign(
             session,
             &prepared.mechanism,

@@ -17,6 +17,8 @@ enum Fault {
     LoggedOut,
     StaleHandle,
     TokenGone,
+    /// The module answers nothing any more (its device or its connection went away).
+    ModuleLost,
     /// The code said "session gone" but the session is there: try once more on it.
     Retry,
 }
@@ -30,11 +32,17 @@ impl Pool {
         lease: &mut Lease,
         mut op: impl FnMut(&Session, &TokenState, bool) -> Result<T>,
     ) -> Result<T> {
+        if lease.token.is_gone() {
+            // The token (or the whole module) went away under another lease: this session's
+            // handle means nothing now, or names somebody else's session.
+            self.reconnect(lease)?;
+        }
         if lease.session.is_none() {
             // A session replaced after an earlier failure could not be reopened then.
             lease.session = Some(lease.token.open_session(lease.rw)?);
         }
         let seen_epoch = lease.token.epoch();
+        let seen_generation = lease.token.module.generation();
         let err = match op(lease.session()?, &lease.token, false) {
             Ok(v) => return Ok(v),
             Err(e) => e,
@@ -43,7 +51,7 @@ impl Pool {
             self.replace_after_error(lease, &err);
             return Err(err);
         };
-        self.heal(lease, fault, seen_epoch, &err)?;
+        self.heal(lease, fault, (seen_epoch, seen_generation), &err)?;
         lock(&self.state).stats.recoveries += 1;
         let result = op(lease.session()?, &lease.token, fault == Fault::StaleHandle);
         if let Err(e) = &result {
@@ -69,7 +77,10 @@ impl Pool {
         lock(&self.state).stats.discarded += 1;
         lease.session = lease.token.open_session(lease.rw).ok();
     }
-    fn heal(&self, lease: &mut Lease, fault: Fault, seen_epoch: u64, err: &Error) -> Result<()> {
+    /// Heals `fault` once; `seen` is the token's login epoch and the module's generation
+    /// when the operation started (what another thread healed since is not healed again).
+    fn heal(&self, lease: &mut Lease, fault: Fault, seen: (u64, u64), err: &Error) -> Result<()> {
+        let (seen_epoch, seen_generation) = seen;
         let what = err.rv_name().unwrap_or_else(|| err.message.clone());
         match fault {
             Fault::Retry => {
@@ -105,22 +116,21 @@ impl Pool {
                     ),
                 );
                 lease.token.mark_gone();
-                if let Some(dead) = lease.session.take() {
-                    std::mem::forget(dead);
+                self.reconnect(lease)
+            }
+            Fault::ModuleLost => {
+                let module = lease.token.module.clone();
+                if module.reinitialize_after_loss(seen_generation)? {
+                    crate::core::token::mark_module_gone(&module);
                 }
-                {
-                    let mut st = lock(&self.state);
-                    if st.conn.as_ref().map(|c| c.gen) == Some(lease.gen) {
-                        st.conn = None;
-                    }
-                }
-                let purged = self.purge_dead_idle(true);
-                lock(&self.state).stats.discarded += 1 + purged;
-                let conn = self.connection()?;
-                lease.token = conn.token.clone();
-                lease.gen = conn.gen;
-                lease.session = Some(conn.token.open_session(lease.rw)?);
-                Ok(())
+                self.reconnect(lease).map_err(|mut e| {
+                    e.message = format!(
+                        "{} stopped answering ({what}) and was re-initialized; then: {}",
+                        module.path.display(),
+                        e.message
+                    );
+                    e
+                })
             }
             Fault::SessionGone => {
                 log::log(
@@ -150,6 +160,27 @@ impl Pool {
             }
         }
     }
+    /// The lease's token state is dead: forget its session (without calling the module) and
+    /// the pool's idle ones, connect again (find the token, log in) and open a session.
+    fn reconnect(&self, lease: &mut Lease) -> Result<()> {
+        if let Some(dead) = lease.session.take() {
+            std::mem::forget(dead);
+        }
+        {
+            let mut st = lock(&self.state);
+            if st.conn.as_ref().map(|c| c.gen) == Some(lease.gen) {
+                st.conn = None;
+            }
+        }
+        let purged = self.purge_dead_idle(true);
+        lock(&self.state).stats.discarded += 1 + purged;
+        let conn = self.connection()?;
+        lease.token = conn.token.clone();
+        lease.gen = conn.gen;
+        lease.session = Some(conn.token.open_session(lease.rw)?);
+        Ok(())
+    }
+
     fn relogin(&self, lease: &Lease, seen_epoch: u64) -> Result<()> {
         match lease
             .token
@@ -206,6 +237,11 @@ fn diagnose(lease: &Lease, err: &Error) -> Option<Fault> {
         Err(CkError::Pkcs11(RvError::DeviceRemoved | RvError::TokenNotPresent, _)) => {
             Some(Fault::TokenGone)
         }
+        Err(CkError::Pkcs11(RvError::SessionHandleInvalid | RvError::SessionClosed, _)) => {
+            Some(Fault::SessionGone)
+        }
+        // Not even C_GetInfo answers: the module lost its device or its connection.
+        Err(_) if lease.token.module.ctx.get_library_info().is_err() => Some(Fault::ModuleLost),
         Err(_) => Some(Fault::SessionGone),
         Ok(info) if !is_logged_in(info.session_state()) => Some(Fault::LoggedOut),
         Ok(_) => match err.rv {

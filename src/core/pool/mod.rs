@@ -156,6 +156,7 @@ impl Pool {
         let module = module::load(&self.cfg.module_path)?;
         let mut attempt = 0u64;
         let token = loop {
+            let generation = module.generation();
             let found = {
                 let _shared = module
                     .connecting
@@ -168,6 +169,18 @@ impl Pool {
                 })
             };
             match found {
+                Err(e) if e.kind == Kind::TokenNotFound && module.is_lost() && attempt < 1 => {
+                    // The module was re-initialized after it stopped answering, maybe while
+                    // its device (or server) was still away: then it shows no token until it
+                    // is initialized again.
+                    attempt += 1;
+                    if module.reinitialize_after_loss(generation)? {
+                        token::mark_module_gone(&module);
+                    }
+                }
+                Err(e) if e.kind == Kind::TokenNotFound && module.is_lost() => {
+                    return Err(lost_hint(e));
+                }
                 Err(e) if e.kind == Kind::TokenNotFound && attempt < 3 => {
                     // A token SoftHSM2 could not read at start-up (see reload_if_unused).
                     attempt += 1;
@@ -183,6 +196,7 @@ impl Pool {
                 other => break other?,
             }
         };
+        module.found_again();
         let joined = token.join(&self.cfg.pin, self.cfg.pin_policy)?;
         Ok((token, joined.logged_in))
     }
@@ -244,4 +258,14 @@ fn close_all(sessions: Vec<Session>) {
     for s in sessions {
         let _ = s.close();
     }
+}
+
+/// A token search that failed after the module had stopped answering: say so.
+fn lost_hint(mut e: Error) -> Error {
+    e.message = format!(
+        "{}; the module had stopped answering (its device, or the server of a network \
+         module, went away) and was re-initialized: is it reachable again?",
+        e.message
+    );
+    e
 }

@@ -98,6 +98,19 @@ pub fn module_in_use(module: &Arc<Module>) -> bool {
         .any(|state| Arc::ptr_eq(&state.module, module))
 }
 
+/// Marks every token state of `module` dead (after the module was re-initialized: their
+/// sessions and login are gone); the next use of each makes a new one.
+pub fn mark_module_gone(module: &Arc<Module>) {
+    let states: Vec<Arc<TokenState>> = lock(states())
+        .values()
+        .filter_map(Weak::upgrade)
+        .filter(|state| Arc::ptr_eq(&state.module, module))
+        .collect();
+    for state in states {
+        state.mark_gone();
+    }
+}
+
 impl TokenState {
     pub fn new(module: Arc<Module>, slot: Slot, info: &TokenInfo) -> Result<Self> {
         let mechanisms = module
