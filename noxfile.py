@@ -8,8 +8,9 @@
   and run the demo, the ``hsmkey`` command and the pytest plugin from it
 - ``docs``: build the Sphinx documentation (``docs/_build/html``), warnings as errors
 
-The tests need SoftHSM2 and OpenSC's ``pkcs11-tool`` (Debian: ``softhsm2``, ``opensc``); run
-as root, the sessions install them with apt-get.
+The tests need SoftHSM2, OpenSC's ``pkcs11-tool`` and p11-kit (Debian: ``softhsm2``,
+``opensc``, ``p11-kit``, ``p11-kit-modules``); run as root, the sessions install them with
+apt-get.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 import nox
 
 nox.needs_version = ">=2024.4.15"
-nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.sessions = ["tests", "remote", "lint", "typecheck"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 
@@ -35,8 +36,29 @@ TEST_DEPS = ["hypothesis", "joserfc"]  # beyond the [test] extra
 LINT_PATHS = ["python", "tests", "noxfile.py", "bench", "docs"]
 
 # command -> Debian package that provides it
-SYSTEM_TOOLS = {"softhsm2-util": "softhsm2", "pkcs11-tool": "opensc"}
-SYSTEM_PACKAGES = ["softhsm2", "opensc"]
+SYSTEM_TOOLS = {
+    "softhsm2-util": "softhsm2",
+    "pkcs11-tool": "opensc",
+    "p11-kit": "p11-kit",
+}
+# p11-kit's client module (the remote token of the tests), where Debian and others put it
+P11KIT_CLIENT = (
+    "/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so",
+    "/usr/lib/aarch64-linux-gnu/pkcs11/p11-kit-client.so",
+    "/usr/lib64/pkcs11/p11-kit-client.so",
+    "/usr/lib/pkcs11/p11-kit-client.so",
+)
+SYSTEM_PACKAGES = ["softhsm2", "opensc", "p11-kit", "p11-kit-modules"]
+# The tests that run again through the remote token (``remote``): those that need a second
+# client of the module in the test process (tests/helpers/faults.py) cannot reach a remote
+# token's state that way; the recovery tests through it are in tests/test_remote.py.
+REMOTE_TESTS = [
+    "tests/test_pool.py",
+    "tests/test_keys.py",
+    "tests/test_jwk.py",
+    "tests/test_async.py",
+    "tests/test_remote.py",
+]
 
 
 def apt_get_install(session: nox.Session, packages: list[str]) -> None:
@@ -51,23 +73,32 @@ def can_apt_get() -> bool:
     return os.geteuid() == 0 and shutil.which("apt-get") is not None
 
 
+def p11kit_client_missing() -> bool:
+    return not any(Path(p).is_file() for p in P11KIT_CLIENT)
+
+
 def ensure_system_packages(session: nox.Session) -> None:
-    """SoftHSM2 and OpenSC's pkcs11-tool: install them as root, or say what to install."""
+    """SoftHSM2, OpenSC's pkcs11-tool and p11-kit: install them as root, or say what to
+    install."""
     missing = sorted(tool for tool in SYSTEM_TOOLS if shutil.which(tool) is None)
+    if p11kit_client_missing():
+        missing.append("p11-kit-client.so")
     if not missing:
         return
     if can_apt_get():
         session.log(f"{', '.join(missing)} not found: installing {' '.join(SYSTEM_PACKAGES)}")
         apt_get_install(session, SYSTEM_PACKAGES)
-        still = [tool for tool in missing if shutil.which(tool) is None]
+        still = [tool for tool in SYSTEM_TOOLS if shutil.which(tool) is None]
+        if p11kit_client_missing():
+            still.append("p11-kit-client.so")
         if still:
             session.error(f"{', '.join(still)} still missing after apt-get install")
         return
-    packages = " ".join(sorted({SYSTEM_TOOLS[tool] for tool in missing}))
+    packages = " ".join(sorted({SYSTEM_TOOLS.get(tool, "p11-kit-modules") for tool in missing}))
     session.error(
-        f"{', '.join(missing)} not found. hsmkey's tests need SoftHSM2 and OpenSC. Install "
-        f"them first: `sudo apt-get install -y {packages}` (Debian/Ubuntu), "
-        "`sudo dnf install -y softhsm opensc` (Fedora), `brew install softhsm opensc` (macOS)."
+        f"{', '.join(missing)} not found. hsmkey's tests need SoftHSM2, OpenSC and p11-kit. "
+        f"Install them first: `sudo apt-get install -y {packages}` (Debian/Ubuntu), "
+        "`sudo dnf install -y softhsm opensc p11-kit-server` (Fedora)."
     )
 
 
@@ -93,6 +124,17 @@ def tests(session: nox.Session) -> None:
     session.run("cargo", "test", "--locked", "--no-default-features", external=True)
     session.run("cargo", "test", "--locked", "--manifest-path", FAULTMOD, external=True)
     session.run("pytest", *session.posargs)
+
+
+@nox.session
+def remote(session: nox.Session) -> None:
+    """The pool, key, JWK, asyncio and recovery tests again, through a real remote token:
+    a p11-kit server (started and stopped by the tests) in front of the SoftHSM2 tokens, and
+    p11-kit-client.so as the module (HSMKEY_TEST_REMOTE=p11-kit, see tests/conftest.py)."""
+    ensure_system_packages(session)
+    ensure_cargo(session)
+    session.install(TEST_EXTRAS, *TEST_DEPS)
+    session.run("pytest", *(session.posargs or REMOTE_TESTS), env={"HSMKEY_TEST_REMOTE": "p11-kit"})
 
 
 @nox.session

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from helpers import SoftHSM
+from helpers.faultmod import build_faultmod
 from helpers.p11kit import P11KitMissing, P11KitServer
 
 WAIT = 30.0  # seconds: the most any one step may take (a hang fails the test, never blocks it)
@@ -165,5 +166,65 @@ def test_server_restart_under_a_warm_pool(server: P11KitServer, op: str) -> None
         stats = child.ask("stats")
         assert stats["in_use"] == 0, stats
         assert int(str(stats["logins"])) + int(str(stats["relogins"])) >= 2, stats
+    finally:
+        child.close()
+
+
+@pytest.fixture
+def faulty_server(softhsm: SoftHSM, tmp_path: Path) -> Iterator[tuple[P11KitServer, Path]]:
+    """A p11-kit server whose provider is the fault module over SoftHSM2: faults made on
+    the server's side of the connection, in the sessions the client really uses."""
+    try:
+        library = build_faultmod()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    control = tmp_path / "control"
+    control.write_text("")
+    env = {"HSMKEY_FAULT_TARGET": softhsm.library, "HSMKEY_FAULT_CONTROL": str(control)}
+    try:
+        srv = P11KitServer(softhsm, tmp_path / "p11.sock", provider=str(library), env=env)
+    except P11KitMissing as exc:
+        pytest.skip(str(exc))
+    srv.start()
+    yield srv, control
+    srv.stop()
+
+
+def arm(control: Path, line: str) -> None:
+    tmp = control.with_suffix(".tmp")
+    tmp.write_text(line + "\n")
+    tmp.replace(control)  # the server's fault module reads it at its next call
+
+
+@pytest.mark.parametrize(
+    ("fault", "healed_by"),
+    [
+        ("fail C_Sign CKR_SESSION_HANDLE_INVALID nth=1 effect=close_session", "recoveries"),
+        ("fail C_Sign CKR_SESSION_CLOSED nth=1 effect=close_all", "relogins"),
+        ("fail C_SignInit CKR_USER_NOT_LOGGED_IN nth=1 effect=logout", "relogins"),
+        ("fail C_SignInit CKR_OBJECT_HANDLE_INVALID nth=1", "recoveries"),
+    ],
+    ids=["session-closed", "all-sessions-closed", "logged-out", "stale-handle"],
+)
+@pytest.mark.parametrize("op", ["sign", "block", "async"])
+def test_recovery_through_p11_kit(
+    faulty_server: tuple[P11KitServer, Path], op: str, fault: str, healed_by: str
+) -> None:
+    """Sessions closed, the login lost, a handle gone, on the far side of the RPC: each is
+    healed with one retry, and the call signs."""
+    server, control = faulty_server
+    child = Child(server.env)
+    try:
+        assert child.answer() == {"ready": 64}
+        assert child.ask(op)["ok"] == 64
+        before = child.ask("stats")
+        arm(control, fault)
+        assert child.ask(op).get("ok") == 64
+        after = child.ask("stats")
+        assert int(str(after["recoveries"])) == int(str(before["recoveries"])) + 1, after
+        assert int(str(after[healed_by])) >= int(str(before[healed_by])) + 1, after
+        assert after["in_use"] == 0
+        arm(control, "")
+        assert child.ask(op)["ok"] == 64
     finally:
         child.close()

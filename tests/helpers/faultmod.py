@@ -452,7 +452,7 @@ def fault_module(softhsm: SoftHSM, tmp_path_factory: pytest.TempPathFactory) -> 
             pytest.skip(str(exc))
         work = tmp_path_factory.mktemp("faultmod")
         target = work / "libsofthsm2-faultmod-target.so"
-        shutil.copy2(softhsm.module, target)
+        shutil.copy2(softhsm.library, target)
         control = work / "control"
         control.write_text("")
         counts = work / "counts.json"

@@ -60,9 +60,19 @@ class P11KitServer:
     """``p11-kit server`` for every token of ``softhsm``, on ``socket``; start, stop and start
     again on the same socket (clients keep their ``P11_KIT_SERVER_ADDRESS``)."""
 
-    def __init__(self, softhsm: SoftHSM, socket: Path) -> None:
+    def __init__(
+        self,
+        softhsm: SoftHSM,
+        socket: Path,
+        provider: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """``provider``: the module the server serves (default SoftHSM2 itself); ``env``: more
+        environment for the server (e.g. a fault module's control file)."""
         self.softhsm = softhsm
         self.socket = socket
+        self.provider = provider or softhsm.library
+        self.server_env = env or {}
         self.command = find_server()
         self.client = find_client()
         self.proc: subprocess.Popen[str] | None = None
@@ -93,13 +103,13 @@ class P11KitServer:
                 "-n",
                 str(self.socket),
                 "--provider",
-                self.softhsm.module,
+                self.provider,
                 "pkcs11:",
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
-            env={**os.environ, "SOFTHSM2_CONF": str(self.softhsm.conf_path)},
+            env={**os.environ, "SOFTHSM2_CONF": str(self.softhsm.conf_path), **self.server_env},
             start_new_session=True,  # its own process group: stop() ends the forks too
         )
         assert self.proc.stdout is not None
@@ -149,3 +159,24 @@ class P11KitServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def client_slots(client: str, env: dict[str, str]) -> dict[str, int]:
+    """Token label -> slot id as p11-kit-client shows them (asked in another process, so
+    that this one does not initialize the client before the code under test does)."""
+    out = subprocess.run(
+        ["pkcs11-tool", "--module", client, "-L"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    slots: dict[str, int] = {}
+    slot: int | None = None
+    for line in out.splitlines():
+        if line.startswith("Slot ") and "(0x" in line:
+            slot = int(line.split("(0x", 1)[1].split(")", 1)[0], 16)
+        elif "token label" in line and slot is not None:
+            slots[line.split(":", 1)[1].strip()] = slot
+    return slots

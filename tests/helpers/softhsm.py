@@ -142,6 +142,14 @@ class SoftHSM:
     token2: Token
     harness_token: Token
     spy_module: str | None  # pkcs11-spy.so, or None when OpenSC does not ship it here
+    # libsofthsm2.so itself; differs from ``module`` when the tests run through a remote
+    # token (HSMKEY_TEST_REMOTE=p11-kit: ``module`` is then p11-kit-client.so).
+    softhsm_module: str = ""
+
+    @property
+    def library(self) -> str:
+        """The SoftHSM2 library (what a server, a fault module or a copy is made from)."""
+        return self.softhsm_module or self.module
 
     @property
     def token_label(self) -> str:
