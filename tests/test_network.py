@@ -9,6 +9,7 @@ every call: a call through it is what a network client would send to the HSM.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 from collections.abc import Iterator
 
@@ -19,6 +20,7 @@ from helpers.faultmod import (  # noqa: F401  (faultmod_fixture: the `faultmod` 
     faultmod_fixture,
 )
 from hsmkey import HSMJWK, SessionPool
+from hsmkey._hsmkey import Key
 from hsmkey.exceptions import HSMPoolExhaustedError
 from jwcrypto import jwk, jws, jwt
 
@@ -170,3 +172,24 @@ def test_jwt_and_compact_jws_from_a_coroutine(pool: SessionPool) -> None:
     verified = jws.JWS()
     verified.deserialize(compact, key=public)
     assert verified.payload == b"payload"
+
+
+def test_the_last_reference_still_closes_a_pool_used_from_asyncio(
+    faultmod: FaultModule, softhsm: SoftHSM
+) -> None:
+    """The asyncio machinery keeps no pool alive: dropping the last reference closes its
+    sessions, as it does for a pool never used from a coroutine."""
+    before = faultmod.open_sessions()
+    pool = SessionPool(faultmod.path, softhsm.token_label, softhsm.pin, max_sessions=2)
+    key = pool.find_key(key_label="ec-key")
+
+    async def main(pool: SessionPool, key: Key) -> None:
+        await asyncio.gather(*(key.sign_async("ES256", b"%d" % i) for i in range(8)))
+        async with pool.session() as s:
+            await s.find_key(key_label="ec-key").sign_async("ES256", b"block")
+
+    asyncio.run(main(pool, key))
+    assert faultmod.open_sessions() > before
+    del key, pool
+    gc.collect()
+    assert faultmod.open_sessions() == before

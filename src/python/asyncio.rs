@@ -100,15 +100,17 @@ struct LaneState {
 
 struct Lane {
     width: usize,
-    pool: Arc<Pool>,
+    /// Weak: a lane must not keep its pool alive (the last reference closes a pool). Calls in
+    /// the lane hold it strongly while they wait.
+    pool: Weak<Pool>,
     state: Mutex<LaneState>,
 }
 
 impl Lane {
-    fn new(width: usize, pool: Arc<Pool>) -> Lane {
+    fn new(width: usize, pool: &Arc<Pool>) -> Lane {
         Lane {
             width: width.max(1),
-            pool,
+            pool: Arc::downgrade(pool),
             state: Mutex::new(LaneState {
                 running: 0,
                 queue: VecDeque::new(),
@@ -135,6 +137,14 @@ impl Lane {
         }
     }
 
+    /// The error of a call whose `acquire_timeout` ran out while it waited in the lane.
+    fn timed_out(&self) -> Error {
+        match self.pool.upgrade() {
+            Some(pool) => pool.timed_out(true),
+            None => Error::new(Kind::PoolClosed, "the pool is gone"),
+        }
+    }
+
     /// A worker thread of the lane: runs `job`, then whatever waits, until nothing does.
     fn work(&self, mut job: Box<dyn Waiting>) {
         loop {
@@ -149,7 +159,7 @@ impl Lane {
                     Some(next) if next.is_cancelled() => drop(next),
                     Some(next) if Instant::now() >= next.deadline() => {
                         drop(st);
-                        next.fail(self.pool.timed_out(true));
+                        next.fail(self.timed_out());
                         st = lock(&self.state);
                     }
                     Some(next) => {
@@ -186,7 +196,7 @@ impl Lane {
                 next
             };
             for job in expired {
-                job.fail(self.pool.timed_out(true));
+                job.fail(self.timed_out());
             }
             match next {
                 Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -233,14 +243,17 @@ static POOL_LANES: Mutex<Lanes<Pool>> = Mutex::new(Lanes::new());
 static SESSION_LANES: Mutex<Lanes<SessionSlot>> = Mutex::new(Lanes::new());
 
 impl Gate<'_> {
-    fn lane(&self) -> Option<Arc<Lane>> {
+    /// The lane to line up in, and the pool whose `acquire_timeout` bounds the wait.
+    fn lane(&self) -> Option<(Arc<Lane>, Arc<Pool>)> {
         match self {
-            Gate::Pool(pool) => Some(
-                lock(&POOL_LANES).get(pool, || Lane::new(pool.cfg.max_sessions, Arc::clone(pool))),
-            ),
-            Gate::Session(slot) => {
-                Some(lock(&SESSION_LANES).get(slot, || Lane::new(1, slot.pool.clone())))
-            }
+            Gate::Pool(pool) => Some((
+                lock(&POOL_LANES).get(pool, || Lane::new(pool.cfg.max_sessions, pool)),
+                Arc::clone(pool),
+            )),
+            Gate::Session(slot) => Some((
+                lock(&SESSION_LANES).get(slot, || Lane::new(1, &slot.pool)),
+                slot.pool.clone(),
+            )),
             Gate::Free => None,
         }
     }
@@ -630,12 +643,9 @@ pub fn spawn<'py, T: Send + 'static>(
         dispatcher: dispatcher(py, &event_loop)?,
         future: fut.clone().unbind(),
         cancelled: cancelled.clone(),
-        deadline: lane.as_ref().map(|lane| {
-            (
-                Instant::now() + lane.pool.cfg.acquire_timeout,
-                lane.pool.clone(),
-            )
-        }),
+        deadline: lane
+            .as_ref()
+            .map(|(_, pool)| (Instant::now() + pool.cfg.acquire_timeout, pool.clone())),
         in_flight: InFlight::new(),
     });
     fut.call_method1(
@@ -643,7 +653,7 @@ pub fn spawn<'py, T: Send + 'static>(
         (Py::new(py, Canceller { cancelled })?,),
     )?;
     match lane {
-        Some(lane) => lane.submit(job),
+        Some((lane, _)) => lane.submit(job),
         None => {
             pyo3_async_runtimes::tokio::get_runtime().spawn_blocking(move || job.run());
         }
