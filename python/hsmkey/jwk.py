@@ -396,9 +396,9 @@ class HSMJWK(JWK):  # type: ignore[misc]
         (``Key.sign_async``) while the event loop runs other tasks. Call it from a coroutine
         (``await key.sign_compact_async(payload)``)."""
         prefix = self._jws_prefix(alg, headers)
-        signing_input = (prefix + base64url_encode(payload)).encode("ascii")
+        signing_input = (prefix + str(base64url_encode(payload))).encode("ascii")
         signature = await self._hsm_private.hsm_key.sign_async(self._jws_alg(alg), signing_input)
-        return signing_input.decode("ascii") + "." + base64url_encode(signature)
+        return signing_input.decode("ascii") + "." + str(base64url_encode(signature))
 
     async def make_jwt_async(
         self,
@@ -421,7 +421,7 @@ class HSMJWK(JWK):  # type: ignore[misc]
             "kid": dict.__getitem__(self, "kid"),
             **(headers or {}),
         }
-        return base64url_encode(json.dumps(header, separators=(",", ":"))) + "."
+        return str(base64url_encode(json.dumps(header, separators=(",", ":")))) + "."
 
     # -- no export of the private key -----------------------------------------------------
 
