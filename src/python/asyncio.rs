@@ -467,6 +467,27 @@ impl Dispatcher {
 /// The dispatcher of `event_loop`, made on first use (with a wake pipe the loop watches, if
 /// it can).
 fn dispatcher(py: Python<'_>, event_loop: &Bound<'_, PyAny>) -> PyResult<Py<Dispatcher>> {
+    // The last loop this thread asked for (one loop per thread is the rule): no dictionary
+    // lookup. Its weak reference tells whether it is still that loop.
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<Py<Dispatcher>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let cached = LAST.with(|last| {
+        last.borrow().as_ref().and_then(|d| {
+            let alive = d.get().event_loop.call0(py).ok()?;
+            alive.is(event_loop).then(|| d.clone_ref(py))
+        })
+    });
+    if let Some(d) = cached {
+        return Ok(d);
+    }
+    let found = dispatcher_by_loop(py, event_loop)?;
+    LAST.with(|last| *last.borrow_mut() = Some(found.clone_ref(py)));
+    Ok(found)
+}
+
+fn dispatcher_by_loop(py: Python<'_>, event_loop: &Bound<'_, PyAny>) -> PyResult<Py<Dispatcher>> {
     static BY_LOOP: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     let by_loop = BY_LOOP
         .get_or_try_init(py, || {
@@ -520,8 +541,9 @@ fn dispatcher(py: Python<'_>, event_loop: &Bound<'_, PyAny>) -> PyResult<Py<Disp
 
 // -- cancellation ------------------------------------------------------------------------------
 
-/// Done-callback of every future: when the future is cancelled, a call still waiting in its
-/// lane is dropped, and one waiting for a session stops waiting (nothing gets borrowed).
+/// What `hsmkey._aio.Future.cancel` calls: a call still waiting in its lane is dropped, and
+/// one waiting for a session stops waiting (nothing gets borrowed). Set on the future itself
+/// rather than added as a done-callback: a callback would cost the loop one more step per call.
 #[pyclass(name = "_Canceller", module = "hsmkey._hsmkey", frozen)]
 struct Canceller {
     cancelled: Arc<AtomicBool>,
@@ -529,11 +551,31 @@ struct Canceller {
 
 #[pymethods]
 impl Canceller {
-    fn __call__(&self, fut: &Bound<'_, PyAny>) -> PyResult<()> {
-        if fut.call_method0("cancelled")?.is_truthy()? {
-            self.cancelled.store(true, Ordering::Release);
-        }
-        Ok(())
+    fn __call__(&self) {
+        self.cancelled.store(true, Ordering::Release);
+    }
+}
+
+/// An awaitable that is done from the start: awaiting it returns `value` at once (no future,
+/// no step of the loop).
+#[pyclass(name = "_Ready", module = "hsmkey._hsmkey")]
+struct Ready {
+    value: Option<Py<PyAny>>,
+}
+
+#[pymethods]
+impl Ready {
+    fn __await__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __iter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __next__(&mut self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let value = self.value.take().unwrap_or_else(|| py.None());
+        Err(pyo3::exceptions::PyStopIteration::new_err((value,)))
     }
 }
 
@@ -634,9 +676,15 @@ pub fn spawn<'py, T: Send + 'static>(
     convert: impl FnOnce(Python<'_>, T) -> PyResult<Py<PyAny>> + Send + 'static,
 ) -> PyResult<Bound<'py, PyAny>> {
     let event_loop = get_running_loop(py)?;
-    let fut = event_loop.call_method0("create_future")?;
-    let lane = gate.lane();
     let cancelled = Arc::new(AtomicBool::new(false));
+    let fut = new_future(
+        py,
+        &event_loop,
+        Canceller {
+            cancelled: cancelled.clone(),
+        },
+    )?;
+    let lane = gate.lane();
     let job = Box::new(Job {
         work,
         convert,
@@ -648,10 +696,6 @@ pub fn spawn<'py, T: Send + 'static>(
             .map(|(_, pool)| (Instant::now() + pool.cfg.acquire_timeout, pool.clone())),
         in_flight: InFlight::new(),
     });
-    fut.call_method1(
-        "add_done_callback",
-        (Py::new(py, Canceller { cancelled })?,),
-    )?;
     match lane {
         Some((lane, _)) => lane.submit(job),
         None => {
@@ -687,9 +731,26 @@ pub fn spawn_bytes<'py>(
 
 /// An awaitable that is already done, with `value` (for work that needs no worker thread).
 pub fn ready<'py>(py: Python<'py>, value: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
-    let fut = get_running_loop(py)?.call_method0("create_future")?;
-    fut.call_method1("set_result", (value,))?;
-    Ok(fut)
+    Ok(Bound::new(
+        py,
+        Ready {
+            value: Some(value.unbind()),
+        },
+    )?
+    .into_any())
+}
+
+/// A future of `event_loop` (``hsmkey._aio.Future``) whose `cancel()` calls `canceller`.
+fn new_future<'py>(
+    py: Python<'py>,
+    event_loop: &Bound<'py, PyAny>,
+    canceller: Canceller,
+) -> PyResult<Bound<'py, PyAny>> {
+    static NEW: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let new = NEW
+        .get_or_try_init(py, || aio(py)?.getattr("new_future").map(Bound::unbind))?
+        .bind(py);
+    new.call1((event_loop, Py::new(py, canceller)?))
 }
 
 pub fn worker_error(message: &str) -> Error {
