@@ -117,7 +117,7 @@ def test_wheel_contents(wheel: Path) -> None:
         "hsmkey/_hsmkey.abi3.so",
         "hsmkey/_hsmkey.pyi",
         "hsmkey/py.typed",
-        "hsmkey/cli.py",
+        "hsmkey/cli/__init__.py",
         "hsmkey/testing.py",
         "hsmkey/demo.py",
     ):
