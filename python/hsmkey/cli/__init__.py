@@ -17,7 +17,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from . import demo, jose, keys, tokens
+from . import demo, jose, keys, tokens, x509
 from ._common import PROG, CLIError, Parser, UsageError, common_options
 
 __all__ = ["CLIError", "UsageError", "build_parser", "main"]
@@ -35,6 +35,8 @@ examples:
   hsmkey generate --type EC --curve P-256 --label signer
   echo '{"sub": "alice"}' | hsmkey sign --label signer
   hsmkey jwks > jwks.json
+  hsmkey cert --self-signed --ca --subject "CN=Example Root CA" --days 3650 --label ca-key
+  hsmkey csr --subject "CN=service.example" --san DNS:service.example --label signer
 """
 
 
@@ -44,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = Parser(
         prog=PROG,
-        description="Look at PKCS#11 tokens, manage the keys in them, sign JWTs with them.",
+        description="Look at PKCS#11 tokens, manage the keys in them, sign JWTs, certificate "
+        "requests and certificates with them.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -61,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     tokens.register(command)
     keys.register(command)
     jose.register(command)
+    x509.register(command)
     demo.register(command)
     return parser
 

@@ -302,6 +302,26 @@ def describe_key(label: str | None, key_id: bytes | None) -> str:
     return " and ".join(parts)
 
 
+def find_key(pool: Pool, label: str | None, key_id: bytes | None, command: str) -> Key:
+    """The one private key with ``label`` and/or ``key_id``; a usage error without either,
+    and a message listing the ids when several keys match."""
+    from ..exceptions import HSMKeyNotFoundError
+
+    if label is None and key_id is None:
+        raise UsageError(f"{command} needs --label and/or --id")
+    try:
+        return pool.find_key(key_label=label, key_id=key_id)
+    except HSMKeyNotFoundError:
+        matches = matching_keys(pool, label, key_id)
+        if len(matches) < 2:
+            raise
+        ids = ", ".join(k.id.hex() for k in matches)
+        raise CLIError(
+            f"{len(matches)} keys have {describe_key(label, key_id)} (ids {ids}): "
+            "choose one with --id"
+        ) from None
+
+
 def check_new_key(pool: Pool, label: str, key_id: bytes | None) -> None:
     """Refuse a label or id that a key has already: finding keys would become ambiguous."""
     for key in pool.list_keys():

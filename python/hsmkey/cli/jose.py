@@ -11,9 +11,8 @@ from ._common import (
     CLIError,
     Command,
     UsageError,
-    describe_key,
+    find_key,
     key_id_arg,
-    matching_keys,
     open_pool,
     print_json,
     sorted_keys,
@@ -105,7 +104,7 @@ def _read_claims() -> dict[str, Any]:
 def cmd_sign(args: argparse.Namespace) -> int:
     from jwcrypto import jwt  # type: ignore[import-untyped]
 
-    from ..exceptions import HSMError, HSMKeyNotFoundError
+    from ..exceptions import HSMError
     from ..jwk import HSMJWK
 
     if args.label is None and args.key_id is None:
@@ -116,17 +115,7 @@ def cmd_sign(args: argparse.Namespace) -> int:
         )
     claims = _read_claims()
     with open_pool(args) as pool:
-        try:
-            key = HSMJWK.from_hsm(pool, key_label=args.label, key_id=args.key_id)
-        except HSMKeyNotFoundError:
-            matches = matching_keys(pool, args.label, args.key_id)
-            if len(matches) < 2:
-                raise
-            ids = ", ".join(k.id.hex() for k in matches)
-            raise CLIError(
-                f"{len(matches)} keys have {describe_key(args.label, args.key_id)} "
-                f"(ids {ids}): choose one with --id"
-            ) from None
+        key = HSMJWK.from_hsm(find_key(pool, args.label, args.key_id, "sign"))
         hsm_key = key.hsm_key
         alg = args.alg or DEFAULT_ALGS.get(hsm_key.curve or hsm_key.key_type)
         if alg is None:
