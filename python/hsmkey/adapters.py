@@ -245,10 +245,6 @@ def _authlib_classes() -> dict[str, type[Any]]:
                 _no_private("Authlib")
             return super().as_bytes(encoding, False, password)  # type: ignore[misc,no-any-return]
 
-        def as_key(self, is_private: bool = False) -> Any:
-            # The HSM private key object itself is no secret (it refuses to export).
-            return super().as_key(is_private)  # type: ignore[misc]
-
         def __repr__(self) -> str:
             return f"<{type(self).__name__} kid={self.kid!r} {_what(self._hsm_private)}>"  # type: ignore[attr-defined]
 
