@@ -15,7 +15,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import authlib.deprecate  # noqa: F401  (it sets an "always" filter for its warnings when imported)
 import josepy
@@ -448,3 +448,136 @@ except ImportError as exc:
     )
     assert f"needs the {package} package" in proc.stdout, proc
     assert f"pip install {package}" in proc.stdout, proc
+
+
+def test_authlib_token_endpoint_issues_an_id_token_signed_in_the_token(
+    pool: SessionPool,
+) -> None:
+    """The whole authorization-code token request through Authlib's own server classes
+    (framework-free): client authentication, code lookup, token, ID token signed by joserfc_key."""
+    from authlib.oauth2.rfc6749 import (
+        AuthorizationCodeMixin,
+        AuthorizationServer,
+        ClientMixin,
+        OAuth2Request,
+    )
+    from authlib.oauth2.rfc6749.grants import AuthorizationCodeGrant
+    from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
+
+    jwk = hsm_jwk(pool, "ec-key")
+    signing = joserfc_key(jwk, kid="op-2026-12")
+    redirect_uri = "https://rp.example/callback"
+
+    class Client(ClientMixin):  # type: ignore[misc]
+        id_token_signed_response_alg = "ES256"
+
+        def get_client_id(self) -> str:
+            return "client-1"
+
+        def get_default_redirect_uri(self) -> str:
+            return redirect_uri
+
+        def check_redirect_uri(self, uri: str) -> bool:
+            return uri == redirect_uri
+
+        def check_client_secret(self, secret: str) -> bool:
+            return secret == "s3cret"
+
+        def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
+            return method == "client_secret_post"
+
+        def check_grant_type(self, grant_type: str) -> bool:
+            return grant_type == "authorization_code"
+
+        def get_allowed_scope(self, scope: str) -> str:
+            return scope
+
+    class Code(AuthorizationCodeMixin):  # type: ignore[misc]
+        def get_redirect_uri(self) -> str:
+            return redirect_uri
+
+        def get_scope(self) -> str:
+            return "openid profile"
+
+        def get_nonce(self) -> str:
+            return "n-0S6_WzA2Mj"
+
+        def get_auth_time(self) -> int:
+            return 1_700_000_000
+
+        def get_acr(self) -> None:
+            return None
+
+        def get_amr(self) -> None:
+            return None
+
+    client, saved = Client(), []
+
+    class Server(AuthorizationServer):  # type: ignore[misc]
+        def query_client(self, client_id: str) -> Any:
+            return client if client_id == "client-1" else None
+
+        def save_token(self, token: dict[str, Any], request: Any) -> None:
+            saved.append(token)
+
+        def create_oauth2_request(self, request: Any) -> Any:
+            return request
+
+        def handle_response(self, status: int, body: Any, headers: Any) -> Any:
+            return status, body, headers
+
+        def send_signal(self, name: str, *args: Any, **kwargs: Any) -> None:
+            pass
+
+    class Grant(AuthorizationCodeGrant):  # type: ignore[misc]
+        TOKEN_ENDPOINT_AUTH_METHODS: ClassVar[list[str]] = ["client_secret_post"]
+
+        def query_authorization_code(self, code: str, client: Any) -> Any:
+            return Code() if code == "code-1" else None
+
+        def delete_authorization_code(self, authorization_code: Any) -> None:
+            pass
+
+        def authenticate_user(self, authorization_code: Any) -> Any:
+            return {"id": "alice"}
+
+    server = Server()
+    server.register_token_generator(
+        "default",
+        lambda **kw: {
+            "token_type": "Bearer",
+            "access_token": "at-1",
+            "expires_in": 3600,
+            "scope": kw["scope"],
+        },
+    )
+    server.register_grant(Grant, [_openid_code(KeySet([signing]))])
+
+    class FormRequest(OAuth2Request):  # type: ignore[misc]
+        def __init__(self, form: dict[str, str]) -> None:
+            super().__init__("POST", "https://op.example/token")
+            self.payload = BasicOAuth2Payload(form)
+            self._form = form
+
+        @property
+        def form(self) -> dict[str, str]:
+            return self._form
+
+    form = {
+        "grant_type": "authorization_code",
+        "code": "code-1",
+        "redirect_uri": redirect_uri,
+        "client_id": "client-1",
+        "client_secret": "s3cret",
+    }
+    status, body, _ = server.create_token_response(FormRequest(form))
+    assert status == 200, body
+    assert saved and saved[0]["access_token"] == body["access_token"] == "at-1"
+    published = KeySet.import_key_set(KeySet([signing]).as_dict())
+    decoded = jose_jwt.decode(body["id_token"], published, algorithms=["ES256"])
+    assert decoded.header["kid"] == "op-2026-12"
+    assert decoded.claims["nonce"] == "n-0S6_WzA2Mj" and decoded.claims["sub"] == "alice"
+    assert decoded.claims["aud"] == ["client-1"] and decoded.claims["auth_time"] == 1_700_000_000
+    # A wrong client secret gets no token, and nothing was signed for it.
+    status, body, _ = server.create_token_response(FormRequest({**form, "client_secret": "x"}))
+    assert status in (400, 401) and body["error"] == "invalid_client", body
