@@ -394,7 +394,8 @@ def josepy_jwk(key: AnyHSMKey) -> JWKRSA | JWKEC:
     ``to_json()``, ``to_partial_json()``, ``json_dumps()`` and ``thumbprint()`` give the
     public key (an ACME key authorization uses the thumbprint). josepy signs RS256-512,
     PS256-512 and ES256-512 (P-256, P-384, P-521); it has no EdDSA or secp256k1 keys, so
-    those raise :class:`~hsmkey.exceptions.HSMMechanismError`.
+    those raise :class:`~hsmkey.exceptions.HSMMechanismError`. (josepy's PS* use the longest
+    PSS salt, not the hash-long salt of RFC 7518, with any key: other libraries reject them.)
     """
     members, private = _resolve(key, "josepy_jwk")
     kty = members["kty"]
