@@ -30,6 +30,7 @@ impl Pool {
         lease: &mut Lease,
         mut op: impl FnMut(&Session, &TokenState, bool) -> Result<T>,
     ) -> Result<T> {
+        lease.check_owner()?;
         if lease.session.is_none() {
             // A session replaced after an earlier failure could not be reopened then.
             lease.session = Some(lease.token.open_session(lease.rw)?);
