@@ -220,7 +220,7 @@ def test_a_forked_child_gives_the_same_synthetic_message(pool: SessionPool) -> N
     parent = key.decrypt("RSA_PKCS", ct)
     read, write = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child: a pool-bound key after fork re-initializes and derives again
+    if pid == 0:  # the child: the pool re-initializes after fork; the key's secret is the same
         try:
             os.close(read)
             os.write(write, key.decrypt("RSA_PKCS", ct))
@@ -438,6 +438,41 @@ def test_a_key_without_raw_rsa_still_rejects_implicitly(
         "C_Sign",
         "C_Sign",
     ]
+
+
+def test_a_key_that_allows_neither_raw_nor_signing_falls_back_to_a_process_secret(
+    pool: SessionPool, faultmod: FaultModule, softhsm: SoftHSM, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The last resort, for a key whose token refuses both ways of deriving the secret (made
+    here by the fault module answering the raw C_DecryptInit and the C_SignInit as such a
+    token would): v1.5 still never raises and stays deterministic within the process, the
+    token removes the padding, and the log says why synthetic messages may differ between
+    processes."""
+    sw = rsa.generate_private_key(65537, 2048)
+    label = "v15-no-raw-no-sign"
+    with pool.session(rw=True) as s:
+        s.import_private_key(sw, label=label, key_id=b"\x7a\x02")
+    fpool = SessionPool(faultmod.path, softhsm.token_label, softhsm.pin)
+    try:
+        key = fpool.find_key(key_label=label)
+        pub = sw.public_key()
+        good = pub.encrypt(b"k" * 16, padding.PKCS1v15())
+        faultmod.fail("C_DecryptInit", "CKR_MECHANISM_INVALID", nth=1, mode="before")
+        faultmod.fail("C_SignInit", "CKR_KEY_FUNCTION_NOT_PERMITTED", nth=1, mode="before")
+        with caplog.at_level("WARNING", logger="hsmkey"):
+            assert key.decrypt("RSA_PKCS", good) == b"k" * 16
+        assert faultmod.injected("C_DecryptInit") == 1
+        assert faultmod.injected("C_SignInit") == 1
+        assert any("allows neither raw RSA nor signing" in r.getMessage() for r in caplog.records)
+        before = fpool.stats()["discarded"]
+        for what, ct in bad_v15_ciphertexts(pub).items():
+            assert key.decrypt("RSA_PKCS", ct) == key.decrypt("RSA_PKCS", ct), what
+        assert fpool.stats()["discarded"] == before
+        assert faultmod.count("C_SignInit") == 1  # derived once, then cached
+    finally:
+        fpool.close()
+        with pool.session(rw=True) as s:
+            s.delete_key(key_label=label)
 
 
 # -- JOSE ------------------------------------------------------------------------------------
