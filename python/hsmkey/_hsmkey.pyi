@@ -186,9 +186,19 @@ class Key:
         hash: _Hash | None = None,
         mgf_hash: _Hash | None = None,
         label: bytes | None = None,
+        allow_raw: bool = False,
     ) -> bytes:
-        """Decrypt with the RSA private key. OAEP hashes default to sha1; where the token's
-        OAEP lacks the hash, the token decrypts raw and hsmkey removes the padding."""
+        """Decrypt with the RSA private key.
+
+        RSA_PKCS: PKCS#1 v1.5 with implicit rejection: a ciphertext with bad padding returns a
+        synthetic message (the same bytes for the same ciphertext and key, in every process)
+        and never raises, like pyca/cryptography's own keys.
+        RSA_OAEP: hashes default to sha1; every failure raises the same ``HSMError``. Where
+        the token's OAEP lacks the hash, or a label is given, the token decrypts raw and
+        hsmkey removes the padding in constant time.
+        RSA_X_509: raw ``c^d mod n``, a private-key oracle: refused unless ``allow_raw=True``.
+        A ciphertext that is not below the modulus raises ``ValueError`` first.
+        """
     def ecdh(self, peer_point: bytes) -> bytes:
         """ECDH with the EC private key: the shared secret with the peer's uncompressed
         public point."""

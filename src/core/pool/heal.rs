@@ -70,6 +70,30 @@ impl Pool {
         lock(&self.state).stats.discarded += 1;
         lease.session = lease.token.open_session(lease.rw).ok();
     }
+    /// Closes the lease's session and lends a fresh one in its place, although no error
+    /// says it is broken: for a session that may still hold a secret session object that
+    /// could not be destroyed (closing a session destroys its session objects).
+    pub fn discard_session(&self, lease: &mut Lease, why: &str) {
+        log::log(
+            log::WARNING,
+            &format!("discarding a session on {}: {why}", lease.token.describe()),
+        );
+        if let Some(old) = lease.session.take() {
+            if old.get_session_info().is_ok() {
+                if let Err(e) = old.close() {
+                    log::log(
+                        log::WARNING,
+                        &format!("closing the session failed too ({e})"),
+                    );
+                }
+            } else {
+                // The token no longer knows it: its objects are gone with it.
+                std::mem::forget(old);
+            }
+        }
+        lock(&self.state).stats.discarded += 1;
+        lease.session = lease.token.open_session(lease.rw).ok();
+    }
     fn heal(&self, lease: &mut Lease, fault: Fault, seen_epoch: u64, err: &Error) -> Result<()> {
         let what = err.rv_name().unwrap_or_else(|| err.message.clone());
         match fault {
