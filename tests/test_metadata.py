@@ -15,9 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 import hsmkey
+import pytest
 
 tomllib = pytest.importorskip("tomllib", reason="tomllib (Python 3.11+) reads the manifests")
 
