@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tarfile
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -286,18 +286,32 @@ def test_sdist_contents(sdist: Path) -> None:
     assert re.search(rf"^Version: {re.escape(version)}$", pkg_info, re.M)
 
 
+@pytest.fixture(scope="module")
+def wheel_venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """A new virtual environment per interpreter with the wheel installed: no Rust toolchain
+    on PATH, nothing built from source (the dependencies included)."""
+    made: dict[str, Path] = {}
+
+    def get(python: str) -> Path:
+        if python not in made:
+            venv = new_venv(tmp_path_factory.mktemp("wheel-venv"), python)
+            pip_install(venv, "--only-binary", ":all:", wheel)
+            made[python] = venv
+        return made[python]
+
+    return get
+
+
 @pytest.mark.parametrize("python", PYTHONS)
-def test_installed_wheel_runs_the_demo(python: str, wheel: Path, tmp_path: Path) -> None:
-    """On each interpreter: the wheel installs with no Rust toolchain on PATH and nothing
-    built from source (its dependencies included), and works."""
-    venv = new_venv(tmp_path, python)
-    pip_install(venv, "--only-binary", ":all:", wheel)
-    check_install(venv)
+def test_installed_wheel_runs_the_demo(python: str, wheel_venv: Callable[[str], Path]) -> None:
+    check_install(wheel_venv(python))
 
 
-def test_installed_wheel_brings_the_pytest_plugin(wheel: Path, tmp_path: Path) -> None:
-    venv = new_venv(tmp_path, PYTHONS[0])
-    pip_install(venv, "--only-binary", ":all:", wheel, "pytest")
+def test_installed_wheel_brings_the_pytest_plugin(
+    wheel_venv: Callable[[str], Path], tmp_path: Path
+) -> None:
+    venv = wheel_venv(PYTHONS[0])
+    pip_install(venv, "--only-binary", ":all:", "pytest")
     project = tmp_path / "user-project"
     project.mkdir()
     (project / "test_signing.py").write_text(
