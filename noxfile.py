@@ -1,7 +1,8 @@
 """Developer tasks for hsmkey: ``bash scripts/nox -s <session>`` (or ``nox -s <session>``).
 
 - ``tests``: install the package, ``cargo test`` (Rust unit tests), ``pytest``
-- ``lint``: ruff (check, format), ``cargo fmt --check``, ``cargo clippy -D warnings``
+- ``lint``: ruff (check, format), the GitHub workflows' schema, ``cargo fmt --check``,
+  ``cargo clippy -D warnings``
 - ``typecheck``: ``mypy --strict`` over the package and its stubs
 - ``demo``: sign and verify a JWT with a key in a throwaway SoftHSM2 token
 - ``wheels``: build the manylinux2014 abi3 wheel and the sdist into ``dist/``, check them
@@ -141,6 +142,10 @@ def lint(session: nox.Session) -> None:
     paths = [p for p in LINT_PATHS if (ROOT / p).exists()]
     session.run("ruff", "check", *paths)
     session.run("ruff", "format", "--check", *paths)
+    # The GitHub workflows, against GitHub's schema (vendored in check-jsonschema: offline).
+    session.install("check-jsonschema")
+    workflows = sorted(str(p) for p in (ROOT / ".github" / "workflows").glob("*.y*ml"))
+    session.run("check-jsonschema", "--builtin-schema", "vendor.github-workflows", *workflows)
     session.run("cargo", "fmt", "--all", "--", "--check", external=True)
     session.run("cargo", "fmt", "--manifest-path", FAULTMOD, "--", "--check", external=True)
     session.run(
@@ -262,7 +267,7 @@ def wheel_test_pythons(session: nox.Session) -> list[str]:
 @nox.session
 def wheels(session: nox.Session) -> None:
     """Build the release artifacts into dist/ and prove them: one abi3 wheel for CPython
-    >= 3.9 (on Linux x86_64 a manylinux2014 wheel, glibc 2.17 and newer, linked with zig) and
+    >= 3.9 (on glibc Linux a manylinux2014 wheel, glibc 2.17 and newer, linked with zig) and
     the sdist. tests/test_wheel.py then checks them with auditwheel and twine, installs the
     wheel into fresh virtual environments of several interpreters with no Rust toolchain on
     PATH, runs ``hsmkey --version`` and the demo against SoftHSM2 from there, and builds and
@@ -275,8 +280,9 @@ def wheels(session: nox.Session) -> None:
     for old in [*dist.glob("hsmkey*.whl"), *dist.glob("hsmkey*.tar.gz")]:
         old.unlink()
     build = ["maturin", "build", "--release", "--locked", "--out", str(dist)]
-    if sys.platform == "linux" and platform.machine() == "x86_64":
-        # maturin checks the result against the policy (auditwheel's rules) and tags it
+    if sys.platform == "linux" and platform.libc_ver()[0] == "glibc":
+        # zig links against glibc 2.17's symbols; maturin checks the result against the
+        # manylinux2014 policy (auditwheel's rules) and tags it
         build += ["--zig", "--compatibility", "manylinux2014"]
     started = time.monotonic()
     session.run(*build)

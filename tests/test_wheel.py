@@ -1,6 +1,6 @@
-"""The release artifacts as users get them: the abi3 wheel (manylinux2014 on Linux x86_64)
-and the sdist, checked (auditwheel, twine), installed into fresh virtual environments of
-several interpreters, and run there.
+"""The release artifacts as users get them: the abi3 wheel (manylinux2014 on glibc Linux,
+musllinux_1_2 on musl) and the sdist, checked (auditwheel, twine), installed into fresh
+virtual environments of several interpreters, and run there.
 
 Slow (release builds unless ``HSMKEY_WHEEL`` and ``HSMKEY_SDIST`` name the artifacts, new
 virtual environments, pip installing the dependencies), so it only runs with
@@ -38,10 +38,19 @@ TIMEOUT = 900
 DIST_NAME = "hsmkey-rs"  # the distribution; the import name is hsmkey
 DIST_FILE = "hsmkey_rs"  # the distribution's name in file names
 WHEEL_NAME = re.compile(rf"^{DIST_FILE}-(?P<version>[^-]+)-cp39-abi3-(?P<platform>[^-]+)\.whl$")
-LINUX_X86_64 = sys.platform == "linux" and platform.machine() == "x86_64"
+ARCH = platform.machine().lower().replace("arm64", "aarch64")
+GLIBC = sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
+MUSL = sys.platform == "linux" and not GLIBC
+# The platform tags of the wheels built here (nox -s wheels) and by the release workflow.
 # manylinux2014 = glibc 2.17 (CentOS 7): RHEL 8 (2.28), Debian 11 and Ubuntu 20.04 (2.31),
-# Amazon Linux 2 (2.26) all install it. The legacy alias keeps pip < 20.3 working.
-MANYLINUX_TAGS = {"manylinux2014_x86_64", "manylinux_2_17_x86_64"}
+# Amazon Linux 2 (2.26) all install it; the legacy alias keeps pip < 20.3 working.
+EXPECTED_PLATFORMS = (
+    {f"manylinux2014_{ARCH}", f"manylinux_2_17_{ARCH}"}
+    if GLIBC
+    else {f"musllinux_1_2_{ARCH}"}
+    if MUSL
+    else None
+)
 PYTHONS = [p for p in os.environ.get("HSMKEY_WHEEL_PYTHONS", "").split(os.pathsep) if p] or [
     sys.executable
 ]
@@ -127,7 +136,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
         return path
     out = tmp_path_factory.mktemp("wheel")
     argv = [tool("maturin"), "build", "--release", "--locked", "--out", out]
-    if LINUX_X86_64:
+    if GLIBC:
         argv += ["--zig", "--compatibility", "manylinux2014"]
     run(argv, ROOT)
     (path,) = out.glob(f"{DIST_FILE}-*.whl")
@@ -195,8 +204,8 @@ def test_wheel_name_and_tags(wheel: Path) -> None:
     assert tags and all(t.startswith("cp39-abi3-") for t in tags), tags
     platforms = set(match["platform"].split("."))
     assert platforms == {t.rsplit("-", 1)[1] for t in tags}
-    if LINUX_X86_64:
-        assert platforms == MANYLINUX_TAGS, f"{wheel.name}: not a manylinux2014 wheel"
+    if EXPECTED_PLATFORMS is not None:
+        assert platforms == EXPECTED_PLATFORMS, f"{wheel.name}: not {EXPECTED_PLATFORMS}"
 
 
 def test_wheel_contents_and_metadata(wheel: Path) -> None:
@@ -238,10 +247,11 @@ def test_wheel_contents_and_metadata(wheel: Path) -> None:
     assert re.search(r"^Project-URL: Repository, https://", headers, re.M), headers
 
 
-@pytest.mark.skipif(not LINUX_X86_64, reason="the manylinux policy check is for Linux x86_64")
+@pytest.mark.skipif(not GLIBC, reason="the manylinux policy is for glibc Linux")
 def test_auditwheel_accepts_it_as_manylinux2014(wheel: Path) -> None:
     out = " ".join(run([tool("auditwheel"), "show", wheel], ROOT).split())
-    assert 'is consistent with the following platform tag: "manylinux_2_17_x86_64"' in out, out
+    tag = f'is consistent with the following platform tag: "manylinux_2_17_{ARCH}"'
+    assert tag in out, out
     # No glibc symbol newer than 2.17.
     glibc = [tuple(map(int, v.split("."))) for v in re.findall(r"GLIBC_(\d+\.\d+)", out)]
     assert glibc and max(glibc) <= (2, 17), out
