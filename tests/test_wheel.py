@@ -131,7 +131,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``$HSMKEY_WHEEL``, or a wheel built now the way nox -s wheels builds it."""
     given = os.environ.get("HSMKEY_WHEEL")
     if given:
-        path = Path(given)
+        path = Path(given).resolve()
         assert path.is_file(), f"HSMKEY_WHEEL={given}: no such file"
         return path
     out = tmp_path_factory.mktemp("wheel")
@@ -148,7 +148,7 @@ def sdist(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``$HSMKEY_SDIST``, or an sdist built now."""
     given = os.environ.get("HSMKEY_SDIST")
     if given:
-        path = Path(given)
+        path = Path(given).resolve()
         assert path.is_file(), f"HSMKEY_SDIST={given}: no such file"
         return path
     out = tmp_path_factory.mktemp("sdist")
@@ -315,6 +315,26 @@ def wheel_venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Callabl
 @pytest.mark.parametrize("python", PYTHONS)
 def test_installed_wheel_runs_the_demo(python: str, wheel_venv: Callable[[str], Path]) -> None:
     check_install(wheel_venv(python))
+
+
+def test_installed_wheel_works_with_its_oldest_dependencies(wheel: Path, tmp_path: Path) -> None:
+    """The floors of Requires-Dist are true: on the oldest interpreter given, the wheel works
+    with the oldest release series its metadata allows (``cryptography>=42`` ->
+    ``cryptography==42.*``), which is what pip picks on old systems and old Pythons."""
+    with zipfile.ZipFile(wheel) as zf:
+        metadata = zf.read(f"{DIST_FILE}-{cargo_version()}.dist-info/METADATA").decode()
+    floors = re.findall(r"^Requires-Dist: ([\w.-]+)\s*>=\s*([\d.]+)\s*$", metadata, re.M)
+    assert {name for name, _ in floors} >= {"cryptography", "jwcrypto"}, metadata
+    code = "import sys; print(*sys.version_info[:2])"
+    python = min(PYTHONS, key=lambda p: [int(v) for v in run([p, "-c", code], tmp_path).split()])
+    venv = new_venv(tmp_path, python)
+    pins = [f"{name}=={'.'.join(floor.split('.')[:2])}.*" for name, floor in floors]
+    pip_install(venv, "--only-binary", ":all:", wheel, *pins)
+    installed = run([venv / "bin" / "python", "-m", "pip", "list"], tmp_path)
+    for name, floor in floors:
+        series = re.escape(".".join(floor.split(".")[:2]))
+        assert re.search(rf"^{name}\s+{series}(\.|\s|$)", installed, re.M | re.I), installed
+    check_install(venv)
 
 
 def test_installed_wheel_brings_the_pytest_plugin(
