@@ -1,6 +1,6 @@
 """Developer tasks for hsmkey: ``bash scripts/nox -s <session>`` (or ``nox -s <session>``).
 
-- ``tests``: install the package, ``cargo test`` (Rust unit tests), ``pytest``
+- ``tests``: install the package, ``cargo test`` (the core's unit tests, without Python), ``pytest``
 - ``lint``: ruff (check, format), the GitHub workflows' schema, ``cargo fmt --check``,
   ``cargo clippy -D warnings``
 - ``typecheck``: ``mypy --strict`` over the package and its stubs
@@ -86,39 +86,6 @@ def ensure_cargo(session: nox.Session) -> None:
         )
 
 
-def session_python_config(session: nox.Session, name: str) -> str:
-    """A sysconfig variable of the session's interpreter (not nox's)."""
-    out = session.run(
-        "python",
-        "-c",
-        f"import sysconfig; print(sysconfig.get_config_var({name!r}) or '')",
-        silent=True,
-    )
-    return str(out).strip()
-
-
-def cargo_test_env(session: nox.Session) -> dict[str, str]:
-    """Environment for ``cargo test``: pyo3 links the test binaries against libpython, which
-    must exist (Debian: ``python3-dev``) and be found at run time."""
-    libdir = session_python_config(session, "LIBDIR")
-    ldlibrary = session_python_config(session, "LDLIBRARY")
-    shared = session_python_config(session, "Py_ENABLE_SHARED") == "1"
-    if shared and libdir and ldlibrary and not (Path(libdir) / ldlibrary).exists():
-        if can_apt_get():
-            apt_get_install(session, ["python3-dev"])
-        else:
-            session.error(
-                f"{Path(libdir) / ldlibrary} not found: the Rust unit tests link against "
-                "libpython. Install it: `sudo apt-get install -y python3-dev`."
-            )
-    env = {"PYO3_PYTHON": str(Path(session.bin) / "python")}
-    if shared and libdir:
-        env["LD_LIBRARY_PATH"] = os.pathsep.join(
-            p for p in (libdir, os.environ.get("LD_LIBRARY_PATH", "")) if p
-        )
-    return env
-
-
 # The fault-injection PKCS#11 module the reliability tests load (its own crate).
 FAULTMOD = "tests/faultmod/Cargo.toml"
 
@@ -129,7 +96,8 @@ def tests(session: nox.Session) -> None:
     ensure_system_packages(session)
     ensure_cargo(session)
     session.install(TEST_EXTRAS, *TEST_DEPS)
-    session.run("cargo", "test", "--locked", external=True, env=cargo_test_env(session))
+    # The core's unit tests: plain Rust, no pyo3 (the `python` feature off), no interpreter.
+    session.run("cargo", "test", "--locked", "--no-default-features", external=True)
     session.run("cargo", "test", "--locked", "--manifest-path", FAULTMOD, external=True)
     session.run("pytest", *session.posargs)
 
@@ -160,17 +128,20 @@ def lint(session: nox.Session) -> None:
         "warnings",
         external=True,
     )
-    session.run(
-        "cargo",
-        "clippy",
-        "--locked",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-        external=True,
-        env={"PYO3_PYTHON": str(Path(session.bin) / "python")},
-    )
+    # The core alone (no pyo3), then the crate with its Python bindings.
+    for features in (["--no-default-features"], []):
+        session.run(
+            "cargo",
+            "clippy",
+            "--locked",
+            "--all-targets",
+            *features,
+            "--",
+            "-D",
+            "warnings",
+            external=True,
+            env={"PYO3_PYTHON": str(Path(session.bin) / "python")},
+        )
 
 
 @nox.session

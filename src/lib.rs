@@ -1,39 +1,29 @@
-//! hsmkey's Rust core: PKCS#11 modules, tokens, the session pool and key operations, exposed
-//! to Python as `hsmkey._hsmkey`.
+//! hsmkey: a PKCS#11 session pool and key operations in plain Rust (`core`), exposed to Python
+//! as `hsmkey._hsmkey` by thin PyO3 bindings (`python`, behind the default `python` feature).
 #![deny(clippy::undocumented_unsafe_blocks)]
 
-mod decrypt;
-mod error;
-mod fork;
-mod inventory;
-mod key;
-mod keygen;
-mod log;
-mod mechanism;
-mod module;
-mod oaep;
-mod pool;
-mod py_async;
-mod py_key;
-mod py_pool;
-mod py_session;
-mod py_util;
-mod raw_list;
-mod secret;
-mod token;
+pub mod core;
 
+#[cfg(feature = "python")]
+mod python;
+
+#[cfg(feature = "python")]
 use pyo3::prelude::*;
 
+/// The module `hsmkey._hsmkey`: registration only.
+#[cfg(feature = "python")]
 #[pymodule]
 fn _hsmkey(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
-    py_async::configure_runtime();
-    m.add("DEFAULT_MAX_SESSIONS", py_pool::DEFAULT_MAX_SESSIONS)?;
-    m.add_class::<py_pool::PyPool>()?;
-    m.add_class::<py_session::PySession>()?;
-    m.add_class::<py_key::PyKey>()?;
-    m.add_function(wrap_pyfunction!(py_pool::_close_all_pools, m)?)?;
-    m.add_function(wrap_pyfunction!(py_pool::list_tokens, m)?)?;
+    python::logging::install();
+    python::asyncio::configure_runtime();
+    m.add("DEFAULT_MAX_SESSIONS", core::pool::DEFAULT_MAX_SESSIONS)?;
+    m.add_class::<python::pool::PyPool>()?;
+    m.add_class::<python::session::PySession>()?;
+    m.add_class::<python::key::PyKey>()?;
+    m.add_function(wrap_pyfunction!(python::pool::_close_all_pools, m)?)?;
+    m.add_function(wrap_pyfunction!(python::pool::_forget_failed_logins, m)?)?;
+    m.add_function(wrap_pyfunction!(python::tokens::list_tokens, m)?)?;
     m.add(
         "__all__",
         vec![
@@ -43,6 +33,7 @@ fn _hsmkey(m: &Bound<'_, PyModule>) -> PyResult<()> {
             "Session",
             "__version__",
             "_close_all_pools",
+            "_forget_failed_logins",
             "list_tokens",
         ],
     )?;

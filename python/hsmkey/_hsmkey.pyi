@@ -15,6 +15,7 @@ __all__ = [
     "Session",
     "__version__",
     "_close_all_pools",
+    "_forget_failed_logins",
     "list_tokens",
 ]
 __version__: str
@@ -194,6 +195,11 @@ class Key:
 
 def _close_all_pools() -> None:
     """Close every live pool of this process (registered with ``atexit``)."""
+
+def _forget_failed_logins() -> None:
+    """Forget the failed logins of this process, so that their PINs may be tried again (for
+    test suites that fake token failures; hsmkey otherwise tries a PIN once per process and
+    token)."""
 
 def list_tokens(
     module_path: str | os.PathLike[str], *, mechanisms: bool = True

@@ -5,8 +5,10 @@ use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::{MechanismInfo, MechanismType};
 use cryptoki::slot::{Slot, SlotInfo, TokenInfo};
 
-use crate::error::{Context, Result};
-use crate::module::Module;
+use crate::core::error::{Context, Result};
+use crate::core::module::Module;
+
+mod raw_mechanisms;
 
 /// One mechanism of a token.
 pub struct MechanismEntry {
@@ -59,7 +61,7 @@ fn slot_entry(module: &Module, slot: Slot, with_mechanisms: bool) -> Result<Slot
             Ok(t) => Some(token_entry(module, slot, &t, with_mechanisms)?),
             Err(CkError::Pkcs11(RvError::TokenNotPresent | RvError::TokenNotRecognized, _)) => None,
             Err(e) => {
-                return Err(crate::error::Error::from_cryptoki(
+                return Err(crate::core::error::Error::from_cryptoki(
                     e,
                     "reading token information",
                 ))
@@ -122,7 +124,7 @@ fn token_entry(
         (t.error_state(), "CKF_ERROR_STATE"),
     ];
     let mechanisms = if with_mechanisms {
-        let types = match crate::raw_list::mechanism_types(&module.path, slot.id()) {
+        let types = match raw_mechanisms::mechanism_types(&module.path, slot.id()) {
             Some(types) => types,
             None => module
                 .ctx

@@ -1,11 +1,11 @@
-//! The one error type of the core, and its single conversion into the Python exception classes
-//! of `hsmkey.exceptions`.
+//! The one error type of the core: what failed, in words, with the PKCS#11 function and return
+//! code where a token answered. Which Python exception each [`Kind`] becomes is decided in
+//! `crate::python::errors`, the only place that knows about Python.
 
 use cryptoki::context::Function;
 use cryptoki::error::{Error as CkError, RvError};
-use pyo3::PyErr;
 
-/// Which Python exception class an error becomes.
+/// The class of a failure (the bindings map each to one exception class).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     /// `HSMError`: a PKCS#11 failure with no more specific class.
@@ -176,45 +176,6 @@ pub fn rv_name(rv: RvError) -> String {
 /// `SignInit` -> `C_SignInit`.
 pub fn function_name(function: Function) -> String {
     format!("C_{function:?}")
-}
-
-mod py {
-    use super::{Error, Kind};
-    use pyo3::exceptions::{PyTypeError, PyValueError};
-    use pyo3::PyErr;
-
-    pyo3::import_exception!(hsmkey.exceptions, HSMError);
-    pyo3::import_exception!(hsmkey.exceptions, HSMModuleError);
-    pyo3::import_exception!(hsmkey.exceptions, HSMSessionError);
-    pyo3::import_exception!(hsmkey.exceptions, HSMTokenNotFoundError);
-    pyo3::import_exception!(hsmkey.exceptions, HSMPoolClosedError);
-    pyo3::import_exception!(hsmkey.exceptions, HSMPoolExhaustedError);
-    pyo3::import_exception!(hsmkey.exceptions, HSMPinError);
-    pyo3::import_exception!(hsmkey.exceptions, HSMKeyNotFoundError);
-    pyo3::import_exception!(hsmkey.exceptions, HSMMechanismError);
-
-    pub fn to_pyerr(err: Error) -> PyErr {
-        let args = (err.message.clone(), err.rv_name(), err.function_name());
-        match err.kind {
-            Kind::General => HSMError::new_err(args),
-            Kind::Module => HSMModuleError::new_err(args),
-            Kind::Session => HSMSessionError::new_err(args),
-            Kind::TokenNotFound => HSMTokenNotFoundError::new_err(args),
-            Kind::PoolClosed => HSMPoolClosedError::new_err(args),
-            Kind::PoolExhausted => HSMPoolExhaustedError::new_err(args),
-            Kind::Pin => HSMPinError::new_err(args),
-            Kind::KeyNotFound => HSMKeyNotFoundError::new_err(args),
-            Kind::Mechanism => HSMMechanismError::new_err(args),
-            Kind::Value => PyValueError::new_err(err.message),
-            Kind::Type => PyTypeError::new_err(err.message),
-        }
-    }
-}
-
-impl From<Error> for PyErr {
-    fn from(err: Error) -> PyErr {
-        py::to_pyerr(err)
-    }
 }
 
 #[cfg(test)]

@@ -1,23 +1,21 @@
 //! `Pool`: the Python face of the session pool (``hsmkey.SessionPool`` subclasses it).
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyType};
+use pyo3::types::{PyDict, PyType};
 
-use crate::error::{Error, Kind};
-use crate::module::check_path;
-use crate::pool::{self, Pool, PoolConfig};
-use crate::py_key::{Binding, PyKey};
-use crate::py_session::{open_now, PySession};
-use crate::py_util::{detach_interruptible, key_query, type_name};
-use crate::secret::Pin;
-use crate::token::{PinPolicy, TokenCriteria};
-
-/// Sessions a pool lends at once when ``max_sessions`` is not given.
-pub const DEFAULT_MAX_SESSIONS: usize = 64;
+use crate::core::bound_key::Binding;
+use crate::core::module::check_path;
+use crate::core::pool::{self, Pool, PoolConfig};
+use crate::core::token::{PinPolicy, TokenCriteria};
+use crate::python::args::{
+    key_query, max_sessions_arg, path_arg, pin_arg, seconds, slot_id_arg, text_arg, value_error,
+};
+use crate::python::gil::{detach, detach_interruptible};
+use crate::python::key::PyKey;
+use crate::python::session::{open_now, PySession};
 
 /// A lazy pool of logged-in sessions on one token. The constructor checks its arguments and
 /// makes no PKCS#11 call; the first use loads the module, finds the token and logs in.
@@ -25,60 +23,6 @@ pub const DEFAULT_MAX_SESSIONS: usize = 64;
 pub struct PyPool {
     pool: Arc<Pool>,
     module_path: String,
-}
-
-fn value_error(msg: String) -> PyErr {
-    Error::new(Kind::Value, msg).into()
-}
-
-/// `module_path=`: a str or os.PathLike.
-fn path_arg(module_path: &Bound<'_, PyAny>) -> PyResult<PathBuf> {
-    module_path.extract().map_err(|_| {
-        PyErr::from(Error::new(
-            Kind::Type,
-            format!(
-                "module_path must be a str or os.PathLike, not {}",
-                type_name(module_path)
-            ),
-        ))
-    })
-}
-
-fn seconds(name: &str, value: f64, allow_zero: bool) -> PyResult<Duration> {
-    if value.is_nan() || value < 0.0 || (!allow_zero && value == 0.0) {
-        return Err(value_error(format!(
-            "{name} must be a {} number of seconds, not {value}",
-            if allow_zero {
-                "non-negative"
-            } else {
-                "positive"
-            }
-        )));
-    }
-    // Past a century means "never".
-    Ok(Duration::try_from_secs_f64(value.min(3.2e9)).unwrap_or(Duration::from_secs(3_200_000_000)))
-}
-
-fn text_arg(name: &str, value: Option<&Bound<'_, PyAny>>) -> PyResult<Option<String>> {
-    match value {
-        None => Ok(None),
-        Some(v) if v.is_none() => Ok(None),
-        Some(v) => {
-            let s = v.cast::<PyString>().map_err(|_| {
-                PyErr::from(Error::new(
-                    Kind::Type,
-                    format!("{name} must be a str, not {}", type_name(v)),
-                ))
-            })?;
-            let s = s.to_cow()?.into_owned();
-            if s.contains('\0') {
-                return Err(value_error(format!(
-                    "{name} must not contain NUL characters"
-                )));
-            }
-            Ok(Some(s))
-        }
-    }
 }
 
 #[pymethods]
@@ -120,72 +64,14 @@ impl PyPool {
         check_path(&path)?;
         let label = text_arg("token_label", token_label)?;
         let serial = text_arg("token_serial", token_serial)?;
-        let slot_id = match slot_id {
-            None => None,
-            Some(v) if v.is_none() => None,
-            Some(v) => {
-                let id: i128 = v.extract().map_err(|_| {
-                    PyErr::from(Error::new(
-                        Kind::Type,
-                        format!("slot_id must be an int, not {}", type_name(v)),
-                    ))
-                })?;
-                Some(u64::try_from(id).map_err(|_| {
-                    value_error(format!("slot_id must be between 0 and 2**64-1, not {id}"))
-                })?)
-            }
-        };
+        let slot_id = slot_id_arg(slot_id)?;
         if label.is_none() && serial.is_none() && slot_id.is_none() {
             return Err(value_error(
                 "name the token: give token_label=, token_serial= or slot_id=".into(),
             ));
         }
-        let pin = match user_pin {
-            Some(p) if !p.is_none() => {
-                if let Ok(s) = p.cast::<PyString>() {
-                    Pin::new(s.to_cow()?.as_bytes().to_vec())
-                } else if let Ok(b) = p.cast::<PyBytes>() {
-                    Pin::new(b.as_bytes().to_vec())
-                } else {
-                    return Err(Error::new(
-                        Kind::Type,
-                        format!("user_pin must be a str or bytes, not {}", type_name(p)),
-                    )
-                    .into());
-                }
-            }
-            _ => {
-                return Err(Error::new(
-                    Kind::Type,
-                    "user_pin is required (a str or bytes); with SessionPool.from_env() set \
-                     HSM_PIN",
-                )
-                .into())
-            }
-        };
-        let max_sessions = match max_sessions {
-            None => DEFAULT_MAX_SESSIONS,
-            Some(v) if v.is_none() => DEFAULT_MAX_SESSIONS,
-            Some(v) => {
-                if v.cast::<pyo3::types::PyBool>().is_ok() {
-                    return Err(
-                        Error::new(Kind::Type, "max_sessions must be an int, not bool").into(),
-                    );
-                }
-                let n: i128 = v.extract().map_err(|_| {
-                    PyErr::from(Error::new(
-                        Kind::Type,
-                        format!("max_sessions must be an int, not {}", type_name(v)),
-                    ))
-                })?;
-                if !(1..=1_000_000).contains(&n) {
-                    return Err(value_error(format!(
-                        "max_sessions must be between 1 and 1000000, not {n}"
-                    )));
-                }
-                n as usize
-            }
-        };
+        let pin = pin_arg(user_pin)?;
+        let max_sessions = max_sessions_arg(max_sessions)?;
         let acquire_timeout = seconds("acquire_timeout", acquire_timeout, true)?;
         let max_idle = match max_idle {
             None => Duration::from_secs(3_200_000_000),
@@ -233,8 +119,9 @@ impl PyPool {
 
     /// True once `close()` was called.
     #[getter]
-    fn closed(&self) -> bool {
-        self.pool.is_closed()
+    fn closed(&self, py: Python<'_>) -> bool {
+        let pool = &self.pool;
+        py.detach(|| pool.is_closed())
     }
 
     /// A context manager that borrows a warm session on entry and returns it on exit.
@@ -252,7 +139,7 @@ impl PyPool {
     /// Connects and logs in now, raising what the first block would raise.
     fn check(&self, py: Python<'_>) -> PyResult<()> {
         let pool = self.pool.clone();
-        py.detach(move || pool.check())?;
+        detach(py, move || pool.check())?;
         Ok(())
     }
 
@@ -294,7 +181,8 @@ impl PyPool {
     /// Counters: in_use, idle, created, reused, waits, timeouts, relogins, discarded,
     /// recoveries, logins, max_in_use, epoch.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let snap = self.pool.snapshot();
+        let pool = &self.pool;
+        let snap = py.detach(|| pool.snapshot());
         let d = PyDict::new(py);
         d.set_item("in_use", snap.in_use)?;
         d.set_item("idle", snap.idle)?;
@@ -314,7 +202,7 @@ impl PyPool {
     /// Closes idle sessions and releases this pool's share of the token login.
     fn close(&self, py: Python<'_>) {
         let pool = self.pool.clone();
-        py.detach(move || pool.close());
+        detach(py, move || pool.close());
     }
 
     fn __enter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
@@ -353,64 +241,15 @@ impl PyPool {
 /// by the Python package, so that interpreter exit leaves nothing open on the token.
 #[pyfunction]
 pub fn _close_all_pools(py: Python<'_>) {
-    py.detach(|| {
+    detach(py, || {
         // Let asyncio results in delivery land first (see py_async).
-        crate::py_async::wait_idle(Duration::from_secs(10));
+        crate::python::asyncio::wait_idle(Duration::from_secs(10));
         pool::close_all_pools();
     });
 }
 
-/// Every slot of the module with its token and mechanisms (no session, no login).
+/// Forgets the failed logins of this process (test suites that fake token failures only).
 #[pyfunction]
-#[pyo3(signature = (module_path, *, mechanisms=true))]
-pub fn list_tokens<'py>(
-    py: Python<'py>,
-    module_path: &Bound<'py, PyAny>,
-    mechanisms: bool,
-) -> PyResult<Vec<Bound<'py, PyDict>>> {
-    let path = path_arg(module_path)?;
-    let slots = py.detach(move || -> crate::error::Result<_> {
-        let module = crate::module::load(&path)?;
-        crate::inventory::list(&module, mechanisms)
-    })?;
-    slots
-        .into_iter()
-        .map(|s| {
-            let d = PyDict::new(py);
-            d.set_item("slot_id", s.slot_id)?;
-            d.set_item("slot_description", s.description)?;
-            d.set_item("slot_manufacturer", s.manufacturer)?;
-            d.set_item("slot_flags", s.slot_flags)?;
-            d.set_item("token_present", s.token.is_some())?;
-            let t = s.token;
-            d.set_item("label", t.as_ref().map(|t| t.label.clone()))?;
-            d.set_item("manufacturer", t.as_ref().map(|t| t.manufacturer.clone()))?;
-            d.set_item("model", t.as_ref().map(|t| t.model.clone()))?;
-            d.set_item("serial", t.as_ref().map(|t| t.serial.clone()))?;
-            d.set_item(
-                "flags",
-                t.as_ref().map(|t| t.flags.clone()).unwrap_or_default(),
-            )?;
-            d.set_item(
-                "hardware_version",
-                t.as_ref().map(|t| t.hardware_version.clone()),
-            )?;
-            d.set_item(
-                "firmware_version",
-                t.as_ref().map(|t| t.firmware_version.clone()),
-            )?;
-            let mechs = PyList::empty(py);
-            for m in t.map(|t| t.mechanisms).unwrap_or_default() {
-                let md = PyDict::new(py);
-                md.set_item("name", m.name)?;
-                md.set_item("type", m.code)?;
-                md.set_item("min_key_size", m.min_key_size)?;
-                md.set_item("max_key_size", m.max_key_size)?;
-                md.set_item("flags", m.flags)?;
-                mechs.append(md)?;
-            }
-            d.set_item("mechanisms", mechs)?;
-            Ok(d)
-        })
-        .collect()
+pub fn _forget_failed_logins() {
+    crate::core::token::forget_failed_logins();
 }

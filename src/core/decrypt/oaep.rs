@@ -3,8 +3,8 @@
 //! removes the padding, which needs no secret. Checks run without early exits so that the
 //! time taken does not say which check failed.
 
-use crate::error::{Error, Result};
-use crate::mechanism::HashAlg;
+use crate::core::error::{Error, Result};
+use crate::core::mechanism::HashAlg;
 
 /// MGF1 with `hash`, `len` bytes of mask from `seed`.
 pub fn mgf1(hash: HashAlg, seed: &[u8], len: usize) -> Vec<u8> {
@@ -73,7 +73,7 @@ fn mask_usize(bit: u8) -> usize {
 }
 
 fn decryption_error() -> Error {
-    Error::new(crate::error::Kind::General, "decryption failed")
+    Error::new(crate::core::error::Kind::General, "decryption failed")
 }
 
 #[cfg(test)]

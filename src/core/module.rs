@@ -3,14 +3,13 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
 
-use crate::error::{Error, Kind, Result};
-use crate::log;
-use crate::token::TokenState;
+use crate::core::error::{Error, Kind, Result};
+use crate::core::log;
 
 /// One loaded and initialized PKCS#11 module.
 pub struct Module {
@@ -18,7 +17,6 @@ pub struct Module {
     pub path: PathBuf,
     /// The process that initialized it; another pid means we are in a forked child.
     pub pid: u32,
-    tokens: Mutex<HashMap<u64, Weak<TokenState>>>,
     /// Labels of the initialized tokens seen by the last token search (see `load`).
     pub seen_labels: Mutex<Vec<String>>,
     /// True when this process's `C_Initialize` (not another library's) set the module up.
@@ -31,14 +29,14 @@ pub struct Module {
 }
 
 impl Module {
-    /// Finalizes and re-initializes the module if nothing of this process uses it (no token
-    /// state alive, nobody connecting) and this process initialized it. SoftHSM2 skips, for
+    /// Finalizes and re-initializes the module if nothing of this process uses it (`in_use`
+    /// says no, asked while nobody can start connecting) and this process initialized it. SoftHSM2 skips, for
     /// the life of its state, a token whose files it could not read during `C_Initialize`
     /// (sibling processes logging in rewrite them): a fresh start brings it back. Only in the
     /// first seconds after start-up, when that race happens. Returns whether it reloaded.
-    pub fn reload_if_unused(&self) -> bool {
+    pub fn reload_if_unused(&self, in_use: impl FnOnce() -> bool) -> bool {
         if !self.initialized_here
-            || self.pid != crate::fork::pid()
+            || self.pid != crate::core::fork::pid()
             || self.initialized_at.elapsed() > std::time::Duration::from_secs(10)
         {
             return false;
@@ -47,28 +45,10 @@ impl Module {
             .connecting
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let tokens = lock(&self.tokens);
-        if tokens.values().any(|w| w.strong_count() > 0) {
+        if in_use() {
             return false;
         }
         reinitialize(&self.ctx, &self.path).is_ok()
-    }
-
-    /// The shared login state of the token in `slot`, made on first use.
-    pub fn token_state(
-        self: &Arc<Self>,
-        slot: cryptoki::slot::Slot,
-        make: impl FnOnce() -> Result<TokenState>,
-    ) -> Result<Arc<TokenState>> {
-        let mut tokens = lock(&self.tokens);
-        if let Some(state) = tokens.get(&slot.id()).and_then(Weak::upgrade) {
-            if !state.is_gone() {
-                return Ok(state);
-            }
-        }
-        let state = Arc::new(make()?);
-        tokens.insert(slot.id(), Arc::downgrade(&state));
-        Ok(state)
     }
 }
 
@@ -110,7 +90,7 @@ pub fn load(path: &Path) -> Result<Arc<Module>> {
             format!("PKCS#11 module {} cannot be used: {e}", path.display()),
         )
     })?;
-    let pid = crate::fork::pid();
+    let pid = crate::core::fork::pid();
     let mut modules = lock(registry());
     let forked = match modules.get(&canonical) {
         Some(m) if m.pid == pid => return Ok(m.clone()),
@@ -199,7 +179,6 @@ fn open(path: &Path, pid: u32, forked: bool, expected: &[String]) -> Result<Modu
         ctx,
         path: path.to_path_buf(),
         pid,
-        tokens: Mutex::new(HashMap::new()),
         seen_labels: Mutex::new(Vec::new()),
         initialized_here,
         initialized_at: std::time::Instant::now(),

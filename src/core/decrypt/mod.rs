@@ -1,17 +1,20 @@
-//! Private-key operations other than signing: RSA decryption (PKCS#1 v1.5, OAEP, raw) and
-//! ECDH key agreement.
+//! Private-key operations other than signing: RSA decryption (PKCS#1 v1.5, OAEP, raw) here,
+//! OAEP unpadding in software (`oaep`), ECDH key agreement (`ecdh`).
 
 use cryptoki::error::{Error as CkError, RvError};
-use cryptoki::mechanism::elliptic_curve::{EcKdf, Ecdh1DeriveParams};
-use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource};
+use cryptoki::mechanism::rsa::{PkcsOaepParams, PkcsOaepSource};
 use cryptoki::mechanism::{Mechanism, MechanismType};
-use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::object::ObjectHandle;
 use cryptoki::session::Session;
 
-use crate::error::{Context, Error, Kind, Result};
-use crate::key::KeyInfo;
-use crate::mechanism::{HashAlg, KeyKind, MechanismSet};
-use crate::oaep;
+use crate::core::error::{Context, Error, Result};
+use crate::core::key::KeyInfo;
+use crate::core::mechanism::{HashAlg, KeyKind, MechanismSet};
+
+mod ecdh;
+pub mod oaep;
+
+pub use ecdh::ecdh;
 
 /// How to decrypt.
 #[derive(Debug, Clone)]
@@ -23,26 +26,6 @@ pub enum Decryption {
         label: Vec<u8>,
     },
     Raw,
-}
-
-fn mgf(hash: HashAlg) -> PkcsMgfType {
-    match hash {
-        HashAlg::Sha1 => PkcsMgfType::MGF1_SHA1,
-        HashAlg::Sha224 => PkcsMgfType::MGF1_SHA224,
-        HashAlg::Sha256 => PkcsMgfType::MGF1_SHA256,
-        HashAlg::Sha384 => PkcsMgfType::MGF1_SHA384,
-        HashAlg::Sha512 => PkcsMgfType::MGF1_SHA512,
-    }
-}
-
-fn digest_mechanism(hash: HashAlg) -> MechanismType {
-    match hash {
-        HashAlg::Sha1 => MechanismType::SHA1,
-        HashAlg::Sha224 => MechanismType::SHA224,
-        HashAlg::Sha256 => MechanismType::SHA256,
-        HashAlg::Sha384 => MechanismType::SHA384,
-        HashAlg::Sha512 => MechanismType::SHA512,
-    }
 }
 
 /// Decrypts `data` with an RSA private key.
@@ -80,8 +63,8 @@ pub fn decrypt(
         } => {
             if token.has(MechanismType::RSA_PKCS_OAEP) {
                 let params = PkcsOaepParams::new(
-                    digest_mechanism(*hash),
-                    mgf(*mgf_hash),
+                    hash.digest_mechanism(),
+                    mgf_hash.mgf1(),
                     if label.is_empty() {
                         PkcsOaepSource::empty()
                     } else {
@@ -124,61 +107,4 @@ fn raw(session: &Session, handle: ObjectHandle, data: &[u8], k: usize) -> Result
         out = padded;
     }
     Ok(out)
-}
-
-/// ECDH: the shared secret (the x coordinate) with the peer's public point (uncompressed).
-pub fn ecdh(
-    session: &Session,
-    handle: ObjectHandle,
-    info: &KeyInfo,
-    token: &dyn MechanismSet,
-    peer_point: &[u8],
-) -> Result<Vec<u8>> {
-    let Some(curve) = info.curve.filter(|_| info.kind == KeyKind::Ec) else {
-        return Err(Error::mechanism(format!(
-            "ECDH needs an EC key on a Weierstrass curve, but {}",
-            info.describe()
-        )));
-    };
-    if !token.has(MechanismType::ECDH1_DERIVE) {
-        return Err(Error::mechanism(
-            "the token does not offer CKM_ECDH1_DERIVE",
-        ));
-    }
-    if peer_point.len() != curve.public_len() || peer_point.first() != Some(&0x04) {
-        return Err(Error::value(format!(
-            "the peer key must be an uncompressed {} point ({} bytes)",
-            curve.name(),
-            curve.public_len()
-        )));
-    }
-    let field = (curve.public_len() - 1) / 2;
-    let template = [
-        Attribute::Class(ObjectClass::SECRET_KEY),
-        Attribute::KeyType(KeyType::GENERIC_SECRET),
-        Attribute::Token(false),
-        Attribute::Sensitive(false),
-        Attribute::Extractable(true),
-        Attribute::ValueLen((field as u64).into()),
-    ];
-    let mechanism = Mechanism::Ecdh1Derive(Ecdh1DeriveParams::new(EcKdf::null(), peer_point));
-    let derived = session
-        .derive_key(&mechanism, handle, &template)
-        .map_err(|e| {
-            let mut err = Error::from_cryptoki(e, "deriving an ECDH shared secret");
-            if err.rv == Some(RvError::ArgumentsBad) {
-                err.kind = Kind::Value;
-            }
-            err
-        })?;
-    let value = session.get_attributes(derived, &[AttributeType::Value]);
-    let _ = session.destroy_object(derived);
-    for a in value.context("reading the ECDH shared secret")? {
-        if let Attribute::Value(v) = a {
-            return Ok(v);
-        }
-    }
-    Err(Error::mechanism(
-        "the token did not reveal the derived ECDH secret (CKA_VALUE)",
-    ))
 }

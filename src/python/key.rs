@@ -9,86 +9,15 @@ use pyo3::types::{PyBytes, PyList};
 use cryptoki::object::ObjectHandle;
 use cryptoki::session::Session;
 
-use crate::decrypt::{self, Decryption};
-use crate::error::{Error, Result};
-use crate::key::{self, KeyInfo};
-use crate::mechanism::{check_scheme_key, ecdsa_der, HashAlg, JoseAlg, Scheme};
-use crate::pool::{KeyEntry, Lease, Pool};
-use crate::py_session::SessionSlot;
-use crate::py_util::{detach_interruptible, opt_count, type_name};
-use crate::token::TokenState;
-
-/// Where a key gets its session from.
-#[derive(Clone)]
-pub enum Binding {
-    /// The session it was loaded from: valid while that session is open.
-    Session(Arc<SessionSlot>),
-    /// The pool: each operation borrows a session.
-    Pool,
-}
-
-/// What a key operation needs, cheap to clone into a worker thread.
-#[derive(Clone)]
-pub struct KeyRef {
-    pool: Arc<Pool>,
-    binding: Binding,
-    entry: Arc<KeyEntry>,
-}
-
-impl KeyRef {
-    /// Runs `op` on a lease: the key's own session, or one borrowed from the pool for the
-    /// whole call. Blocking: call it without the GIL.
-    fn with_lease<T>(
-        &self,
-        interrupt: &dyn Fn() -> Result<()>,
-        op: impl FnOnce(&mut Lease) -> Result<T>,
-    ) -> Result<T> {
-        match &self.binding {
-            Binding::Session(slot) => slot.with_lease(op),
-            Binding::Pool => {
-                let mut lease = self.pool.acquire(false, interrupt)?;
-                let r = op(&mut lease);
-                self.pool.release(lease);
-                r
-            }
-        }
-    }
-
-    /// Signs each input, with recovery; one lease for the whole batch.
-    fn sign_blocking(
-        &self,
-        scheme: Scheme,
-        inputs: &[&[u8]],
-        interrupt: &dyn Fn() -> Result<()>,
-    ) -> Result<Vec<Vec<u8>>> {
-        let (pool, entry) = (&self.pool, &self.entry);
-        self.with_lease(interrupt, |lease| {
-            let mut out = Vec::with_capacity(inputs.len());
-            for data in inputs {
-                out.push(pool.run(lease, |session, token, refind| {
-                    let handle = pool.key_handle(session, token, entry, refind)?;
-                    key::sign(session, handle, &scheme, &entry.info, token, data)
-                })?);
-            }
-            Ok(out)
-        })
-    }
-
-    /// One private-key operation with the key's handle, with recovery.
-    fn with_handle_blocking<T>(
-        &self,
-        interrupt: &dyn Fn() -> Result<()>,
-        op: impl Fn(&Session, &TokenState, ObjectHandle) -> Result<T>,
-    ) -> Result<T> {
-        let (pool, entry) = (&self.pool, &self.entry);
-        self.with_lease(interrupt, |lease| {
-            pool.run(lease, |session, token, refind| {
-                let handle = pool.key_handle(session, token, entry, refind)?;
-                op(session, token, handle)
-            })
-        })
-    }
-}
+use crate::core::bound_key::{Binding, KeyRef};
+use crate::core::decrypt::{self, Decryption};
+use crate::core::error::{Error, Result};
+use crate::core::key::KeyInfo;
+use crate::core::mechanism::{check_scheme_key, ecdsa_der, HashAlg, JoseAlg, Scheme};
+use crate::core::pool::{KeyEntry, Pool};
+use crate::core::token::TokenState;
+use crate::python::args::{opt_count, type_name};
+use crate::python::gil::detach_interruptible;
 
 /// A private key object in the token (found by label and/or id). Its public half is read
 /// once; private operations run in the token.
@@ -219,7 +148,7 @@ impl PyKey {
     ) -> PyResult<Bound<'py, PyAny>> {
         let scheme = self.jose(alg)?;
         let key = self.key.clone();
-        crate::py_async::spawn_bytes(py, move || {
+        crate::python::asyncio::spawn_bytes(py, move || {
             let mut sigs = key.sign_blocking(scheme, &[&data], &|| Ok(()))?;
             Ok(sigs.pop().unwrap_or_default())
         })
@@ -238,7 +167,7 @@ impl PyKey {
             let item = item?;
             items.push(item.cast_into::<PyBytes>().map_err(|e| {
                 PyErr::from(Error::new(
-                    crate::error::Kind::Type,
+                    crate::core::error::Kind::Type,
                     format!(
                         "sign_many takes an iterable of bytes, not of {}",
                         type_name(e.into_inner().as_any())
@@ -367,7 +296,7 @@ impl PyKey {
         format!(
             "<Key label={:?} id={} {}>",
             info.label.as_deref().unwrap_or(""),
-            crate::mechanism::hex(&info.id),
+            crate::core::mechanism::hex(&info.id),
             what
         )
     }

@@ -15,8 +15,8 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyBytes;
 
-use crate::error::{Error, Kind, Result};
-use crate::module::lock;
+use crate::core::error::Result;
+use crate::core::module::lock;
 
 /// Threads that run PKCS#11 work for asyncio callers: `HSMKEY_ASYNC_THREADS`, or the number
 /// of CPUs. More threads than cores buys nothing from a token that computes in this process
@@ -83,6 +83,7 @@ pub fn spawn<'py, T: Send + 'static>(
         let result = work();
         // Nothing to deliver to once the interpreter is finalizing.
         let _ = Python::try_attach(|py| {
+            crate::python::logging::flush(py);
             let (ok, value) = match result.map_err(PyErr::from).and_then(|v| convert(py, v)) {
                 Ok(v) => (true, v),
                 Err(e) => (false, e.into_value(py).into_any()),
@@ -106,10 +107,6 @@ pub fn spawn_bytes<'py>(
     spawn(py, work, |py, out| {
         Ok(PyBytes::new(py, &out).into_any().unbind())
     })
-}
-
-pub fn worker_error(message: &str) -> Error {
-    Error::new(Kind::PoolClosed, message)
 }
 
 /// Adds the done-callback that returns a session whose `__aenter__` was cancelled.

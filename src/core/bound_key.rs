@@ -1,0 +1,87 @@
+//! A key bound to where it gets sessions from (the block it was loaded in, or its pool), and
+//! its private-key operations with the pool's recovery. Blocking: the bindings call these
+//! without the GIL.
+
+use std::sync::Arc;
+
+use cryptoki::object::ObjectHandle;
+use cryptoki::session::Session;
+
+use crate::core::error::Result;
+use crate::core::key;
+use crate::core::mechanism::Scheme;
+use crate::core::pool::{KeyEntry, Lease, Pool};
+use crate::core::session::SessionSlot;
+use crate::core::token::TokenState;
+
+/// Where a key gets its session from.
+#[derive(Clone)]
+pub enum Binding {
+    /// The session it was loaded from: valid while that session is open.
+    Session(Arc<SessionSlot>),
+    /// The pool: each operation borrows a session.
+    Pool,
+}
+
+/// What a key operation needs, cheap to clone into a worker thread.
+#[derive(Clone)]
+pub struct KeyRef {
+    pub pool: Arc<Pool>,
+    pub binding: Binding,
+    pub entry: Arc<KeyEntry>,
+}
+
+impl KeyRef {
+    /// Runs `op` on a lease: the key's own session, or one borrowed from the pool for the
+    /// whole call. Blocking: call it without the GIL.
+    pub fn with_lease<T>(
+        &self,
+        interrupt: &dyn Fn() -> Result<()>,
+        op: impl FnOnce(&mut Lease) -> Result<T>,
+    ) -> Result<T> {
+        match &self.binding {
+            Binding::Session(slot) => slot.with_lease(op),
+            Binding::Pool => {
+                let mut lease = self.pool.acquire(false, interrupt)?;
+                let r = op(&mut lease);
+                self.pool.release(lease);
+                r
+            }
+        }
+    }
+
+    /// Signs each input, with recovery; one lease for the whole batch.
+    pub fn sign_blocking(
+        &self,
+        scheme: Scheme,
+        inputs: &[&[u8]],
+        interrupt: &dyn Fn() -> Result<()>,
+    ) -> Result<Vec<Vec<u8>>> {
+        let (pool, entry) = (&self.pool, &self.entry);
+        self.with_lease(interrupt, |lease| {
+            let mut out = Vec::with_capacity(inputs.len());
+            for data in inputs {
+                out.push(pool.run(lease, |session, token, refind| {
+                    let handle = pool.key_handle(session, token, entry, refind)?;
+                    key::sign(session, handle, &scheme, &entry.info, token, data)
+                })?);
+            }
+            Ok(out)
+        })
+    }
+
+    /// One private-key operation with the key's handle, with recovery.
+    pub fn with_handle_blocking<T>(
+        &self,
+        interrupt: &dyn Fn() -> Result<()>,
+        op: impl Fn(&Session, &TokenState, ObjectHandle) -> Result<T>,
+    ) -> Result<T> {
+        let (pool, entry) = (&self.pool, &self.entry);
+        self.with_lease(interrupt, |lease| {
+            pool.run(lease, |session, token, refind| {
+                let handle = pool.key_handle(session, token, entry, refind)?;
+                op(session, token, handle)
+            })
+        })
+    }
+}

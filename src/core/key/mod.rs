@@ -1,0 +1,112 @@
+//! Private keys in the token: how one is asked for (`KeyQuery`) and what is known of it
+//! without a secret (`KeyInfo`). `find` looks keys up, `public` reads their public halves,
+//! `sign` makes one signature.
+
+use cryptoki::object::{Attribute, ObjectClass};
+
+use crate::core::error::{Error, Kind, Result};
+use crate::core::mechanism::{hex, Curve, KeyKind};
+
+mod find;
+mod public;
+mod sign;
+
+pub use find::{find_private_key, list_private_keys};
+pub use public::read_info;
+pub use sign::sign;
+
+/// How a key was asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct KeyQuery {
+    pub label: Option<String>,
+    pub id: Option<Vec<u8>>,
+}
+
+impl KeyQuery {
+    pub fn new(label: Option<String>, id: Option<Vec<u8>>) -> Result<Self> {
+        if label.is_none() && id.is_none() {
+            return Err(Error::value("give key_label=, key_id= or both"));
+        }
+        if let Some(l) = &label {
+            if l.contains('\0') {
+                return Err(Error::value("key_label must not contain NUL characters"));
+            }
+        }
+        Ok(KeyQuery { label, id })
+    }
+
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(l) = &self.label {
+            parts.push(format!("label {l:?}"));
+        }
+        if let Some(id) = &self.id {
+            parts.push(format!("id {}", hex(id)));
+        }
+        parts.join(" and ")
+    }
+
+    pub fn template(&self, class: ObjectClass) -> Vec<Attribute> {
+        let mut t = vec![Attribute::Class(class)];
+        if let Some(l) = &self.label {
+            t.push(Attribute::Label(l.as_bytes().to_vec()));
+        }
+        if let Some(id) = &self.id {
+            t.push(Attribute::Id(id.clone()));
+        }
+        t
+    }
+}
+
+/// The public facts of a private key, read once.
+#[derive(Debug, Clone)]
+pub struct KeyInfo {
+    pub kind: KeyKind,
+    pub curve: Option<Curve>,
+    pub bits: usize,
+    pub label: Option<String>,
+    pub id: Vec<u8>,
+    pub modulus: Option<Vec<u8>>,
+    pub public_exponent: Option<Vec<u8>>,
+    /// Uncompressed point (Weierstrass) or raw public key (Edwards).
+    pub ec_point: Option<Vec<u8>>,
+}
+
+impl KeyInfo {
+    pub fn describe(&self) -> String {
+        let name = match &self.label {
+            Some(l) => format!("key {l:?}"),
+            None => format!("key with id {}", hex(&self.id)),
+        };
+        match (self.kind, self.curve) {
+            (KeyKind::Rsa, _) => format!("{name} is RSA {}", self.bits),
+            (_, Some(c)) => format!("{name} is {} {}", self.kind.name(), c.name()),
+            (_, None) => format!("{name} is {}", self.kind.name()),
+        }
+    }
+}
+
+/// Outcome of a search that found no private key: the caller must first ask the session
+/// whether it is still logged in (a logged-out session finds no private objects, silently).
+pub fn not_found(query: &KeyQuery, token: &str) -> Error {
+    Error::new(
+        Kind::KeyNotFound,
+        format!("no private key with {} on {token}", query.describe()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_need_a_label_or_id() {
+        assert!(KeyQuery::new(None, None).is_err());
+        assert!(KeyQuery::new(Some("a\0b".into()), None).is_err());
+        let q = KeyQuery::new(Some("k".into()), Some(vec![1, 0xab]));
+        assert_eq!(
+            q.map(|q| q.describe()).ok().as_deref(),
+            Some("label \"k\" and id 01ab")
+        );
+    }
+}

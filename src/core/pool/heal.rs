@@ -1,0 +1,222 @@
+//! Healing after a failed operation: the session itself says what broke (tokens answer the
+//! same fault with different codes), that is healed once, and the operation runs once more.
+
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::session::Session;
+
+use super::{Lease, Pool, State};
+use crate::core::error::{Error, Kind, Result};
+use crate::core::log;
+use crate::core::module::lock;
+use crate::core::token::{is_logged_in, TokenState};
+
+/// Why an operation failed, as far as healing goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    SessionGone,
+    LoggedOut,
+    StaleHandle,
+    TokenGone,
+    /// The code said "session gone" but the session is there: try once more on it.
+    Retry,
+}
+
+impl Pool {
+    /// Runs `op` on the lease's session; if it fails because the session, the login or the
+    /// key handle was lost, heals that once and runs it once more. `op` gets `refind = true`
+    /// on the retry after a stale key handle.
+    pub fn run<T>(
+        &self,
+        lease: &mut Lease,
+        mut op: impl FnMut(&Session, &TokenState, bool) -> Result<T>,
+    ) -> Result<T> {
+        lease.check_owner()?;
+        if lease.session.is_none() {
+            // A session replaced after an earlier failure could not be reopened then.
+            lease.session = Some(lease.token.open_session(lease.rw)?);
+        }
+        let seen_epoch = lease.token.epoch();
+        let err = match op(lease.session()?, &lease.token, false) {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        let Some(fault) = diagnose(lease, &err) else {
+            self.replace_after_error(lease, &err);
+            return Err(err);
+        };
+        self.heal(lease, fault, seen_epoch, &err)?;
+        lock(&self.state).stats.recoveries += 1;
+        let result = op(lease.session()?, &lease.token, fault == Fault::StaleHandle);
+        if let Err(e) = &result {
+            self.replace_after_error(lease, e);
+        }
+        result
+    }
+    /// After a token error that was not healed, the session may still carry an active
+    /// operation (a token that fails `C_Sign` without ending it answers every later
+    /// `C_SignInit` with `CKR_OPERATION_ACTIVE`), or be dead: swap it for a fresh one, closing
+    /// it if the token still knows it and forgetting it if not.
+    fn replace_after_error(&self, lease: &mut Lease, err: &Error) {
+        if err.rv.is_none() || err.is_pin_error() {
+            return;
+        }
+        if let Some(old) = lease.session.take() {
+            if old.get_session_info().is_ok() {
+                let _ = old.close();
+            } else {
+                std::mem::forget(old);
+            }
+        }
+        lock(&self.state).stats.discarded += 1;
+        lease.session = lease.token.open_session(lease.rw).ok();
+    }
+    fn heal(&self, lease: &mut Lease, fault: Fault, seen_epoch: u64, err: &Error) -> Result<()> {
+        let what = err.rv_name().unwrap_or_else(|| err.message.clone());
+        match fault {
+            Fault::Retry => {
+                log::log(
+                    log::INFO,
+                    &format!("the token answered {what} for a session it still knows; retrying"),
+                );
+                Ok(())
+            }
+            Fault::StaleHandle => {
+                log::log(
+                    log::INFO,
+                    &format!("key handle no longer valid ({what}); finding the key again"),
+                );
+                Ok(())
+            }
+            Fault::LoggedOut => {
+                log::log(
+                    log::WARNING,
+                    &format!(
+                        "login to {} was lost ({what}); logging in again",
+                        lease.token.describe()
+                    ),
+                );
+                self.relogin(lease, seen_epoch)
+            }
+            Fault::TokenGone => {
+                log::log(
+                    log::WARNING,
+                    &format!(
+                        "{} went away ({what}); dropping its sessions and finding it again",
+                        lease.token.describe()
+                    ),
+                );
+                lease.token.mark_gone();
+                if let Some(dead) = lease.session.take() {
+                    std::mem::forget(dead);
+                }
+                {
+                    let mut st = lock(&self.state);
+                    if st.conn.as_ref().map(|c| c.gen) == Some(lease.gen) {
+                        st.conn = None;
+                    }
+                }
+                let purged = self.purge_dead_idle(true);
+                lock(&self.state).stats.discarded += 1 + purged;
+                let conn = self.connection()?;
+                lease.token = conn.token.clone();
+                lease.gen = conn.gen;
+                lease.session = Some(conn.token.open_session(lease.rw)?);
+                Ok(())
+            }
+            Fault::SessionGone => {
+                log::log(
+                    log::WARNING,
+                    &format!(
+                        "session on {} was lost ({what}); discarding it and retrying on a \
+                         fresh one",
+                        lease.token.describe()
+                    ),
+                );
+                if let Some(dead) = lease.session.take() {
+                    std::mem::forget(dead);
+                }
+                let purged = self.purge_dead_idle(false);
+                lock(&self.state).stats.discarded += 1 + purged;
+                let fresh = lease.token.open_session(lease.rw)?;
+                let logged_in = fresh
+                    .get_session_info()
+                    .map(|i| is_logged_in(i.session_state()))
+                    .unwrap_or(false);
+                lease.session = Some(fresh);
+                if logged_in {
+                    Ok(())
+                } else {
+                    self.relogin(lease, seen_epoch)
+                }
+            }
+        }
+    }
+    fn relogin(&self, lease: &Lease, seen_epoch: u64) -> Result<()> {
+        match lease
+            .token
+            .relogin(&self.cfg.pin, self.cfg.pin_policy, seen_epoch)
+        {
+            Ok(did) => {
+                if did {
+                    lock(&self.state).stats.relogins += 1;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                if e.is_pin_error() {
+                    lock(&self.state).failure = Some(e.clone());
+                }
+                Err(e)
+            }
+        }
+    }
+    /// Drops idle sessions that the token no longer knows (all of them if `all`), without
+    /// closing their handles (a stale handle number may already name someone else's session).
+    fn purge_dead_idle(&self, all: bool) -> u64 {
+        let mut st = lock(&self.state);
+        let mut purged = 0;
+        let State {
+            idle_ro, idle_rw, ..
+        } = &mut *st;
+        for idle in [idle_ro, idle_rw] {
+            let mut keep = Vec::with_capacity(idle.len());
+            for i in idle.drain(..) {
+                if !all && i.session.get_session_info().is_ok() {
+                    keep.push(i);
+                } else {
+                    std::mem::forget(i.session);
+                    purged += 1;
+                }
+            }
+            *idle = keep;
+        }
+        purged
+    }
+}
+
+/// What broke, judged by the session itself (tokens answer the same fault with different
+/// codes, so the return code alone cannot tell).
+fn diagnose(lease: &Lease, err: &Error) -> Option<Fault> {
+    if err.is_pin_error() || (err.rv.is_none() && err.kind != Kind::KeyNotFound) {
+        return None;
+    }
+    let Some(session) = lease.session.as_ref() else {
+        return Some(Fault::SessionGone);
+    };
+    match session.get_session_info() {
+        Err(CkError::Pkcs11(RvError::DeviceRemoved | RvError::TokenNotPresent, _)) => {
+            Some(Fault::TokenGone)
+        }
+        Err(_) => Some(Fault::SessionGone),
+        Ok(info) if !is_logged_in(info.session_state()) => Some(Fault::LoggedOut),
+        Ok(_) => match err.rv {
+            Some(RvError::ObjectHandleInvalid | RvError::KeyHandleInvalid) => {
+                Some(Fault::StaleHandle)
+            }
+            Some(RvError::SessionHandleInvalid | RvError::SessionClosed) => Some(Fault::Retry),
+            Some(RvError::DeviceRemoved | RvError::TokenNotPresent) => Some(Fault::TokenGone),
+            Some(RvError::UserNotLoggedIn) => Some(Fault::LoggedOut),
+            _ => None,
+        },
+    }
+}

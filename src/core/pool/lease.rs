@@ -1,0 +1,234 @@
+//! Lending sessions: the warm LIFO stacks (read-only and read-write), the bound on sessions
+//! open at once, waiting with a timeout, idle expiry, and taking sessions back.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cryptoki::session::Session;
+
+use super::{close_all, Conn, Idle, Pool, State};
+use crate::core::error::{Error, Kind, Result};
+use crate::core::log;
+use crate::core::module::lock;
+use crate::core::token::TokenState;
+
+const WAIT_SLICE: Duration = Duration::from_millis(50);
+
+/// A session lent out by the pool.
+pub struct Lease {
+    pub(super) session: Option<Session>,
+    pub rw: bool,
+    pub token: Arc<TokenState>,
+    pub(super) gen: u64,
+    pub(super) pid: u32,
+}
+
+impl Lease {
+    /// The session, for this process only (see [`Lease::check_owner`]).
+    pub fn session(&self) -> Result<&Session> {
+        self.check_owner()?;
+        self.session
+            .as_ref()
+            .ok_or_else(|| Error::new(Kind::Session, "the session was lost"))
+    }
+
+    /// Fails in a forked child: a session borrowed before `fork()` is the parent's, and a
+    /// call on its handle would run on the parent's session (or on whatever the child's own
+    /// module state numbers that way).
+    pub fn check_owner(&self) -> Result<()> {
+        let pid = crate::core::fork::pid();
+        if self.pid == pid {
+            return Ok(());
+        }
+        Err(Error::new(
+            Kind::Session,
+            format!(
+                "this session was borrowed by process {} before fork(); process {pid} cannot \
+                 use it: open a new `with pool.session()` block (or use a pool-bound key) in \
+                 the child",
+                self.pid
+            ),
+        ))
+    }
+}
+
+impl Pool {
+    /// Lends a session, waiting up to `acquire_timeout` for one to be free. `interrupt` is
+    /// called about every 50 ms while waiting (to let Ctrl-C through).
+    pub fn acquire(&self, rw: bool, interrupt: &dyn Fn() -> Result<()>) -> Result<Lease> {
+        // One lock of the state on a warm pool: the loop connects only when it must.
+        let mut conn: Conn;
+        // Set once connected (a first login is not counted against acquire_timeout).
+        let mut deadline: Option<Instant> = None;
+        let mut waited = false;
+        let mut st = lock(&self.state);
+        loop {
+            match self.current(&mut st)? {
+                Some(c) => conn = c,
+                None => {
+                    drop(st);
+                    self.connection()?;
+                    st = lock(&self.state);
+                    continue;
+                }
+            }
+            let now = Instant::now();
+            let mut expired = self.take_expired(&mut st, now);
+            let free = st.in_use < self.cfg.max_sessions;
+            let idle = if rw { &mut st.idle_rw } else { &mut st.idle_ro };
+            if let Some(Idle { session, .. }) = idle.pop().filter(|_| free) {
+                st.in_use += 1;
+                st.stats.reused += 1;
+                st.stats.max_in_use = st.stats.max_in_use.max(st.in_use as u64);
+                let lease = Lease {
+                    session: Some(session),
+                    rw,
+                    token: conn.token.clone(),
+                    gen: conn.gen,
+                    pid: st.pid,
+                };
+                drop(st);
+                close_all(expired);
+                return Ok(lease);
+            }
+            if free {
+                // Keep the sessions open on the token (lent + idle of both kinds) within
+                // max_sessions too: make room by closing the oldest idle one of the other kind.
+                if st.in_use + st.idle_ro.len() + st.idle_rw.len() >= self.cfg.max_sessions {
+                    let other = if rw { &mut st.idle_ro } else { &mut st.idle_rw };
+                    if !other.is_empty() {
+                        expired.push(other.remove(0).session);
+                    }
+                }
+                st.in_use += 1;
+                st.stats.created += 1;
+                st.stats.max_in_use = st.stats.max_in_use.max(st.in_use as u64);
+                let pid = st.pid;
+                drop(st);
+                close_all(expired);
+                return match conn.token.open_session(rw) {
+                    Ok(session) => {
+                        log::log(
+                            log::DEBUG,
+                            &format!(
+                                "opened a {} session on {}",
+                                if rw { "read-write" } else { "read-only" },
+                                conn.token.describe()
+                            ),
+                        );
+                        Ok(Lease {
+                            session: Some(session),
+                            rw,
+                            token: conn.token.clone(),
+                            gen: conn.gen,
+                            pid,
+                        })
+                    }
+                    Err(e) => {
+                        let mut st = lock(&self.state);
+                        st.in_use = st.in_use.saturating_sub(1);
+                        st.stats.created -= 1;
+                        self.cond.notify_one();
+                        Err(e)
+                    }
+                };
+            }
+            drop(st);
+            close_all(expired);
+            st = lock(&self.state);
+            if !waited {
+                waited = true;
+                st.stats.waits += 1;
+            }
+            let now = Instant::now();
+            let deadline = *deadline.get_or_insert(now + self.cfg.acquire_timeout);
+            if now >= deadline {
+                st.stats.timeouts += 1;
+                return Err(Error::new(
+                    Kind::PoolExhausted,
+                    format!(
+                        "no session on {} became free within {:.3} s: all {} are in use; \
+                         return sessions sooner or raise max_sessions= / acquire_timeout=",
+                        conn.token.describe(),
+                        self.cfg.acquire_timeout.as_secs_f64(),
+                        self.cfg.max_sessions
+                    ),
+                ));
+            }
+            let slice = (deadline - now).min(WAIT_SLICE);
+            st.waiting += 1;
+            st = match self.cond.wait_timeout(st, slice) {
+                Ok((g, _)) => g,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+            st.waiting -= 1;
+            drop(st);
+            interrupt()?;
+            st = lock(&self.state);
+        }
+    }
+    fn take_expired(&self, st: &mut State, now: Instant) -> Vec<Session> {
+        let mut out = Vec::new();
+        let State {
+            idle_ro, idle_rw, ..
+        } = st;
+        for idle in [idle_ro, idle_rw] {
+            // LIFO: the oldest sessions are at the front.
+            let n = idle
+                .iter()
+                .take_while(|i| now.duration_since(i.since) > self.cfg.max_idle)
+                .count();
+            out.extend(idle.drain(..n).map(|i| i.session));
+        }
+        out
+    }
+    /// Returns a lease. Sessions of a closed pool are closed; the last one returned to a
+    /// closed pool releases its share of the login.
+    pub fn release(&self, mut lease: Lease) {
+        let session = lease.session.take();
+        let mut st = lock(&self.state);
+        let pid = crate::core::fork::pid();
+        if lease.pid != pid || st.pid != pid {
+            // Inherited from the parent process: not ours to close or reuse.
+            std::mem::forget(session);
+            return;
+        }
+        st.in_use = st.in_use.saturating_sub(1);
+        let current = st.conn.as_ref().map(|c| c.gen) == Some(lease.gen);
+        let mut close = None;
+        if let Some(s) = session {
+            if !current {
+                // From a connection dropped because the token went away: the handle means
+                // nothing now (and may name somebody else's session): never close it.
+                std::mem::forget(s);
+            } else if st.closed {
+                close = Some(s);
+            } else {
+                let idle = if lease.rw {
+                    &mut st.idle_rw
+                } else {
+                    &mut st.idle_ro
+                };
+                idle.push(Idle {
+                    session: s,
+                    since: Instant::now(),
+                });
+            }
+        }
+        let finish = if st.closed && st.in_use == 0 {
+            st.conn.take()
+        } else {
+            None
+        };
+        if st.waiting > 0 {
+            self.cond.notify_one();
+        }
+        drop(st);
+        if let Some(s) = close {
+            let _ = s.close();
+        }
+        if let Some(conn) = finish {
+            conn.token.leave();
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! The session pool: lazy connection, shared login, warm LIFO sessions, bounded lending with a
+//! timeout, idle expiry, fork awareness, and the one-retry recovery of lost sessions, logins
+//! and key handles.
+//!
+//! This file holds the pool's state and its connection to the token; the rest is one file a
+//! concern: `lease` (lending and returning sessions), `heal` (diagnosing a failed operation
+//! and the one retry), `key_cache` (keys found once per login epoch), `stats`, `fork`
+//! (forgetting the parent's state in a child) and `registry` (every live pool, closed at
+//! exit).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use cryptoki::session::Session;
+use key_cache::KeyCache;
+
+use crate::core::error::{Error, Kind, Result};
+use crate::core::log;
+use crate::core::module::{self, lock};
+use crate::core::secret::Pin;
+use crate::core::token::{self, PinPolicy, TokenCriteria, TokenState};
+
+mod fork;
+mod heal;
+mod key_cache;
+mod lease;
+mod registry;
+mod stats;
+
+pub use key_cache::KeyEntry;
+pub use lease::Lease;
+pub use registry::{close_all_pools, register};
+pub use stats::{Snapshot, Stats};
+
+/// Sessions a pool lends at once when `max_sessions` is not given.
+pub const DEFAULT_MAX_SESSIONS: usize = 64;
+
+/// What a pool was built with.
+pub struct PoolConfig {
+    pub module_path: PathBuf,
+    pub criteria: TokenCriteria,
+    pub pin: Pin,
+    pub max_sessions: usize,
+    pub acquire_timeout: Duration,
+    pub max_idle: Duration,
+    pub pin_policy: PinPolicy,
+}
+
+static CONNECTIONS: AtomicU64 = AtomicU64::new(1);
+
+#[derive(Clone)]
+struct Conn {
+    token: Arc<TokenState>,
+    gen: u64,
+}
+
+struct Idle {
+    session: Session,
+    since: Instant,
+}
+
+struct State {
+    closed: bool,
+    pid: u32,
+    conn: Option<Conn>,
+    /// A PIN failure: raised again on every use, never retried.
+    failure: Option<Error>,
+    idle_ro: Vec<Idle>,
+    idle_rw: Vec<Idle>,
+    in_use: usize,
+    /// Threads blocked in `acquire` (a return wakes one only if there is one).
+    waiting: usize,
+    stats: Stats,
+}
+
+pub struct Pool {
+    pub cfg: PoolConfig,
+    state: Mutex<State>,
+    cond: Condvar,
+    connect_lock: Mutex<()>,
+    keys: KeyCache,
+}
+
+impl Pool {
+    pub fn new(cfg: PoolConfig) -> Self {
+        Pool {
+            cfg,
+            state: Mutex::new(State {
+                closed: false,
+                pid: crate::core::fork::pid(),
+                conn: None,
+                failure: None,
+                idle_ro: Vec::new(),
+                idle_rw: Vec::new(),
+                in_use: 0,
+                waiting: 0,
+                stats: Stats::default(),
+            }),
+            cond: Condvar::new(),
+            connect_lock: Mutex::new(()),
+            keys: KeyCache::default(),
+        }
+    }
+    pub fn describe(&self) -> String {
+        self.cfg.criteria.describe()
+    }
+    fn current(&self, st: &mut State) -> Result<Option<Conn>> {
+        self.reset_after_fork(st);
+        if st.closed {
+            return Err(closed_error());
+        }
+        if let Some(f) = &st.failure {
+            return Err(f.clone());
+        }
+        Ok(st.conn.clone())
+    }
+    /// The connection, made on first use: load the module, find the token, join the login.
+    fn connection(&self) -> Result<Conn> {
+        if let Some(c) = self.current(&mut lock(&self.state))? {
+            return Ok(c);
+        }
+        let _connecting = lock(&self.connect_lock);
+        if let Some(c) = self.current(&mut lock(&self.state))? {
+            return Ok(c);
+        }
+        let result = self.connect();
+        let mut st = lock(&self.state);
+        match result {
+            Ok((token, logged_in)) => {
+                if st.closed {
+                    drop(st);
+                    token.leave();
+                    return Err(closed_error());
+                }
+                if logged_in {
+                    st.stats.logins += 1;
+                }
+                let conn = Conn {
+                    token,
+                    gen: CONNECTIONS.fetch_add(1, Ordering::Relaxed),
+                };
+                st.conn = Some(conn.clone());
+                Ok(conn)
+            }
+            Err(e) => {
+                if e.is_pin_error() {
+                    st.failure = Some(e.clone());
+                }
+                Err(e)
+            }
+        }
+    }
+    fn connect(&self) -> Result<(Arc<TokenState>, bool)> {
+        let module = module::load(&self.cfg.module_path)?;
+        let mut attempt = 0u64;
+        let token = loop {
+            let found = {
+                let _shared = module
+                    .connecting
+                    .read()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                token::find_slot(&module, &self.cfg.criteria).and_then(|(slot, info)| {
+                    token::shared(&module, slot, || {
+                        TokenState::new(module.clone(), slot, &info)
+                    })
+                })
+            };
+            match found {
+                Err(e) if e.kind == Kind::TokenNotFound && attempt < 3 => {
+                    // A token SoftHSM2 could not read at start-up (see reload_if_unused).
+                    attempt += 1;
+                    if !module.reload_if_unused(|| token::module_in_use(&module)) {
+                        return Err(e);
+                    }
+                    log::log(
+                        log::INFO,
+                        &format!("token not found; re-initialized the module ({e})"),
+                    );
+                    std::thread::sleep(Duration::from_millis(10 * attempt));
+                }
+                other => break other?,
+            }
+        };
+        let joined = token.join(&self.cfg.pin, self.cfg.pin_policy)?;
+        Ok((token, joined.logged_in))
+    }
+    /// Connects and logs in now, and checks that a session can be opened.
+    pub fn check(&self) -> Result<()> {
+        let lease = self.acquire(false, &|| Ok(()))?;
+        let r = lease.session().and_then(|s| {
+            s.get_session_info()
+                .map_err(|e| Error::from_cryptoki(e, "checking the session"))
+        });
+        self.release(lease);
+        r.map(|_| ())
+    }
+    /// Closes idle sessions and releases this pool's share of the login (at once, or when
+    /// the last lent session comes back).
+    pub fn close(&self) {
+        let mut st = lock(&self.state);
+        self.reset_after_fork(&mut st);
+        if st.closed {
+            return;
+        }
+        st.closed = true;
+        let State {
+            idle_ro, idle_rw, ..
+        } = &mut *st;
+        let idle: Vec<Session> = idle_ro
+            .drain(..)
+            .chain(idle_rw.drain(..))
+            .map(|i| i.session)
+            .collect();
+        let finish = if st.in_use == 0 { st.conn.take() } else { None };
+        self.cond.notify_all();
+        drop(st);
+        self.keys.clear();
+        close_all(idle);
+        if let Some(conn) = finish {
+            conn.token.leave();
+        }
+    }
+    pub fn is_closed(&self) -> bool {
+        lock(&self.state).closed
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn closed_error() -> Error {
+    Error::new(
+        Kind::PoolClosed,
+        "the pool is closed; create a new SessionPool",
+    )
+}
+
+fn close_all(sessions: Vec<Session>) {
+    for s in sessions {
+        let _ = s.close();
+    }
+}

@@ -1,0 +1,157 @@
+//! The state every pool, session and `hsm_session` on one token shares within the process:
+//! its mechanisms, its login (`login`) and the login epoch that key handles are cached
+//! under. `slot` finds the token by label, serial or slot id.
+//!
+//! PKCS#11 login belongs to the application and the token, not to a session: one `C_Login`
+//! logs in every session of the process, one `C_Logout` logs all of them out, and closing the
+//! last session logs out too. So the login is reference-counted here, and an *anchor* session
+//! stays open while anyone holds a reference, keeping the login alive whatever the pools do
+//! with their own sessions.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+use cryptoki::mechanism::MechanismType;
+use cryptoki::session::{Session, SessionState};
+use cryptoki::slot::{Slot, TokenInfo};
+
+use crate::core::error::{Context, Error, Result};
+use crate::core::mechanism::MechanismSet;
+use crate::core::module::{lock, Module};
+
+mod login;
+mod slot;
+
+use login::Login;
+pub use login::{forget_failed_logins, Joined, PinPolicy};
+pub use slot::{find_slot, TokenCriteria};
+
+/// Epochs are unique in the process (and across forks: a child continues the counter), so a
+/// handle cached under one epoch can never be mistaken for one of another token state.
+static EPOCHS: AtomicU64 = AtomicU64::new(1);
+
+pub fn next_epoch() -> u64 {
+    EPOCHS.fetch_add(1, Ordering::Relaxed) + 1
+}
+
+/// The login shared by everything in this process that uses one token.
+pub struct TokenState {
+    pub module: Arc<Module>,
+    pub slot: Slot,
+    pub label: String,
+    pub serial: String,
+    mechanisms: HashSet<cryptoki_sys::CK_MECHANISM_TYPE>,
+    epoch: AtomicU64,
+    login: Mutex<Login>,
+    /// Set when the token went away: this state is dead, the next pool to connect makes a
+    /// new one.
+    gone: AtomicBool,
+}
+
+impl MechanismSet for TokenState {
+    fn has(&self, mechanism: MechanismType) -> bool {
+        self.mechanisms.contains(&*mechanism)
+    }
+}
+
+pub fn is_logged_in(state: SessionState) -> bool {
+    matches!(
+        state,
+        SessionState::RoUser | SessionState::RwUser | SessionState::RwSecurityOfficer
+    )
+}
+
+/// The token states of the process, by module path and slot: one per token, shared.
+type States = Mutex<HashMap<(PathBuf, u64), Weak<TokenState>>>;
+
+fn states() -> &'static States {
+    static STATES: OnceLock<States> = OnceLock::new();
+    STATES.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// The shared state of the token in `slot` of `module`, made with `make` on first use (or
+/// when the last one went away with its token, or belongs to a module of the parent process).
+pub fn shared(
+    module: &Arc<Module>,
+    slot: Slot,
+    make: impl FnOnce() -> Result<TokenState>,
+) -> Result<Arc<TokenState>> {
+    let key = (module.path.clone(), slot.id());
+    let mut all = lock(states());
+    if let Some(state) = all.get(&key).and_then(Weak::upgrade) {
+        if !state.is_gone() && Arc::ptr_eq(&state.module, module) {
+            return Ok(state);
+        }
+    }
+    let state = Arc::new(make()?);
+    all.insert(key, Arc::downgrade(&state));
+    Ok(state)
+}
+
+/// True while any token state of `module` is alive (someone uses the module).
+pub fn module_in_use(module: &Arc<Module>) -> bool {
+    lock(states())
+        .values()
+        .filter_map(Weak::upgrade)
+        .any(|state| Arc::ptr_eq(&state.module, module))
+}
+
+impl TokenState {
+    pub fn new(module: Arc<Module>, slot: Slot, info: &TokenInfo) -> Result<Self> {
+        let mechanisms = module
+            .ctx
+            .get_mechanism_list(slot)
+            .context("listing the token's mechanisms")?
+            .into_iter()
+            .map(|m| *m)
+            .collect();
+        Ok(TokenState {
+            module,
+            slot,
+            label: info.label().trim_end().to_string(),
+            serial: info.serial_number().trim_end().to_string(),
+            mechanisms,
+            epoch: AtomicU64::new(0),
+            login: Mutex::new(Login::default()),
+            gone: AtomicBool::new(false),
+        })
+    }
+    /// The current login epoch: changes on every (re-)login; 0 before the first.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+    pub fn describe(&self) -> String {
+        format!("token {:?} (serial {})", self.label, self.serial)
+    }
+    /// Opens a session that is never closed by dropping it: closing is always explicit, so
+    /// that a forked child or a session lost behind our back never closes a handle it does not
+    /// own.
+    pub fn open_session(&self, rw: bool) -> Result<Session> {
+        let r = if rw {
+            self.module.ctx.open_rw_session_no_drop(self.slot)
+        } else {
+            self.module.ctx.open_ro_session_no_drop(self.slot)
+        };
+        r.map_err(|e| Error::from_cryptoki(e, &format!("opening a session on {}", self.describe())))
+    }
+    /// Marks this state dead after the token went away; forgets the anchor without calling
+    /// the module (its handle means nothing any more).
+    pub fn mark_gone(&self) {
+        self.gone.store(true, Ordering::Release);
+        self.forget_anchor();
+        self.epoch.store(next_epoch(), Ordering::Release);
+    }
+    pub fn is_gone(&self) -> bool {
+        self.gone.load(Ordering::Acquire)
+    }
+    /// Forgets the login without calling the module: used in a forked child for state that
+    /// belongs to the parent.
+    pub fn forget_anchor(&self) {
+        let mut login = lock(&self.login);
+        if let Some(anchor) = login.anchor.take() {
+            std::mem::forget(anchor);
+        }
+    }
+}
