@@ -116,3 +116,14 @@ def test_changelog_has_the_version() -> None:
     assert re.search(rf"^## \[{version}\] - (\d{{4}}-\d\d-\d\d|Unreleased)$", changelog, re.M), (
         f"CHANGELOG.md has no '## [{cargo_version()}] - <date>' section"
     )
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    """.ci/run runs exactly the test command the README gives, wheels included."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    commands = re.findall(r"^    (bash scripts/nox -s tests\b.*)$", readme, re.M)
+    assert len(commands) == 1, commands
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    runs = [line for line in ci.splitlines() if line.startswith("bash scripts/nox")]
+    assert runs == commands
+    assert "wheels" in commands[0].split()
