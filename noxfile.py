@@ -39,7 +39,9 @@ RUFF = "ruff==0.17.6"
 # mypy 2 no longer checks for Python 3.9, the oldest this package supports.
 MYPY = "mypy>=1.11,<2"
 TEST_EXTRAS = ".[test]"
-TEST_DEPS = ["hypothesis", "joserfc"]  # beyond the [test] extra
+# The client libraries hsmkey.adapters and the recipes are tested against (docs/clients.rst).
+CLIENT_DEPS = ["joserfc", "Authlib", "josepy", "acme", "signxml", "securesystemslib", "tuf"]
+TEST_DEPS = ["hypothesis", *CLIENT_DEPS]  # beyond the [test] extra
 LINT_PATHS = ["python", "tests", "noxfile.py", "bench", "docs"]
 
 # command -> Debian package that provides it
@@ -160,7 +162,8 @@ def stress(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     """mypy --strict over python/ (the package, its stubs), with the package installed, and
     mypy.stubtest of the Rust core's stubs against the compiled module."""
-    session.install(".", MYPY)
+    # hsmkey.adapters imports joserfc, Authlib and josepy: mypy checks it against them.
+    session.install(".", MYPY, "joserfc", "Authlib", "josepy")
     session.run("mypy", "--strict", "python/")
     # The docs' examples, the way users write them (jwcrypto has no type information).
     session.install("PyJWT", "joserfc", "pytest")

@@ -220,7 +220,7 @@ def test_wheel_contents_and_metadata(wheel: Path) -> None:
         "hsmkey/__main__.py",
         "hsmkey/_hsmkey.pyi",
         "hsmkey/py.typed",
-        "hsmkey/cli.py",
+        "hsmkey/cli/__init__.py",
         "hsmkey/testing.py",
         "hsmkey/demo.py",
         f"{dist_info}/licenses/LICENSE",
