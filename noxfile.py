@@ -1,11 +1,15 @@
 """Developer tasks for hsmkey: ``bash scripts/nox -s <session>`` (or ``nox -s <session>``).
 
 - ``tests``: install the package, ``cargo test`` (the core's unit tests, without Python), ``pytest``
-- ``lint``: ruff (check, format), ``cargo fmt --check``, ``cargo clippy -D warnings``
+- ``remote``: the pool, key, JWK, asyncio and recovery tests through a real remote token
+  (p11-kit's RPC: a p11-kit server in front of SoftHSM2, p11-kit-client.so in the tests)
+- ``lint``: ruff (check, format), the GitHub workflows' schema, ``cargo fmt --check``,
+  ``cargo clippy -D warnings``
 - ``typecheck``: ``mypy --strict`` over the package and its stubs
 - ``demo``: sign and verify a JWT with a key in a throwaway SoftHSM2 token
-- ``wheel``: build one abi3 wheel into ``dist/``, install it into a fresh virtual environment
-  and run the demo, the ``hsmkey`` command and the pytest plugin from it
+- ``wheels``: build the sdist and from it the manylinux2014 abi3 wheel into ``dist/``, check
+  them (auditwheel, twine), install the wheel into fresh virtual environments of every Python
+  found and run the ``hsmkey`` command, the demo and the pytest plugin from there
 - ``docs``: build the Sphinx documentation (``docs/_build/html``), warnings as errors
 
 The tests need SoftHSM2, OpenSC's ``pkcs11-tool`` and p11-kit (Debian: ``softhsm2``,
@@ -16,13 +20,19 @@ apt-get.
 from __future__ import annotations
 
 import os
+import platform
+import re
 import shutil
+import subprocess
+import sys
+import tarfile
+import time
 from pathlib import Path
 
 import nox
 
 nox.needs_version = ">=2024.4.15"
-nox.options.sessions = ["tests", "remote", "lint", "typecheck"]
+nox.options.sessions = ["tests", "remote", "lint", "typecheck", "wheels"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 
@@ -32,7 +42,9 @@ RUFF = "ruff==0.17.6"
 # mypy 2 no longer checks for Python 3.9, the oldest this package supports.
 MYPY = "mypy>=1.11,<2"
 TEST_EXTRAS = ".[test]"
-TEST_DEPS = ["hypothesis", "joserfc"]  # beyond the [test] extra
+# The client libraries hsmkey.adapters and the recipes are tested against (docs/clients.rst).
+CLIENT_DEPS = ["joserfc", "Authlib", "josepy", "acme", "signxml", "securesystemslib", "tuf"]
+TEST_DEPS = ["hypothesis", *CLIENT_DEPS]  # beyond the [test] extra
 LINT_PATHS = ["python", "tests", "noxfile.py", "bench", "docs"]
 
 # command -> Debian package that provides it
@@ -145,6 +157,10 @@ def lint(session: nox.Session) -> None:
     paths = [p for p in LINT_PATHS if (ROOT / p).exists()]
     session.run("ruff", "check", *paths)
     session.run("ruff", "format", "--check", *paths)
+    # The GitHub workflows, against GitHub's schema (vendored in check-jsonschema: offline).
+    session.install("check-jsonschema")
+    workflows = sorted(str(p) for p in (ROOT / ".github" / "workflows").glob("*.y*ml"))
+    session.run("check-jsonschema", "--builtin-schema", "vendor.github-workflows", *workflows)
     session.run("cargo", "fmt", "--all", "--", "--check", external=True)
     session.run("cargo", "fmt", "--manifest-path", FAULTMOD, "--", "--check", external=True)
     session.run(
@@ -190,7 +206,8 @@ def stress(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     """mypy --strict over python/ (the package, its stubs), with the package installed, and
     mypy.stubtest of the Rust core's stubs against the compiled module."""
-    session.install(".", MYPY)
+    # hsmkey.adapters imports joserfc, Authlib and josepy: mypy checks it against them.
+    session.install(".", MYPY, "joserfc", "Authlib", "josepy")
     session.run("mypy", "--strict", "python/")
     # The docs' examples, the way users write them (jwcrypto has no type information).
     session.install("PyJWT", "joserfc", "pytest")
@@ -215,31 +232,120 @@ def demo(session: nox.Session) -> None:
     session.run("python", "-m", "hsmkey.demo", *session.posargs)
 
 
+# The distribution's name as it appears in file names (PEP 427/625: hsmkey-rs -> hsmkey_rs).
+DIST_FILE_NAME = "hsmkey_rs"
+WHEEL_TOOLS = ["maturin>=1.9.4,<2", "ziglang", "auditwheel>=6", "twine>=6.1", "pytest"]
+# Oldest CPython the abi3 wheel supports (pyo3's abi3-py39).
+OLDEST_PYTHON = (3, 9)
+
+
+def python_identity(python: str) -> tuple[str, tuple[int, int, int]] | None:
+    """(sys.base_prefix, version) of an interpreter, or None if it does not run or cannot
+    make virtual environments."""
+    code = (
+        "import ensurepip, sys; ensurepip.version(); "
+        "print(sys.base_prefix); print(*sys.version_info[:3])"
+    )
+    try:
+        out = subprocess.run(
+            [python, "-c", code], capture_output=True, text=True, timeout=60, check=True
+        ).stdout.split("\n")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    major, minor, micro = (int(p) for p in out[1].split())
+    return out[0], (major, minor, micro)
+
+
+def wheel_test_pythons(session: nox.Session) -> list[str]:
+    """The interpreters to install the wheel into, each a different CPython >= 3.9: the
+    default ``python3`` (the one scripts/nox runs), Debian's ``/usr/bin/python3``, and the
+    oldest and newest that pyenv has (when it is there)."""
+    candidates = [shutil.which("python3") or "", "/usr/bin/python3"]
+    if shutil.which("pyenv"):
+        root = subprocess.run(["pyenv", "root"], capture_output=True, text=True, check=False)
+        found = []
+        for python in Path(root.stdout.strip() or "/nonexistent").glob("versions/*/bin/python3"):
+            m = re.fullmatch(r"3\.(\d+)\.(\d+)", python.parent.parent.name)
+            if m and (3, int(m[1])) >= OLDEST_PYTHON:
+                found.append(((int(m[1]), int(m[2])), str(python)))
+        found.sort()
+        candidates += [p for _, p in found[:1] + found[-1:]]
+    chosen: dict[str, str] = {}
+    for python in candidates:
+        identity = python and python_identity(python)
+        if python == "/usr/bin/python3" and identity is None and can_apt_get():
+            # Debian's python3 has no ensurepip (so no venv) until python3-venv is installed.
+            apt_get_install(session, ["python3-venv"])
+            identity = python_identity(python)
+        if identity and identity[1][:2] >= OLDEST_PYTHON and identity[0] not in chosen:
+            chosen[identity[0]] = python
+            session.log(f"wheel test interpreter: {python} ({'.'.join(map(str, identity[1]))})")
+    return list(chosen.values())
+
+
 @nox.session
-def wheel(session: nox.Session) -> None:
-    """Build one abi3 wheel into dist/ (maturin build --release), then install it into a
-    fresh virtual environment, away from the source tree, and run the demo, the command and
-    the pytest plugin from there (tests/test_wheel.py)."""
+def wheels(session: nox.Session) -> None:
+    """Build the release artifacts into dist/ and prove them: the sdist, then from it (as
+    ``python -m build`` does, so that a file missing from the sdist fails here) one abi3 wheel
+    for CPython >= 3.9: on glibc Linux a manylinux2014 wheel (glibc 2.17 and newer, linked
+    with zig). tests/test_wheel.py then checks both with auditwheel and twine, installs the
+    wheel into fresh virtual environments of several interpreters with no Rust toolchain on
+    PATH, and runs ``hsmkey --version``, the demo against SoftHSM2 and the pytest plugin from
+    there. (Its test of ``pip install`` of the sdist, a second release build, runs in the
+    release workflow.) Other platforms' wheels: .github/workflows/release.yml."""
     ensure_system_packages(session)
     ensure_cargo(session)
-    session.install("maturin>=1.5,<2", "pytest")
+    session.install(*WHEEL_TOOLS)
     dist = ROOT / "dist"
-    for old in dist.glob("hsmkey-*.whl"):
+    dist.mkdir(exist_ok=True)
+    for old in [*dist.glob("hsmkey*.whl"), *dist.glob("hsmkey*.tar.gz")]:
         old.unlink()
-    session.run("maturin", "build", "--release", "--locked", "--out", str(dist))
-    wheels = sorted(dist.glob("hsmkey-*.whl"))
+    session.run("maturin", "sdist", "--out", str(dist))
+    sdists = sorted(dist.glob(f"{DIST_FILE_NAME}-*.tar.gz"))
+    if len(sdists) != 1:
+        session.error(f"expected one sdist in {dist}, found {[p.name for p in sdists]}")
+    # Unpacked at a fixed place, so that cargo's cache (CARGO_TARGET_DIR) stays valid for the
+    # dependencies. The sdist's files all carry one fixed old mtime (reproducible sdists),
+    # which would let cargo take them for unchanged: they get the present time instead, so
+    # the crate itself is always compiled from the sdist's sources.
+    unpacked = ROOT / "target" / "sdist-build"
+    shutil.rmtree(unpacked, ignore_errors=True)
+    with tarfile.open(sdists[0]) as tf:
+        tf.extractall(unpacked, filter="data")
+    for path in unpacked.rglob("*"):
+        os.utime(path)
+    (source,) = unpacked.iterdir()
+    build = ["maturin", "build", "--release", "--locked", "--out", str(dist)]
+    if sys.platform == "linux" and platform.libc_ver()[0] == "glibc":
+        # zig links against glibc 2.17's symbols; maturin checks the result against the
+        # manylinux2014 policy (auditwheel's rules) and tags it
+        build += ["--zig", "--compatibility", "manylinux2014"]
+    started = time.monotonic()
+    with session.chdir(source):
+        session.run(*build, env={"CARGO_TARGET_DIR": str(ROOT / "target")})
+    session.log(f"wheel built from the sdist in {time.monotonic() - started:.0f} s")
+    wheels = sorted(dist.glob(f"{DIST_FILE_NAME}-*.whl"))
     if len(wheels) != 1:
-        session.error(f"expected one wheel in {dist}, found {[w.name for w in wheels]}")
-    session.log(f"built {wheels[0].name}")
+        session.error(f"expected one wheel in {dist}, found {[p.name for p in wheels]}")
+    session.log(f"built {sdists[0].name} and {wheels[0].name}")
+    pythons = wheel_test_pythons(session)
     # --noconftest: the test suite's conftest needs hsmkey itself installed; this file does not.
     session.run(
         "pytest",
         "--noconftest",
         "-p",
         "no:cacheprovider",
+        "-v",
         "tests/test_wheel.py",
+        "--deselect",
+        "tests/test_wheel.py::test_sdist_builds_a_working_install",
         *session.posargs,
-        env={"HSMKEY_TEST_WHEEL": "1", "HSMKEY_WHEEL": str(wheels[0])},
+        env={
+            "HSMKEY_TEST_WHEEL": "1",
+            "HSMKEY_WHEEL": str(wheels[0]),
+            "HSMKEY_SDIST": str(sdists[0]),
+            "HSMKEY_WHEEL_PYTHONS": os.pathsep.join(pythons),
+        },
     )
 
 

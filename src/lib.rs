@@ -22,6 +22,7 @@ fn _hsmkey(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<python::session::PySession>()?;
     m.add_class::<python::key::PyKey>()?;
     m.add_function(wrap_pyfunction!(python::pool::_close_all_pools, m)?)?;
+    m.add_function(wrap_pyfunction!(python::pool::_forget_failed_logins, m)?)?;
     m.add_function(wrap_pyfunction!(python::tokens::list_tokens, m)?)?;
     m.add(
         "__all__",
@@ -32,6 +33,7 @@ fn _hsmkey(m: &Bound<'_, PyModule>) -> PyResult<()> {
             "Session",
             "__version__",
             "_close_all_pools",
+            "_forget_failed_logins",
             "list_tokens",
         ],
     )?;

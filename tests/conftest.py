@@ -105,6 +105,16 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     ]
 
 
+@pytest.fixture(autouse=True)
+def _forget_failed_logins() -> Iterator[None]:
+    """hsmkey tries a PIN once per process and token: a PIN that failed in one test (or a
+    good PIN the fault module made fail) would stay refused for the rest of the run."""
+    yield
+    from hsmkey import _hsmkey
+
+    _hsmkey._forget_failed_logins()
+
+
 @pytest.fixture(scope="session")
 def softhsm(pytestconfig: pytest.Config) -> SoftHSM:
     """The SoftHSM2 set-up: module path, tokens ``hsmkey-test`` / ``hsmkey-test-2``, PINs."""

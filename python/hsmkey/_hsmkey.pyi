@@ -16,6 +16,7 @@ __all__ = [
     "Session",
     "__version__",
     "_close_all_pools",
+    "_forget_failed_logins",
     "list_tokens",
 ]
 __version__: str
@@ -189,15 +190,30 @@ class Key:
         hash: _Hash | None = None,
         mgf_hash: _Hash | None = None,
         label: bytes | None = None,
+        allow_raw: bool = False,
     ) -> bytes:
-        """Decrypt with the RSA private key. OAEP hashes default to sha1; where the token's
-        OAEP lacks the hash, the token decrypts raw and hsmkey removes the padding."""
+        """Decrypt with the RSA private key.
+
+        RSA_PKCS: PKCS#1 v1.5 with implicit rejection: a ciphertext with bad padding returns a
+        synthetic message (the same bytes for the same ciphertext and key, in every process)
+        and never raises, like pyca/cryptography's own keys.
+        RSA_OAEP: hashes default to sha1; every failure raises the same ``HSMError``. Where
+        the token's OAEP lacks the hash, or a label is given, the token decrypts raw and
+        hsmkey removes the padding in constant time.
+        RSA_X_509: raw ``c^d mod n``, a private-key oracle: refused unless ``allow_raw=True``.
+        A ciphertext that is not below the modulus raises ``ValueError`` first.
+        """
     def ecdh(self, peer_point: bytes) -> bytes:
         """ECDH with the EC private key: the shared secret with the peer's uncompressed
         public point."""
 
 def _close_all_pools() -> None:
     """Close every live pool of this process (registered with ``atexit``)."""
+
+def _forget_failed_logins() -> None:
+    """Forget the failed logins of this process, so that their PINs may be tried again (for
+    test suites that fake token failures; hsmkey otherwise tries a PIN once per process and
+    token)."""
 
 def list_tokens(
     module_path: str | os.PathLike[str], *, mechanisms: bool = True

@@ -378,8 +378,15 @@ class HSMRSAPrivateKey(_HSMKeyMixin, rsa.RSAPrivateKey):
 
     def decrypt(self, ciphertext: bytes, padding: AsymmetricPadding) -> bytes:
         """Decrypt in the token: ``PKCS1v15()`` or ``OAEP(MGF1(hash), hash, label)`` with
-        SHA-1, SHA-224, SHA-256, SHA-384 or SHA-512 (where the token's OAEP lacks the hash,
-        the token decrypts raw and hsmkey removes the OAEP padding)."""
+        SHA-1, SHA-224, SHA-256, SHA-384 or SHA-512.
+
+        ``PKCS1v15()`` does implicit rejection, as cryptography's own keys do (OpenSSL >=
+        3.2): a ciphertext with bad padding returns a synthetic message, the same bytes for
+        the same ciphertext and key in every process, and never raises; good and bad
+        ciphertexts make the same PKCS#11 calls. ``OAEP`` raises one ``HSMError`` for every
+        failure (where the token's OAEP lacks the hash, or a label is given, the token
+        decrypts raw and hsmkey removes the padding in constant time). A ciphertext that is
+        not below the modulus raises ``ValueError`` before the token is asked."""
         if type(ciphertext) is not bytes:
             ciphertext = _bytes(ciphertext)
         if isinstance(padding, PKCS1v15):
@@ -469,7 +476,11 @@ class HSMEllipticCurvePrivateKey(_HSMKeyMixin, ec.EllipticCurvePrivateKey):
             )
 
     def exchange(self, algorithm: ec.ECDH, peer_public_key: ec.EllipticCurvePublicKey) -> bytes:
-        """ECDH in the token: the shared secret with ``peer_public_key`` (same curve)."""
+        """ECDH in the token: the shared secret with ``peer_public_key`` (same curve).
+
+        The token derives it into a session object that is read once and destroyed at once
+        (if destroying fails, the session is closed, which destroys it); the secret must
+        reach Python for JWE's Concat KDF, so that object cannot be CKA_SENSITIVE."""
         if not isinstance(algorithm, ec.ECDH):
             raise HSMMechanismError(
                 f"{type(algorithm).__name__} is not supported by the HSM {self._what()}: use ECDH()"

@@ -19,7 +19,8 @@ class SessionPool(Pool):
     ``with pool.session():`` block, pool-bound key or :meth:`check`. That first use loads
     the module (once per process), finds the token (by label, serial or slot id) and logs in
     (once per token per process, shared with every other pool on that token). A failed
-    login is remembered: later uses raise the same :class:`~hsmkey.exceptions.HSMPinError`
+    login is remembered for the whole process: later uses of this pool, and of any other
+    pool or :func:`hsm_session` with the same PIN on that token, raise the same exception
     without trying the PIN again.
 
     :param module_path: path of the PKCS#11 shared library.

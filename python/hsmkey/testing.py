@@ -154,8 +154,9 @@ class SoftHSM2Token:
 
     module_path: str
     label: str
-    pin: str
-    so_pin: str
+    #: the user PIN and the security officer's PIN (not shown by ``repr``)
+    pin: str = field(repr=False)
+    so_pin: str = field(repr=False)
     directory: Path
     conf_path: Path
     #: label -> JOSE algorithm of each key in the token (empty for :func:`softhsm2_token`)

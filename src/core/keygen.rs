@@ -5,6 +5,8 @@ use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 
+use zeroize::{Zeroize, Zeroizing};
+
 use crate::core::error::{Context, Error, Result};
 use crate::core::key::KeyQuery;
 use crate::core::mechanism::{Curve, KeyKind};
@@ -149,7 +151,8 @@ pub struct Import {
     pub label: String,
     pub id: Vec<u8>,
     /// (attribute name, value): RSA numbers, or `value` and `ec_point` for EC/Edwards.
-    pub components: Vec<(String, Vec<u8>)>,
+    /// Wiped when dropped.
+    pub components: Vec<(String, Zeroizing<Vec<u8>>)>,
 }
 
 /// Stores a private key (sensitive, never extractable) and its public key in the token;
@@ -159,7 +162,7 @@ pub fn import(session: &Session, key: &Import) -> Result<(ObjectHandle, ObjectHa
         key.components
             .iter()
             .find(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
+            .map(|(_, v)| v.to_vec())
             .ok_or_else(|| Error::value(format!("the key to import has no {name}")))
     };
     let common = |class: ObjectClass, key_type: KeyType, private: bool| {
@@ -223,8 +226,9 @@ pub fn import(session: &Session, key: &Import) -> Result<(ObjectHandle, ObjectHa
         Attribute::Sign(true),
     ]);
     public.push(Attribute::Verify(true));
+    let private = SecretTemplate(private);
     let handle = session
-        .create_object(&private)
+        .create_object(&private.0)
         .context(&format!("importing the private key {:?}", key.label))?;
     match session.create_object(&public) {
         Ok(public_handle) => Ok((handle, public_handle)),
@@ -273,4 +277,25 @@ pub fn delete(session: &Session, query: &KeyQuery) -> Result<usize> {
         }
     }
     Ok(n)
+}
+
+/// A template that carries private-key values: they are wiped when it is dropped, on every
+/// path (cryptoki's `Attribute` does not wipe itself).
+struct SecretTemplate(Vec<Attribute>);
+
+impl Drop for SecretTemplate {
+    fn drop(&mut self) {
+        for attribute in &mut self.0 {
+            match attribute {
+                Attribute::PrivateExponent(v)
+                | Attribute::Prime1(v)
+                | Attribute::Prime2(v)
+                | Attribute::Exponent1(v)
+                | Attribute::Exponent2(v)
+                | Attribute::Coefficient(v)
+                | Attribute::Value(v) => v.zeroize(),
+                _ => {}
+            }
+        }
+    }
 }

@@ -11,6 +11,7 @@ use crate::core::error::{Error, Kind, Result};
 use crate::core::key::KeyQuery;
 use crate::core::pool::DEFAULT_MAX_SESSIONS;
 use crate::core::secret::Pin;
+use crate::python::secrets;
 
 /// Builds a key query from `key_label=` (str) and `key_id=` (bytes, or a hex str).
 pub fn key_query(
@@ -194,7 +195,7 @@ pub fn pin_arg(user_pin: Option<&Bound<'_, PyAny>>) -> PyResult<Pin> {
     Ok(match user_pin {
         Some(p) if !p.is_none() => {
             if let Ok(s) = p.cast::<PyString>() {
-                Pin::new(s.to_cow()?.as_bytes().to_vec())
+                Pin::new(std::mem::take(&mut *secrets::utf8(s)?))
             } else if let Ok(b) = p.cast::<PyBytes>() {
                 Pin::new(b.as_bytes().to_vec())
             } else {

@@ -396,6 +396,8 @@ struct Dispatcher {
 #[pymethods]
 impl Dispatcher {
     fn __call__(&self, py: Python<'_>) {
+        // What the workers logged (they never take the GIL) goes to Python's logging here.
+        crate::python::logging::flush(py);
         // The pipe first: a worker that finds the queue taken wakes the loop again.
         if let Some(pipe) = &self.pipe {
             pipe.drain();
@@ -445,6 +447,7 @@ impl Dispatcher {
         }
         // Nothing to deliver to once the interpreter is finalizing.
         let _ = Python::try_attach(|py| {
+            crate::python::logging::flush(py);
             let woke = this
                 .event_loop
                 .call0(py)
@@ -751,10 +754,6 @@ fn new_future<'py>(
         .get_or_try_init(py, || aio(py)?.getattr("new_future").map(Bound::unbind))?
         .bind(py);
     new.call1((event_loop, Py::new(py, canceller)?))
-}
-
-pub fn worker_error(message: &str) -> Error {
-    Error::new(Kind::PoolClosed, message)
 }
 
 fn aio(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {

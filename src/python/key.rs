@@ -240,11 +240,14 @@ impl PyKey {
         }
     }
 
-    /// Decrypts with the RSA private key: ``"RSA_PKCS"`` (PKCS#1 v1.5), ``"RSA_OAEP"``
-    /// (``hash``/``mgf_hash`` default sha1, optional ``label``) or ``"RSA_X_509"`` (raw).
-    /// Where the token's OAEP lacks the hash, the token decrypts raw and hsmkey removes the
-    /// OAEP padding.
-    #[pyo3(signature = (mechanism, data, *, hash=None, mgf_hash=None, label=None))]
+    /// Decrypts with the RSA private key: ``"RSA_PKCS"`` (PKCS#1 v1.5 with implicit
+    /// rejection: a ciphertext with bad padding decrypts to a synthetic message that is the
+    /// same every time, and never raises), ``"RSA_OAEP"`` (``hash``/``mgf_hash`` default sha1,
+    /// optional ``label``; every failure raises the same ``HSMError``) or ``"RSA_X_509"``
+    /// (raw ``c^d mod n``, a private-key oracle: only with ``allow_raw=True``).
+    /// A ciphertext not below the modulus raises ``ValueError`` before the token sees it.
+    #[pyo3(signature = (mechanism, data, *, hash=None, mgf_hash=None, label=None, allow_raw=false))]
+    #[allow(clippy::too_many_arguments)]
     fn decrypt<'py>(
         &self,
         py: Python<'py>,
@@ -253,10 +256,19 @@ impl PyKey {
         hash: Option<&str>,
         mgf_hash: Option<&str>,
         label: Option<&[u8]>,
+        allow_raw: bool,
     ) -> PyResult<Bound<'py, PyBytes>> {
         let how = match mechanism {
             "RSA_PKCS" => Decryption::Pkcs1v15,
-            "RSA_X_509" => Decryption::Raw,
+            "RSA_X_509" if allow_raw => Decryption::Raw,
+            "RSA_X_509" => {
+                return Err(Error::mechanism(
+                    "raw RSA decryption (RSA_X_509) returns c^d mod n for any c: whoever \
+                     chooses the ciphertexts can sign and decrypt anything with the key. \
+                     Pass allow_raw=True if that is what you mean",
+                )
+                .into())
+            }
             "RSA_OAEP" => {
                 let hash = HashAlg::parse(hash.unwrap_or("sha1"))?;
                 Decryption::Oaep {
@@ -279,15 +291,17 @@ impl PyKey {
         let plain = self.with_handle(py, |session, token, handle| {
             decrypt::decrypt(session, handle, info, token, &how, data)
         })?;
+        // The only copy that is not wiped: the bytes object the caller asked for.
         Ok(PyBytes::new(py, &plain))
     }
 
     /// ECDH with an EC private key: the shared secret (x coordinate) with ``peer_point``,
-    /// the peer's uncompressed public point.
+    /// the peer's uncompressed public point. The token derives it into a session object that
+    /// is read once and destroyed (its session is closed if that fails).
     fn ecdh<'py>(&self, py: Python<'py>, peer_point: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
-        let info = self.info();
-        let secret = self.with_handle(py, |session, token, handle| {
-            decrypt::ecdh(session, handle, info, token, peer_point)
+        let key = &self.key;
+        let secret = detach_interruptible(py, |interrupt| {
+            decrypt::ecdh_blocking(key, peer_point, interrupt)
         })?;
         Ok(PyBytes::new(py, &secret))
     }

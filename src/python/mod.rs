@@ -10,5 +10,6 @@ pub mod gil;
 pub mod key;
 pub mod logging;
 pub mod pool;
+pub mod secrets;
 pub mod session;
 pub mod tokens;

@@ -13,7 +13,7 @@ use crate::core::token::{PinPolicy, TokenCriteria};
 use crate::python::args::{
     key_query, max_sessions_arg, path_arg, pin_arg, seconds, slot_id_arg, text_arg, value_error,
 };
-use crate::python::gil::detach_interruptible;
+use crate::python::gil::{detach, detach_interruptible};
 use crate::python::key::PyKey;
 use crate::python::session::{open_now, PySession};
 
@@ -119,8 +119,9 @@ impl PyPool {
 
     /// True once `close()` was called.
     #[getter]
-    fn closed(&self) -> bool {
-        self.pool.is_closed()
+    fn closed(&self, py: Python<'_>) -> bool {
+        let pool = &self.pool;
+        py.detach(|| pool.is_closed())
     }
 
     /// A context manager that borrows a warm session on entry and returns it on exit.
@@ -138,7 +139,7 @@ impl PyPool {
     /// Connects and logs in now, raising what the first block would raise.
     fn check(&self, py: Python<'_>) -> PyResult<()> {
         let pool = self.pool.clone();
-        py.detach(move || pool.check())?;
+        detach(py, move || pool.check())?;
         Ok(())
     }
 
@@ -180,7 +181,8 @@ impl PyPool {
     /// Counters: in_use, idle, created, reused, waits, timeouts, relogins, discarded,
     /// recoveries, logins, max_in_use, epoch.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let snap = self.pool.snapshot();
+        let pool = &self.pool;
+        let snap = py.detach(|| pool.snapshot());
         let d = PyDict::new(py);
         d.set_item("in_use", snap.in_use)?;
         d.set_item("idle", snap.idle)?;
@@ -200,7 +202,7 @@ impl PyPool {
     /// Closes idle sessions and releases this pool's share of the token login.
     fn close(&self, py: Python<'_>) {
         let pool = self.pool.clone();
-        py.detach(move || pool.close());
+        detach(py, move || pool.close());
     }
 
     fn __enter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
@@ -239,9 +241,15 @@ impl PyPool {
 /// by the Python package, so that interpreter exit leaves nothing open on the token.
 #[pyfunction]
 pub fn _close_all_pools(py: Python<'_>) {
-    py.detach(|| {
+    detach(py, || {
         // Let asyncio results in delivery land first (see py_async).
         crate::python::asyncio::wait_idle(Duration::from_secs(10));
         pool::close_all_pools();
     });
+}
+
+/// Forgets the failed logins of this process (test suites that fake token failures only).
+#[pyfunction]
+pub fn _forget_failed_logins() {
+    crate::core::token::forget_failed_logins();
 }

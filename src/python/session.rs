@@ -3,10 +3,9 @@
 use std::sync::{Arc, Mutex};
 
 use pyo3::prelude::*;
-use pyo3::types::PyType;
+use pyo3::types::{PyBytes, PyDict, PyType};
 
 use crate::core::bound_key::Binding;
-use crate::core::error::{Error, Kind, Result};
 use crate::core::key::KeyQuery;
 use crate::core::keygen::{Import, KeySpec};
 use crate::core::module::lock;
@@ -14,15 +13,12 @@ use crate::core::pool::{Lease, Pool};
 use crate::core::session::{SessionSlot, SlotState};
 use crate::python::args::{key_query, opt_bytes, opt_count};
 use crate::python::asyncio::Gate;
-use crate::python::gil::detach_interruptible;
+use crate::python::gil::{detach, detach_interruptible};
 use crate::python::key::PyKey;
+use crate::python::secrets;
 
 /// What `hsmkey._import.key_components` returns: key type, curve, attribute values.
-type ImportedParts = (
-    String,
-    Option<String>,
-    std::collections::HashMap<String, Vec<u8>>,
-);
+type ImportedParts<'py> = (String, Option<String>, Bound<'py, PyDict>);
 
 /// A PKCS#11 session lent by a pool. Use it as a context manager (``with pool.session() as
 /// session:``); keys loaded from it are valid until the block ends.
@@ -47,21 +43,15 @@ impl PySession {
     }
 
     fn open(&self, py: Python<'_>) -> PyResult<()> {
-        let slot = self.slot.clone();
-        let rw = self.rw;
-        detach_interruptible(py, move |interrupt| {
-            let mut st = lock(&slot.state);
-            if st.closed {
-                return Err(Error::new(
-                    Kind::PoolClosed,
-                    "this session was closed; call pool.session() again for a new one",
-                ));
-            }
-            if st.lease.is_none() {
-                st.lease = Some(slot.pool.acquire(rw, interrupt)?);
-            }
-            Ok(())
-        })
+        let (slot, rw) = (self.slot.clone(), self.rw);
+        detach_interruptible(py, move |interrupt| slot.open(rw, interrupt))
+    }
+
+    /// `(closed, borrowed)`, read without the GIL: the slot's lock may be held by a thread
+    /// that is itself waiting for the GIL.
+    fn status(&self, py: Python<'_>) -> (bool, bool) {
+        let slot = &self.slot;
+        py.detach(|| slot.status())
     }
 }
 
@@ -75,8 +65,8 @@ impl PySession {
 
     /// True once the session went back to its pool.
     #[getter]
-    fn closed(&self) -> bool {
-        lock(&self.slot.state).closed
+    fn closed(&self, py: Python<'_>) -> bool {
+        self.status(py).0
     }
 
     /// A private key, valid while this session is open.
@@ -89,8 +79,9 @@ impl PySession {
     ) -> PyResult<PyKey> {
         let query: KeyQuery = key_query(key_label, key_id)?;
         let slot = self.slot.clone();
-        let entry =
-            py.detach(move || slot.with_lease(|lease| slot.pool.find_key(lease, &query)))?;
+        let entry = detach(py, move || {
+            slot.with_lease(|lease| slot.pool.find_key(lease, &query))
+        })?;
         Ok(PyKey::new(
             self.slot.pool.clone(),
             Binding::Session(self.slot.clone()),
@@ -116,8 +107,9 @@ impl PySession {
         let bits = opt_count("bits", bits, 0..=1 << 20)?;
         let spec = KeySpec::new(key_type, bits, curve, label.to_owned(), key_id)?;
         let slot = self.slot.clone();
-        let entry =
-            py.detach(move || slot.with_lease(|lease| slot.pool.generate_key(lease, &spec)))?;
+        let entry = detach(py, move || {
+            slot.with_lease(|lease| slot.pool.generate_key(lease, &spec))
+        })?;
         Ok(PyKey::new(
             self.slot.pool.clone(),
             Binding::Session(self.slot.clone()),
@@ -137,11 +129,18 @@ impl PySession {
         key_id: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<PyKey> {
         let key_id = opt_bytes("key_id", key_id)?;
-        let (key_type, curve, components): ImportedParts = py
+        let (key_type, curve, parts): ImportedParts = py
             .import("hsmkey._import")?
             .call_method1("key_components", (key,))?
             .extract()?;
-        let components: Vec<(String, Vec<u8>)> = components.into_iter().collect();
+        // Each value is copied into zeroizing memory and its bytes object (made for this
+        // import, held by `parts` alone) wiped.
+        let mut components = Vec::with_capacity(parts.len());
+        for (name, value) in parts.iter() {
+            let value = value.cast_into::<PyBytes>()?;
+            components.push((name.extract::<String>()?, secrets::take_owned(&value, 1)));
+        }
+        drop(parts);
         // (The size given to KeySpec only matters for generation; imports keep theirs.)
         let spec = KeySpec::new(&key_type, None, curve.as_deref(), label.to_owned(), key_id)?;
         let import = Import {
@@ -152,8 +151,9 @@ impl PySession {
             components,
         };
         let slot = self.slot.clone();
-        let entry =
-            py.detach(move || slot.with_lease(|lease| slot.pool.import_key(lease, &import)))?;
+        let entry = detach(py, move || {
+            slot.with_lease(|lease| slot.pool.import_key(lease, &import))
+        })?;
         Ok(PyKey::new(
             self.slot.pool.clone(),
             Binding::Session(self.slot.clone()),
@@ -164,7 +164,9 @@ impl PySession {
     /// Every private key in the token that hsmkey can use (RSA, EC, Edwards).
     fn list_keys(&self, py: Python<'_>) -> PyResult<Vec<PyKey>> {
         let slot = self.slot.clone();
-        let entries = py.detach(move || slot.with_lease(|lease| slot.pool.list_keys(lease)))?;
+        let entries = detach(py, move || {
+            slot.with_lease(|lease| slot.pool.list_keys(lease))
+        })?;
         Ok(entries
             .into_iter()
             .map(|e| {
@@ -188,13 +190,15 @@ impl PySession {
     ) -> PyResult<usize> {
         let query: KeyQuery = key_query(key_label, key_id)?;
         let slot = self.slot.clone();
-        Ok(py.detach(move || slot.with_lease(|lease| slot.pool.delete_key(lease, &query)))?)
+        Ok(detach(py, move || {
+            slot.with_lease(|lease| slot.pool.delete_key(lease, &query))
+        })?)
     }
 
     /// Returns the session to its pool. Calling it again does nothing.
     fn close(&self, py: Python<'_>) {
         let slot = self.slot.clone();
-        py.detach(move || slot.close());
+        detach(py, move || slot.close());
     }
 
     /// ``async with pool.session() as session:`` borrows the session on a worker thread;
@@ -219,22 +223,7 @@ impl PySession {
         let fut = crate::python::asyncio::spawn(
             py,
             Gate::Pool(&pool),
-            move |interrupt| -> Result<()> {
-                if lock(&slot.state).lease.is_some() {
-                    return Ok(());
-                }
-                let lease = slot.pool.acquire(rw, interrupt)?;
-                let mut st = lock(&slot.state);
-                if st.closed {
-                    drop(st);
-                    slot.pool.release(lease);
-                    return Err(crate::python::asyncio::worker_error(
-                        "this session was closed (or its task cancelled) while it waited",
-                    ));
-                }
-                st.lease = Some(lease);
-                Ok(())
-            },
+            move |interrupt| slot.open(rw, interrupt),
             move |_, ()| Ok(me),
         )?;
         crate::python::asyncio::close_when_cancelled(&fut, slf.into_any().unbind())?;
@@ -254,7 +243,7 @@ impl PySession {
         if !slot.pool.is_closed() {
             // Giving a session back to an open pool makes no PKCS#11 call: done here, at
             // once, so that the next task gets it without a trip through a worker.
-            py.detach(|| slot.close());
+            detach(py, || slot.close());
             let done = false.into_pyobject(py)?.to_owned().into_any();
             return crate::python::asyncio::ready(py, done);
         }
@@ -287,14 +276,11 @@ impl PySession {
         self.close(py);
     }
 
-    fn __repr__(&self) -> String {
-        let st = lock(&self.slot.state);
-        let state = if st.closed {
-            "closed"
-        } else if st.lease.is_some() {
-            "open"
-        } else {
-            "not entered"
+    fn __repr__(&self, py: Python<'_>) -> String {
+        let state = match self.status(py) {
+            (true, _) => "closed",
+            (false, true) => "open",
+            (false, false) => "not entered",
         };
         format!(
             "<Session {} on {} {}>",

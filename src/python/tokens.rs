@@ -6,6 +6,7 @@ use pyo3::types::{PyDict, PyList};
 
 use crate::core::{inventory, module};
 use crate::python::args::path_arg;
+use crate::python::gil::detach;
 
 /// Every slot of the module with its token and mechanisms (no session, no login).
 #[pyfunction]
@@ -16,7 +17,7 @@ pub fn list_tokens<'py>(
     mechanisms: bool,
 ) -> PyResult<Vec<Bound<'py, PyDict>>> {
     let path = path_arg(module_path)?;
-    let slots = py.detach(move || -> crate::core::error::Result<_> {
+    let slots = detach(py, move || -> crate::core::error::Result<_> {
         let module = module::load(&path)?;
         inventory::list(&module, mechanisms)
     })?;

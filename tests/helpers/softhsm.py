@@ -15,7 +15,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import hsmkey.testing as hsmkey_testing
@@ -120,8 +120,8 @@ HARNESS_KEYS = TOKEN2_KEYS
 @dataclass(frozen=True)
 class Token:
     label: str
-    pin: str
-    so_pin: str
+    pin: str = field(repr=False)
+    so_pin: str = field(repr=False)
     slot_id: int
     serial: str
 

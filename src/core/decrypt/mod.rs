@@ -1,42 +1,104 @@
-//! Private-key operations other than signing: RSA decryption (PKCS#1 v1.5, OAEP, raw) here,
-//! OAEP unpadding in software (`oaep`), ECDH key agreement (`ecdh`).
+//! Private-key operations other than signing: RSA decryption (PKCS#1 v1.5 with implicit
+//! rejection, OAEP, raw) here, the padding in software (`pkcs1v15`, `oaep`, over the
+//! constant-time helpers of `ct`), the per-key secret of synthetic messages (`rejection`),
+//! ECDH key agreement (`ecdh`).
+//!
+//! Nothing here may be an oracle: for PKCS#1 v1.5 a bad ciphertext decrypts (to a synthetic
+//! message) with the same PKCS#11 calls as a good one; for OAEP every failure is one error,
+//! with the same calls. A failed `C_Decrypt` ends the operation and leaves the session as it
+//! was, so its data errors become errors without a return code: the pool neither asks the
+//! session about its health nor replaces it (which would be one more signal, and churn).
+//! Every intermediate secret (raw RSA result, encoded block, seed, masks, plaintext) is in a
+//! zeroizing buffer.
 
+use std::collections::HashSet;
+use std::sync::{Mutex, OnceLock};
+
+use cryptoki::context::Function;
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::rsa::{PkcsOaepParams, PkcsOaepSource};
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::ObjectHandle;
 use cryptoki::session::Session;
+use subtle::Choice;
+use zeroize::Zeroizing;
 
-use crate::core::error::{Context, Error, Result};
+use crate::core::error::{Error, Kind, Result};
 use crate::core::key::KeyInfo;
 use crate::core::mechanism::{HashAlg, KeyKind, MechanismSet};
+use crate::core::module::lock;
+use crate::core::token::TokenState;
 
+pub mod ct;
 mod ecdh;
 pub mod oaep;
+pub mod pkcs1v15;
+pub mod rejection;
 
-pub use ecdh::ecdh;
+pub use ecdh::{ecdh, ecdh_blocking};
 
 /// How to decrypt.
 #[derive(Debug, Clone)]
 pub enum Decryption {
+    /// PKCS#1 v1.5 with implicit rejection: never fails on bad padding.
     Pkcs1v15,
     Oaep {
         hash: HashAlg,
         mgf_hash: HashAlg,
         label: Vec<u8>,
     },
+    /// Raw RSA (`c^d mod n`): a private-key oracle; the bindings let it through only on an
+    /// explicit opt-in.
     Raw,
 }
 
-/// Decrypts `data` with an RSA private key.
+/// The one error of every failed OAEP decryption, whatever failed (token or software).
+pub fn decryption_failed() -> Error {
+    Error::new(
+        Kind::General,
+        "decryption failed: wrong key, hash or label, or a corrupted ciphertext",
+    )
+}
+
+/// `C_Decrypt` failed because of the data (not the session): the operation has ended and
+/// the session is fine. Tokens say it in different words (SoftHSM2: `CKR_GENERAL_ERROR`).
+fn is_data_error(err: &CkError) -> bool {
+    matches!(
+        err,
+        CkError::Pkcs11(
+            RvError::EncryptedDataInvalid
+                | RvError::EncryptedDataLenRange
+                | RvError::DataInvalid
+                | RvError::DataLenRange
+                | RvError::GeneralError
+                | RvError::FunctionFailed
+                | RvError::ArgumentsBad
+                | RvError::MechanismParamInvalid,
+            Function::Decrypt,
+        )
+    )
+}
+
+/// A decryption's cryptoki error: data errors become the uniform [`decryption_failed`]
+/// (no return code, so nothing heals or replaces the session); anything else (session lost,
+/// logged out, device gone) keeps its code for the pool's recovery.
+fn decrypt_error(err: CkError, what: &str) -> Error {
+    if is_data_error(&err) {
+        decryption_failed()
+    } else {
+        Error::from_cryptoki(err, what)
+    }
+}
+
+/// Decrypts `data` with an RSA private key; the plaintext in zeroizing memory.
 pub fn decrypt(
     session: &Session,
     handle: ObjectHandle,
     info: &KeyInfo,
-    token: &dyn MechanismSet,
+    token: &TokenState,
     how: &Decryption,
     data: &[u8],
-) -> Result<Vec<u8>> {
+) -> Result<Zeroizing<Vec<u8>>> {
     if info.kind != KeyKind::Rsa {
         return Err(Error::mechanism(format!(
             "decryption needs an RSA key, but {}",
@@ -51,60 +113,185 @@ pub fn decrypt(
             data.len()
         )));
     }
+    let n = rejection::modulus_bytes(info, k);
+    // Public values both: checked in software, before the token sees the ciphertext.
+    if let Some(n) = &n {
+        if data >= n.as_slice() {
+            return Err(Error::value(
+                "the ciphertext is not smaller than the RSA modulus: it was not made with this key",
+            ));
+        }
+    }
     match how {
-        Decryption::Pkcs1v15 => session
-            .decrypt(&Mechanism::RsaPkcs, handle, data)
-            .context("decrypting (RSA PKCS#1 v1.5)"),
+        Decryption::Pkcs1v15 => {
+            let n = n.ok_or_else(|| {
+                Error::mechanism(format!(
+                    "{} has no readable modulus (CKA_MODULUS)",
+                    info.describe()
+                ))
+            })?;
+            pkcs1v15_decrypt(session, handle, info, token, &n, data, k)
+        }
         Decryption::Raw => raw(session, handle, data, k),
         Decryption::Oaep {
             hash,
             mgf_hash,
             label,
-        } => {
-            if token.has(MechanismType::RSA_PKCS_OAEP) {
-                let params = PkcsOaepParams::new(
-                    hash.digest_mechanism(),
-                    mgf_hash.mgf1(),
-                    if label.is_empty() {
-                        PkcsOaepSource::empty()
-                    } else {
-                        PkcsOaepSource::data_specified(label)
-                    },
-                );
-                match session.decrypt(&Mechanism::RsaPkcsOaep(params), handle, data) {
-                    Ok(plain) => return Ok(plain),
-                    // The token has OAEP, but not with these hashes (SoftHSM2: SHA-1 only)...
-                    Err(CkError::Pkcs11(
-                        RvError::ArgumentsBad
-                        | RvError::MechanismParamInvalid
-                        | RvError::MechanismInvalid,
-                        _,
-                    )) if token.has(MechanismType::RSA_X_509) => {}
-                    // ... or not with a label (SoftHSM2 answers CKR_GENERAL_ERROR).
-                    Err(CkError::Pkcs11(RvError::GeneralError | RvError::FunctionFailed, _))
-                        if !label.is_empty() && token.has(MechanismType::RSA_X_509) => {}
-                    Err(e) => return Err(Error::from_cryptoki(e, "decrypting (RSA-OAEP)")),
-                }
-            } else if !token.has(MechanismType::RSA_X_509) {
-                return Err(Error::mechanism(
-                    "the token offers neither CKM_RSA_PKCS_OAEP nor CKM_RSA_X_509",
-                ));
-            }
-            let em = raw(session, handle, data, k)?;
-            oaep::decode(*hash, *mgf_hash, label, &em)
-        }
+        } => oaep_decrypt(
+            session,
+            handle,
+            token,
+            n.as_deref(),
+            *hash,
+            *mgf_hash,
+            label,
+            data,
+            k,
+        ),
     }
 }
 
-fn raw(session: &Session, handle: ObjectHandle, data: &[u8], k: usize) -> Result<Vec<u8>> {
-    let mut out = session
+/// Raw RSA in the token, right-aligned in a `k`-byte zeroizing buffer.
+fn raw(
+    session: &Session,
+    handle: ObjectHandle,
+    data: &[u8],
+    k: usize,
+) -> Result<Zeroizing<Vec<u8>>> {
+    let out = session
         .decrypt(&Mechanism::RsaX509, handle, data)
-        .context("decrypting (raw RSA)")?;
-    // Some tokens strip leading zero bytes: the block is always k bytes long.
-    if out.len() < k {
-        let mut padded = vec![0u8; k - out.len()];
-        padded.append(&mut out);
-        out = padded;
+        .map(Zeroizing::new)
+        .map_err(|e| decrypt_error(e, "decrypting (raw RSA)"))?;
+    ct::right_align(&out, k)
+        .ok_or_else(|| Error::mechanism("the token's raw RSA result is longer than the modulus"))
+}
+
+fn pkcs1v15_decrypt(
+    session: &Session,
+    handle: ObjectHandle,
+    info: &KeyInfo,
+    token: &TokenState,
+    n: &[u8],
+    data: &[u8],
+    k: usize,
+) -> Result<Zeroizing<Vec<u8>>> {
+    // Before the decryption, whatever the ciphertext: derived once per key and process.
+    let key = rejection::get(session, handle, info, token, n, k)?;
+    let reject = Choice::from(u8::from(key.is_derivation_input(data)));
+    let em = match key.source {
+        rejection::Source::Raw => raw(session, handle, data, k)?,
+        // The key refuses raw RSA: the token removes the padding, and its verdict (returned
+        // or refused) is folded into the same constant-time decoding.
+        rejection::Source::Signature | rejection::Source::Process => {
+            match session.decrypt(&Mechanism::RsaPkcs, handle, data) {
+                Ok(m) => {
+                    let m = Zeroizing::new(m);
+                    pkcs1v15::reencode(Some(&m), k)
+                }
+                Err(e) if is_data_error(&e) => pkcs1v15::reencode(None, k),
+                Err(e) => return Err(Error::from_cryptoki(e, "decrypting (RSA PKCS#1 v1.5)")),
+            }
+        }
+    };
+    let kdk = pkcs1v15::kdk(key.hmac_key(), data);
+    pkcs1v15::decode(&em, &kdk, reject)
+}
+
+/// Token OAEP parameter sets (token, key, hashes) whose `C_DecryptInit` was refused: asked
+/// once per process, then hsmkey goes straight to raw RSA + software OAEP.
+type Refused = Mutex<HashSet<(String, String, Vec<u8>, HashAlg, HashAlg)>>;
+
+fn oaep_refused() -> &'static Refused {
+    static REFUSED: OnceLock<Refused> = OnceLock::new();
+    REFUSED.get_or_init(|| Mutex::new(HashSet::new()))
+}
+
+fn token_oaep(
+    session: &Session,
+    handle: ObjectHandle,
+    hash: HashAlg,
+    mgf_hash: HashAlg,
+    label: &[u8],
+    data: &[u8],
+) -> std::result::Result<Zeroizing<Vec<u8>>, CkError> {
+    let params = PkcsOaepParams::new(
+        hash.digest_mechanism(),
+        mgf_hash.mgf1(),
+        if label.is_empty() {
+            PkcsOaepSource::empty()
+        } else {
+            PkcsOaepSource::data_specified(label)
+        },
+    );
+    session
+        .decrypt(&Mechanism::RsaPkcsOaep(params), handle, data)
+        .map(Zeroizing::new)
+}
+
+/// An init error that means "not these OAEP parameters" (SoftHSM2 answers
+/// `CKR_ARGUMENTS_BAD` for SHA-256).
+fn oaep_init_refused(err: &CkError) -> bool {
+    rejection::refused(err, Function::DecryptInit)
+        || matches!(
+            err,
+            CkError::Pkcs11(RvError::ArgumentsBad, Function::DecryptInit)
+        )
+}
+
+/// OAEP: the token's own where it takes these parameters and no label is given (SoftHSM2
+/// ignores labels, so a label means software unpadding wherever raw RSA is allowed); raw RSA
+/// and software unpadding otherwise. Fallbacks happen only on `C_DecryptInit` refusals
+/// (which do not depend on the ciphertext), never on `C_Decrypt` errors.
+#[allow(clippy::too_many_arguments)]
+fn oaep_decrypt(
+    session: &Session,
+    handle: ObjectHandle,
+    token: &TokenState,
+    n: Option<&[u8]>,
+    hash: HashAlg,
+    mgf_hash: HashAlg,
+    label: &[u8],
+    data: &[u8],
+    k: usize,
+) -> Result<Zeroizing<Vec<u8>>> {
+    let has_raw = token.has(MechanismType::RSA_X_509);
+    let has_oaep = token.has(MechanismType::RSA_PKCS_OAEP);
+    let id = (
+        token.serial.clone(),
+        token.label.clone(),
+        n.unwrap_or_default().to_vec(),
+        hash,
+        mgf_hash,
+    );
+    if has_oaep && label.is_empty() && !lock(oaep_refused()).contains(&id) {
+        match token_oaep(session, handle, hash, mgf_hash, label, data) {
+            Ok(plain) => return Ok(plain),
+            Err(e) if has_raw && oaep_init_refused(&e) => {
+                lock(oaep_refused()).insert(id);
+            }
+            Err(e) => return Err(decrypt_error(e, "decrypting (RSA-OAEP)")),
+        }
     }
-    Ok(out)
+    if has_raw {
+        match session.decrypt(&Mechanism::RsaX509, handle, data) {
+            Ok(out) => {
+                let out = Zeroizing::new(out);
+                let em = ct::right_align(&out, k).ok_or_else(|| {
+                    Error::mechanism("the token's raw RSA result is longer than the modulus")
+                })?;
+                return oaep::decode(hash, mgf_hash, label, &em);
+            }
+            // The key refuses raw RSA: only the token's OAEP is left (with the label: tokens
+            // other than SoftHSM2 honour it).
+            Err(e) if has_oaep && rejection::refused(&e, Function::DecryptInit) => {}
+            Err(e) => return Err(decrypt_error(e, "decrypting (raw RSA for OAEP)")),
+        }
+    }
+    if has_oaep {
+        return token_oaep(session, handle, hash, mgf_hash, label, data)
+            .map_err(|e| decrypt_error(e, "decrypting (RSA-OAEP)"));
+    }
+    Err(Error::mechanism(
+        "the token offers neither CKM_RSA_PKCS_OAEP nor CKM_RSA_X_509",
+    ))
 }

@@ -1,79 +1,118 @@
 //! RSA-OAEP decoding (RFC 8017, 7.1.2) for tokens whose own OAEP lacks a hash (SoftHSM2 does
-//! OAEP with SHA-1 only): the token does the private-key operation (`CKM_RSA_X_509`), this
-//! removes the padding, which needs no secret. Checks run without early exits so that the
-//! time taken does not say which check failed.
+//! OAEP with SHA-1 only) or ignores the label (SoftHSM2 again): the token does the private-key
+//! operation (`CKM_RSA_X_509`), this removes the padding, which needs no secret.
+//!
+//! Every check runs on every byte, with `subtle`'s constant-time selects; the seed, the data
+//! block and the masks live in zeroizing buffers; the one branch is the final "valid or not"
+//! (an OAEP failure must raise), taken after all the work is done, and it says nothing about
+//! *which* check failed (Manger's attack needs exactly that).
 
-use crate::core::error::{Error, Result};
+use sha2::Digest;
+use subtle::{Choice, ConstantTimeEq};
+use zeroize::{Zeroize, Zeroizing};
+
+use super::ct;
+use crate::core::error::Result;
 use crate::core::mechanism::HashAlg;
 
-/// MGF1 with `hash`, `len` bytes of mask from `seed`.
-pub fn mgf1(hash: HashAlg, seed: &[u8], len: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + hash.len());
-    let mut counter: u32 = 0;
-    while out.len() < len {
-        let mut block = seed.to_vec();
-        block.extend_from_slice(&counter.to_be_bytes());
-        out.extend_from_slice(&hash.digest(&block));
-        counter = counter.wrapping_add(1);
+/// `hash(parts...)` in a zeroizing buffer (the input may hold the seed).
+fn digest_parts(hash: HashAlg, parts: &[&[u8]]) -> Zeroizing<Vec<u8>> {
+    fn run<D: Digest>(parts: &[&[u8]]) -> Zeroizing<Vec<u8>> {
+        let mut d = D::new();
+        for p in parts {
+            d.update(p);
+        }
+        let mut out = d.finalize();
+        let v = Zeroizing::new(out.to_vec());
+        out[..].zeroize();
+        v
     }
-    out.truncate(len);
+    match hash {
+        HashAlg::Sha1 => run::<sha1::Sha1>(parts),
+        HashAlg::Sha224 => run::<sha2::Sha224>(parts),
+        HashAlg::Sha256 => run::<sha2::Sha256>(parts),
+        HashAlg::Sha384 => run::<sha2::Sha384>(parts),
+        HashAlg::Sha512 => run::<sha2::Sha512>(parts),
+    }
+}
+
+/// `out ^= MGF1(hash, seed, out.len())`.
+pub fn mgf1_xor(hash: HashAlg, seed: &[u8], out: &mut [u8]) {
+    for (counter, chunk) in out.chunks_mut(hash.len()).enumerate() {
+        let block = digest_parts(hash, &[seed, &(counter as u32).to_be_bytes()]);
+        for (o, m) in chunk.iter_mut().zip(block.iter()) {
+            *o ^= m;
+        }
+    }
+}
+
+/// MGF1 with `hash`, `len` bytes of mask from `seed`.
+pub fn mgf1(hash: HashAlg, seed: &[u8], len: usize) -> Zeroizing<Vec<u8>> {
+    let mut out = Zeroizing::new(vec![0u8; len]);
+    mgf1_xor(hash, seed, &mut out);
     out
 }
 
-/// Decodes an OAEP-encoded block `em` (exactly the modulus length `k`).
-pub fn decode(hash: HashAlg, mgf_hash: HashAlg, label: &[u8], em: &[u8]) -> Result<Vec<u8>> {
+/// Decodes an OAEP block `em` (exactly the modulus length `k`) in time that depends only on
+/// `k` and the hash: whether it is valid, and a `k`-byte buffer with the message at its start
+/// and its length (meaningful only when valid). `None` when `k` is too small for the hash
+/// (public).
+pub fn decode_fixed(
+    hash: HashAlg,
+    mgf_hash: HashAlg,
+    label: &[u8],
+    em: &[u8],
+) -> Option<(Choice, Zeroizing<Vec<u8>>, usize)> {
     let h_len = hash.len();
     let k = em.len();
     if k < 2 * h_len + 2 {
-        return Err(decryption_error());
+        return None;
     }
     let l_hash = hash.digest(label);
-    let (y, rest) = (em[0], &em[1..]);
-    let (masked_seed, masked_db) = rest.split_at(h_len);
-    let seed: Vec<u8> = masked_seed
-        .iter()
-        .zip(mgf1(mgf_hash, masked_db, h_len))
-        .map(|(a, b)| a ^ b)
-        .collect();
-    let db: Vec<u8> = masked_db
-        .iter()
-        .zip(mgf1(mgf_hash, &seed, k - h_len - 1))
-        .map(|(a, b)| a ^ b)
-        .collect();
-    let mut bad = y;
-    for (a, b) in db[..h_len].iter().zip(l_hash.iter()) {
-        bad |= a ^ b;
-    }
-    // Find the 0x01 separator after the zero padding, without branching on secret data.
-    let mut found: u8 = 0;
-    let mut index: usize = 0;
-    for (i, &byte) in db[h_len..].iter().enumerate() {
-        let is_one = ct_eq(byte, 1);
-        let is_zero = ct_eq(byte, 0);
-        let first_one = is_one & !found & 1;
-        index |= (i * first_one as usize) & mask_usize(first_one);
-        // A non-zero, non-one byte before the separator is an error.
-        bad |= !found & 1 & !is_one & !is_zero & 1;
+    // Unmask in place, in a copy that is wiped: EM = Y || maskedSeed || maskedDB.
+    let mut buf = Zeroizing::new(em.to_vec());
+    let (y, rest) = buf.split_at_mut(1);
+    let (seed, db) = rest.split_at_mut(h_len);
+    mgf1_xor(mgf_hash, db, seed);
+    mgf1_xor(mgf_hash, seed, db);
+
+    let mut good = y[0].ct_eq(&0) & db[..h_len].ct_eq(&l_hash[..]);
+    // After lHash: zero bytes, then 0x01, then the message. Find the first 0x01; any other
+    // non-zero byte before it is an error.
+    let mut found = Choice::from(0);
+    let mut index = 0usize;
+    for (i, byte) in db.iter().enumerate().skip(h_len) {
+        let is_one = byte.ct_eq(&1);
+        let is_zero = byte.ct_eq(&0);
+        index = ct::select_usize(!found & is_one, i, index);
+        good &= found | is_one | is_zero;
         found |= is_one;
     }
-    bad |= !found & 1;
-    if bad != 0 {
-        return Err(decryption_error());
+    good &= found;
+    let start = index + 1;
+    // index < db.len(), so start <= db.len().
+    let len = db.len() - start;
+    let mut out = Zeroizing::new(vec![0u8; k]);
+    out[..db.len()].copy_from_slice(db);
+    ct::shift_left(&mut out, start);
+    Some((good, out, len))
+}
+
+/// Decodes an OAEP block: the message, or the one "decryption failed" error.
+pub fn decode(
+    hash: HashAlg,
+    mgf_hash: HashAlg,
+    label: &[u8],
+    em: &[u8],
+) -> Result<Zeroizing<Vec<u8>>> {
+    let Some((good, mut out, len)) = decode_fixed(hash, mgf_hash, label, em) else {
+        return Err(super::decryption_failed());
+    };
+    if !bool::from(good) {
+        return Err(super::decryption_failed());
     }
-    Ok(db[h_len + index + 1..].to_vec())
-}
-
-fn ct_eq(a: u8, b: u8) -> u8 {
-    let x = (a ^ b) as u16;
-    (((x | x.wrapping_neg()) >> 8) as u8 & 1) ^ 1
-}
-
-fn mask_usize(bit: u8) -> usize {
-    (bit as usize).wrapping_neg()
-}
-
-fn decryption_error() -> Error {
-    Error::new(crate::core::error::Kind::General, "decryption failed")
+    out.truncate(len);
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -81,25 +120,24 @@ mod tests {
     use super::*;
 
     /// Encodes per RFC 8017 7.1.1 with a fixed seed (test-only).
-    fn encode(hash: HashAlg, label: &[u8], msg: &[u8], k: usize, seed: &[u8]) -> Vec<u8> {
+    pub(crate) fn encode(
+        hash: HashAlg,
+        label: &[u8],
+        msg: &[u8],
+        k: usize,
+        seed: &[u8],
+    ) -> Vec<u8> {
         let h_len = hash.len();
         let mut db = hash.digest(label);
         db.extend(std::iter::repeat_n(0u8, k - msg.len() - 2 * h_len - 2));
         db.push(1);
         db.extend_from_slice(msg);
-        let masked_db: Vec<u8> = db
-            .iter()
-            .zip(mgf1(hash, seed, k - h_len - 1))
-            .map(|(a, b)| a ^ b)
-            .collect();
-        let masked_seed: Vec<u8> = seed
-            .iter()
-            .zip(mgf1(hash, &masked_db, h_len))
-            .map(|(a, b)| a ^ b)
-            .collect();
+        mgf1_xor(hash, seed, &mut db);
+        let mut masked_seed = seed.to_vec();
+        mgf1_xor(hash, &db, &mut masked_seed);
         let mut em = vec![0u8];
         em.extend(masked_seed);
-        em.extend(masked_db);
+        em.extend(db);
         em
     }
 
@@ -107,9 +145,14 @@ mod tests {
     fn round_trip() {
         for hash in [HashAlg::Sha1, HashAlg::Sha256, HashAlg::Sha512] {
             let seed = vec![7u8; hash.len()];
-            for msg in [&b""[..], b"a", &[0u8; 16], &[1u8; 32]] {
+            let longest = vec![9u8; 256 - 2 * hash.len() - 2];
+            for msg in [&b""[..], b"a", &[0u8; 16], &[1u8; 32], &longest] {
                 let em = encode(hash, b"", msg, 256, &seed);
-                assert_eq!(decode(hash, hash, b"", &em).ok().as_deref(), Some(msg));
+                let got = decode(hash, hash, b"", &em).ok();
+                assert_eq!(got.as_deref().map(|v| v.as_slice()), Some(msg));
+                let em = encode(hash, b"label", msg, 256, &seed);
+                let got = decode(hash, hash, b"label", &em).ok();
+                assert_eq!(got.as_deref().map(|v| v.as_slice()), Some(msg));
             }
         }
     }
@@ -119,17 +162,42 @@ mod tests {
         let hash = HashAlg::Sha256;
         let em = encode(hash, b"", b"secret key", 256, &[3u8; 32]);
         assert!(decode(hash, hash, b"other label", &em).is_err());
+        assert!(decode(hash, HashAlg::Sha1, b"", &em).is_err());
         for i in [0, 1, 40, 200, 255] {
             let mut bad = em.clone();
             bad[i] ^= 0x80;
             assert!(decode(hash, hash, b"", &bad).is_err(), "byte {i}");
         }
         assert!(decode(hash, hash, b"", &em[..50]).is_err());
+        // Every failure is the same error.
+        let a = decode(hash, hash, b"x", &em).err().map(|e| e.message);
+        let b = decode(hash, hash, b"", &[0u8; 256])
+            .err()
+            .map(|e| e.message);
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn a_nonzero_byte_before_the_separator_is_an_error() {
+        let hash = HashAlg::Sha1;
+        let seed = [5u8; 20];
+        // Build a DB with a stray 0x02 in the zero padding, then mask it as encode() does.
+        let mut db = hash.digest(b"");
+        db.extend([0u8, 0, 2, 0, 1, 0x41, 0x42]);
+        db.resize(256 - 21, 0x43);
+        mgf1_xor(hash, &seed, &mut db);
+        let mut masked_seed = seed.to_vec();
+        mgf1_xor(hash, &db, &mut masked_seed);
+        let em = [vec![0u8], masked_seed, db].concat();
+        assert!(decode(hash, hash, b"", &em).is_err());
     }
 
     #[test]
     fn mgf1_matches_a_known_value() {
         // MGF1-SHA1("foo", 3) = 1ac907 (a widely published test value).
-        assert_eq!(mgf1(HashAlg::Sha1, b"foo", 3), vec![0x1a, 0xc9, 0x07]);
+        assert_eq!(
+            mgf1(HashAlg::Sha1, b"foo", 3).as_slice(),
+            &[0x1a, 0xc9, 0x07]
+        );
     }
 }

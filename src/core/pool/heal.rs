@@ -32,6 +32,7 @@ impl Pool {
         lease: &mut Lease,
         mut op: impl FnMut(&Session, &TokenState, bool) -> Result<T>,
     ) -> Result<T> {
+        lease.check_owner()?;
         if lease.token.is_gone() {
             // The token (or the whole module) went away under another lease: this session's
             // handle means nothing now, or names somebody else's session.
@@ -71,6 +72,30 @@ impl Pool {
             if old.get_session_info().is_ok() {
                 let _ = old.close();
             } else {
+                std::mem::forget(old);
+            }
+        }
+        lock(&self.state).stats.discarded += 1;
+        lease.session = lease.token.open_session(lease.rw).ok();
+    }
+    /// Closes the lease's session and lends a fresh one in its place, although no error
+    /// says it is broken: for a session that may still hold a secret session object that
+    /// could not be destroyed (closing a session destroys its session objects).
+    pub fn discard_session(&self, lease: &mut Lease, why: &str) {
+        log::log(
+            log::WARNING,
+            &format!("discarding a session on {}: {why}", lease.token.describe()),
+        );
+        if let Some(old) = lease.session.take() {
+            if old.get_session_info().is_ok() {
+                if let Err(e) = old.close() {
+                    log::log(
+                        log::WARNING,
+                        &format!("closing the session failed too ({e})"),
+                    );
+                }
+            } else {
+                // The token no longer knows it: its objects are gone with it.
                 std::mem::forget(old);
             }
         }

@@ -24,10 +24,31 @@ pub struct Lease {
 }
 
 impl Lease {
+    /// The session, for this process only (see [`Lease::check_owner`]).
     pub fn session(&self) -> Result<&Session> {
+        self.check_owner()?;
         self.session
             .as_ref()
             .ok_or_else(|| Error::new(Kind::Session, "the session was lost"))
+    }
+
+    /// Fails in a forked child: a session borrowed before `fork()` is the parent's, and a
+    /// call on its handle would run on the parent's session (or on whatever the child's own
+    /// module state numbers that way).
+    pub fn check_owner(&self) -> Result<()> {
+        let pid = crate::core::fork::pid();
+        if self.pid == pid {
+            return Ok(());
+        }
+        Err(Error::new(
+            Kind::Session,
+            format!(
+                "this session was borrowed by process {} before fork(); process {pid} cannot \
+                 use it: open a new `with pool.session()` block (or use a pool-bound key) in \
+                 the child",
+                self.pid
+            ),
+        ))
     }
 }
 

@@ -1,11 +1,22 @@
 //! The login a token's users share: one `C_Login` per token per process, reference-counted,
 //! kept alive by an anchor session; PINs compared by fingerprint, never retried.
+//!
+//! A PIN is tried at most once per process and token: every `C_Login` failure is remembered
+//! process-wide (by the token's module, serial and label, and the PIN's keyed fingerprint),
+//! whichever pool, `hsm_session` or re-login made it, and raised again without another
+//! `C_Login`. Only answers that prove the PIN never reached the token (its session or the
+//! token itself was gone) are not remembered. Before every `C_Login` the token's PIN flags
+//! are read; if they cannot be, no PIN is tried (a token about to lock must be able to say
+//! so).
 
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
+use std::sync::Mutex;
 
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::session::{Session, UserType};
 
+use super::slot::token_info;
 use super::{next_epoch, TokenState};
 use crate::core::error::{Error, Kind, Result};
 use crate::core::log;
@@ -32,7 +43,80 @@ pub struct Joined {
     pub logged_in: bool,
 }
 
+/// A token, as failed logins are remembered: the same token whatever slot it is in, and
+/// in whichever pool or token state of the process.
+#[derive(Clone, PartialEq, Eq)]
+struct TokenId {
+    module: PathBuf,
+    serial: String,
+    label: String,
+}
+
+struct FailedLogin {
+    token: TokenId,
+    pin: PinFingerprint,
+    error: Error,
+}
+
+/// Every login that failed in this process (inherited by forked children: a child must not
+/// try the parent's wrong PIN either). A handful at most: one per wrong PIN and token.
+static FAILED_LOGINS: Mutex<Vec<FailedLogin>> = Mutex::new(Vec::new());
+
+/// Forgets every failed login of the process, so that the same PINs may be tried again. For
+/// tests that fake token failures (a real deployment restarts the process after fixing a
+/// PIN instead).
+pub fn forget_failed_logins() {
+    lock(&FAILED_LOGINS).clear();
+}
+
+/// Return codes of `C_Login` that prove the PIN was not judged: the session or the token was
+/// gone before the module could pass it on.
+fn pin_not_tried(rv: Option<RvError>) -> bool {
+    matches!(
+        rv,
+        Some(
+            RvError::SessionHandleInvalid
+                | RvError::SessionClosed
+                | RvError::TokenNotPresent
+                | RvError::DeviceRemoved
+                | RvError::CryptokiNotInitialized
+        )
+    )
+}
+
 impl TokenState {
+    fn id(&self) -> TokenId {
+        TokenId {
+            module: self.module.path.clone(),
+            serial: self.serial.clone(),
+            label: self.label.clone(),
+        }
+    }
+
+    /// The error of an earlier failed `C_Login` with this PIN on this token, if any.
+    fn failed_before(&self, pin: &PinFingerprint) -> Option<Error> {
+        let id = self.id();
+        lock(&FAILED_LOGINS)
+            .iter()
+            .find(|f| f.token == id && f.pin.matches(pin))
+            .map(|f| f.error.clone())
+    }
+
+    fn remember_failure(&self, pin: PinFingerprint, error: &Error) {
+        let token = self.id();
+        let mut failed = lock(&FAILED_LOGINS);
+        if !failed
+            .iter()
+            .any(|f| f.token == token && f.pin.matches(&pin))
+        {
+            failed.push(FailedLogin {
+                token,
+                pin,
+                error: error.clone(),
+            });
+        }
+    }
+
     /// Joins the process's login with `pin`, logging in if nobody is. A different PIN than the
     /// one the process logged in with is refused without logging anyone out.
     pub fn join(&self, pin: &Pin, policy: PinPolicy) -> Result<Joined> {
@@ -54,7 +138,7 @@ impl TokenState {
                 )),
             };
         }
-        self.login_locked(&mut login, pin, policy)?;
+        self.login_locked(&mut login, pin, &fingerprint, policy)?;
         login.fingerprint = Some(fingerprint);
         login.refs = 1;
         Ok(Joined { logged_in: true })
@@ -73,10 +157,19 @@ impl TokenState {
                 format!("nobody holds the login of {} any more", self.describe()),
             ));
         }
-        self.login_locked(&mut login, pin, policy)?;
+        self.login_locked(&mut login, pin, &pin.fingerprint(), policy)?;
         Ok(true)
     }
-    fn login_locked(&self, login: &mut Login, pin: &Pin, policy: PinPolicy) -> Result<()> {
+    fn login_locked(
+        &self,
+        login: &mut Login,
+        pin: &Pin,
+        fingerprint: &PinFingerprint,
+        policy: PinPolicy,
+    ) -> Result<()> {
+        if let Some(error) = self.failed_before(fingerprint) {
+            return Err(error);
+        }
         // Reuse the anchor if it is still there; forget it (without closing: the handle may
         // already belong to somebody else) if it is gone.
         let anchor = match login.anchor.take() {
@@ -87,26 +180,8 @@ impl TokenState {
             let _ = anchor.close();
             return Err(e);
         }
-        let mut result = anchor.login_with_raw(UserType::User, &pin.auth());
-        if let Err(CkError::Pkcs11(RvError::GeneralError, _)) = result {
-            // SoftHSM2 answers CKR_GENERAL_ERROR before it looks at the PIN when it cannot
-            // read its token file (another process was writing it: several workers logging
-            // in at the same moment). Once more, after a pause, if the token still allows it.
-            log::log(
-                log::WARNING,
-                &format!(
-                    "logging in to {} failed with CKR_GENERAL_ERROR; trying once more",
-                    self.describe()
-                ),
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-            if let Err(e) = self.check_pin_flags(policy) {
-                let _ = anchor.close();
-                return Err(e);
-            }
-            result = anchor.login_with_raw(UserType::User, &pin.auth());
-        }
-        match result {
+        // One try, whatever the answer: a token may count CKR_GENERAL_ERROR as a wrong PIN.
+        match anchor.login_with_raw(UserType::User, &pin.auth()) {
             Ok(()) => {
                 log::log(log::INFO, &format!("logged in to {}", self.describe()));
             }
@@ -129,6 +204,12 @@ impl TokenState {
                 if err.rv == Some(RvError::UserNotLoggedIn) {
                     err.kind = Kind::Pin;
                 }
+                if !pin_not_tried(err.rv) {
+                    err.message.push_str(
+                        "; hsmkey will not try this PIN on this token again in this process",
+                    );
+                    self.remember_failure(fingerprint.clone(), &err);
+                }
                 return Err(err);
             }
         }
@@ -136,11 +217,26 @@ impl TokenState {
         self.epoch.store(next_epoch(), Ordering::Release);
         Ok(())
     }
+
     /// Refuses to try a PIN the token says is locked, or (unless allowed) to spend the last
     /// try before the token locks it.
     fn check_pin_flags(&self, policy: PinPolicy) -> Result<()> {
-        let Ok(info) = self.module.ctx.get_token_info(self.slot) else {
-            return Ok(());
+        let info = match token_info(&self.module, self.slot) {
+            Ok(info) => info,
+            Err(e) => {
+                let mut err = Error::from_cryptoki(
+                    e,
+                    &format!(
+                        "reading the PIN state of {} before logging in (hsmkey does not try \
+                         a PIN without it)",
+                        self.describe()
+                    ),
+                );
+                if err.kind == Kind::General {
+                    err.kind = Kind::Session;
+                }
+                return Err(err);
+            }
         };
         if info.user_pin_locked() {
             return Err(Error {

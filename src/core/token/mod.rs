@@ -25,7 +25,7 @@ mod login;
 mod slot;
 
 use login::Login;
-pub use login::{Joined, PinPolicy};
+pub use login::{forget_failed_logins, Joined, PinPolicy};
 pub use slot::{find_slot, TokenCriteria};
 
 /// Epochs are unique in the process (and across forks: a child continues the counter), so a

@@ -99,7 +99,7 @@ pub fn find_slot(module: &Module, criteria: &TokenCriteria) -> Result<(Slot, Tok
 /// `C_GetTokenInfo`, tried again a few times on `CKR_GENERAL_ERROR`/`CKR_FUNCTION_FAILED`:
 /// SoftHSM2 re-reads its token files here and answers so, once in a while, while other
 /// processes start up on the same token directory.
-fn token_info(module: &Module, slot: Slot) -> std::result::Result<TokenInfo, CkError> {
+pub(super) fn token_info(module: &Module, slot: Slot) -> std::result::Result<TokenInfo, CkError> {
     let mut attempt = 0u64;
     loop {
         match module.ctx.get_token_info(slot) {
