@@ -324,7 +324,7 @@ class Bench:
 def main(argv: Iterable[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=DESCRIPTION)
     parser.add_argument(
-        "--quick", action="store_true", help="3 x 0.15 s per figure, small N (under a minute)"
+        "--quick", action="store_true", help="3 x 0.15 s per figure, small N (about 1.5 minutes)"
     )
     parser.add_argument("--reps", type=int, help="repetitions per figure (default 5)")
     parser.add_argument("--seconds", type=float, help="seconds per repetition (default 1)")
