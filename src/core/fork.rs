@@ -7,6 +7,7 @@ use std::sync::Once;
 static PID: AtomicU32 = AtomicU32::new(0);
 static INSTALL: Once = Once::new();
 
+#[cfg(unix)]
 extern "C" fn after_fork_in_child() {
     // getpid and an atomic store are async-signal-safe, as a fork handler must be.
     PID.store(std::process::id(), Ordering::Relaxed);
@@ -16,11 +17,15 @@ extern "C" fn after_fork_in_child() {
 pub fn pid() -> u32 {
     INSTALL.call_once(|| {
         PID.store(std::process::id(), Ordering::Relaxed);
+        // Registration failing (ENOMEM) leaves the handler out: then fall back to asking the
+        // system every time.
+        #[cfg(unix)]
         // SAFETY: registers a handler that only reads the process id and stores an atomic;
-        // it runs in the child right after fork(), where that is allowed. Registration
-        // failing (ENOMEM) leaves the handler out: then forks are noticed no more than
-        // before it existed, so fall back to asking the system every time.
+        // it runs in the child right after fork(), where that is allowed.
         let rv = unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+        // No fork() elsewhere (Windows): the process id never changes under us.
+        #[cfg(not(unix))]
+        let rv = 0;
         if rv != 0 {
             PID.store(0, Ordering::Relaxed);
         }
