@@ -319,11 +319,13 @@ struct Queue {
 
 /// The self-pipe of a dispatcher: a worker writes a byte (no GIL needed), the loop, which
 /// watches the read end (`loop.add_reader`), drains the queue.
+#[cfg(unix)]
 struct WakePipe {
     read: libc::c_int,
     write: libc::c_int,
 }
 
+#[cfg(unix)]
 impl WakePipe {
     fn new() -> std::io::Result<WakePipe> {
         let mut fds: [libc::c_int; 2] = [-1, -1];
@@ -370,6 +372,7 @@ impl WakePipe {
     }
 }
 
+#[cfg(unix)]
 impl Drop for WakePipe {
     fn drop(&mut self) {
         // SAFETY: the descriptors are ours and closed once, here.
@@ -378,6 +381,23 @@ impl Drop for WakePipe {
             libc::close(self.write);
         }
     }
+}
+
+/// No pipes to watch where there is no Unix: the loop is woken with `call_soon_threadsafe`.
+#[cfg(not(unix))]
+struct WakePipe {
+    read: i32,
+}
+
+#[cfg(not(unix))]
+impl WakePipe {
+    fn new() -> std::io::Result<WakePipe> {
+        Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
+    }
+
+    fn wake(&self) {}
+
+    fn drain(&self) {}
 }
 
 /// The results waiting for one event loop. Called by the loop (its reader callback on the
