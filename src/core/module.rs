@@ -148,24 +148,36 @@ pub fn load(path: &Path) -> Result<Arc<Module>> {
         )
     })?;
     let pid = crate::core::fork::pid();
-    let mut modules = lock(registry());
-    let forked = match modules.get(&canonical) {
-        Some(m) if m.pid == pid => return Ok(m.clone()),
-        Some(_) => true,
-        None => false,
+    let loaded = |modules: &HashMap<PathBuf, Arc<Module>>| {
+        modules.get(&canonical).filter(|m| m.pid == pid).cloned()
     };
-    let mut expected = Vec::new();
-    if forked {
-        // The parent's module state (its sessions, its login) is not ours: never drop or call
-        // into it. Leak the inherited value so that nothing of it runs in this process. What
-        // the parent had seen (plain memory, no call) tells which tokens to expect.
-        if let Some(old) = modules.remove(&canonical) {
-            expected = lock(&old.seen_labels).clone();
-            std::mem::forget(old);
-        }
+    if let Some(m) = loaded(&lock(registry())) {
+        return Ok(m);
     }
+    // Loading calls the module (C_Initialize, and a few more in a forked child): under a
+    // fork-safe lock, never under the registry's (a child forked meanwhile needs that one).
+    static LOADING: crate::core::fork::CallLock = crate::core::fork::CallLock::new();
+    let _loading = LOADING.lock();
+    let (forked, expected) = {
+        let mut modules = lock(registry());
+        if let Some(m) = loaded(&modules) {
+            return Ok(m);
+        }
+        match modules.remove(&canonical) {
+            // The parent's module state (its sessions, its login) is not ours: never drop or
+            // call into it. Leak the inherited value so that nothing of it runs in this
+            // process. What the parent had seen (plain memory, no call) tells which tokens to
+            // expect.
+            Some(old) => {
+                let expected = lock(&old.seen_labels).clone();
+                std::mem::forget(old);
+                (true, expected)
+            }
+            None => (false, Vec::new()),
+        }
+    };
     let module = Arc::new(open(&canonical, pid, forked, &expected)?);
-    modules.insert(canonical, module.clone());
+    lock(registry()).insert(canonical, module.clone());
     Ok(module)
 }
 

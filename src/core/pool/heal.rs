@@ -4,7 +4,7 @@
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::session::Session;
 
-use super::{Lease, Pool, State};
+use super::{Idle, Lease, Pool, State};
 use crate::core::error::{Error, Kind, Result};
 use crate::core::log;
 use crate::core::module::lock;
@@ -218,7 +218,7 @@ impl Pool {
                 Ok(())
             }
             Err(e) => {
-                if e.is_pin_error() {
+                if crate::core::token::is_lasting_pin_failure(&e) {
                     lock(&self.state).failure = Some(e.clone());
                 }
                 Err(e)
@@ -228,14 +228,19 @@ impl Pool {
     /// Drops idle sessions that the token no longer knows (all of them if `all`), without
     /// closing their handles (a stale handle number may already name someone else's session).
     fn purge_dead_idle(&self, all: bool) -> u64 {
-        let mut st = lock(&self.state);
+        // Taken out, checked without the pool's lock (C_GetSessionInfo may be slow, and a
+        // child forked meanwhile must not find the lock held), the live ones put back.
+        let (ro, rw) = {
+            let mut st = lock(&self.state);
+            let State {
+                idle_ro, idle_rw, ..
+            } = &mut *st;
+            (std::mem::take(idle_ro), std::mem::take(idle_rw))
+        };
         let mut purged = 0;
-        let State {
-            idle_ro, idle_rw, ..
-        } = &mut *st;
-        for idle in [idle_ro, idle_rw] {
+        let mut check = |idle: Vec<Idle>| {
             let mut keep = Vec::with_capacity(idle.len());
-            for i in idle.drain(..) {
+            for i in idle {
                 if !all && i.session.get_session_info().is_ok() {
                     keep.push(i);
                 } else {
@@ -243,7 +248,30 @@ impl Pool {
                     purged += 1;
                 }
             }
-            *idle = keep;
+            keep
+        };
+        let (ro, rw) = (check(ro), check(rw));
+        let mut st = lock(&self.state);
+        if st.pid != crate::core::fork::pid() {
+            // Forked meanwhile: they are the parent's.
+            drop(st);
+            for i in ro.into_iter().chain(rw) {
+                std::mem::forget(i.session);
+            }
+            return purged;
+        }
+        if st.closed {
+            drop(st);
+            super::close_all(ro.into_iter().chain(rw).map(|i| i.session).collect());
+            return purged;
+        }
+        // Sessions returned meanwhile are newer: keep the LIFO order (oldest first).
+        let State {
+            idle_ro, idle_rw, ..
+        } = &mut *st;
+        for (idle, kept) in [(idle_ro, ro), (idle_rw, rw)] {
+            let newer = std::mem::replace(idle, kept);
+            idle.extend(newer);
         }
         purged
     }

@@ -32,6 +32,11 @@ impl Lease {
             .ok_or_else(|| Error::new(Kind::Session, "the session was lost"))
     }
 
+    /// The process that borrowed it.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
     /// Fails in a forked child: a session borrowed before `fork()` is the parent's, and a
     /// call on its handle would run on the parent's session (or on whatever the child's own
     /// module state numbers that way).

@@ -17,6 +17,7 @@ use cryptoki::session::Session;
 use key_cache::KeyCache;
 
 use crate::core::error::{Error, Kind, Result};
+use crate::core::fork::CallLock;
 use crate::core::log;
 use crate::core::module::{self, lock};
 use crate::core::secret::Pin;
@@ -79,7 +80,8 @@ pub struct Pool {
     pub cfg: PoolConfig,
     state: Mutex<State>,
     cond: Condvar,
-    connect_lock: Mutex<()>,
+    /// Held while connecting (module, token, login: PKCS#11 calls): fork-safe.
+    connect_lock: CallLock,
     keys: KeyCache,
 }
 
@@ -99,7 +101,7 @@ impl Pool {
                 stats: Stats::default(),
             }),
             cond: Condvar::new(),
-            connect_lock: Mutex::new(()),
+            connect_lock: CallLock::new(),
             keys: KeyCache::default(),
         }
     }
@@ -121,7 +123,7 @@ impl Pool {
         if let Some(c) = self.current(&mut lock(&self.state))? {
             return Ok(c);
         }
-        let _connecting = lock(&self.connect_lock);
+        let _connecting = self.connect_lock.lock();
         if let Some(c) = self.current(&mut lock(&self.state))? {
             return Ok(c);
         }
@@ -145,7 +147,7 @@ impl Pool {
                 Ok(conn)
             }
             Err(e) => {
-                if e.is_pin_error() {
+                if token::is_lasting_pin_failure(&e) {
                     st.failure = Some(e.clone());
                 }
                 Err(e)
