@@ -140,6 +140,7 @@ impl Pool {
                         lease.token.describe()
                     ),
                 );
+                *lock(&self.lost) = Some(lease.token.describe());
                 lease.token.mark_gone();
                 self.reconnect(lease)
             }
@@ -199,7 +200,8 @@ impl Pool {
         }
         let purged = self.purge_dead_idle(true);
         lock(&self.state).stats.discarded += 1 + purged;
-        let conn = self.connection()?;
+        // This lease's session is given up: it does not keep the module from a rescan.
+        let conn = self.connection_holding(1)?;
         lease.token = conn.token.clone();
         lease.gen = conn.gen;
         lease.session = Some(conn.token.open_session(lease.rw)?);
@@ -280,8 +282,17 @@ impl Pool {
 /// What broke, judged by the session itself (tokens answer the same fault with different
 /// codes, so the return code alone cannot tell).
 fn diagnose(lease: &Lease, err: &Error) -> Option<Fault> {
+    if err.kind == Kind::TokenNotFound && !lease.token.is_gone() {
+        // The token cannot be read any more (`TokenState::check_present`).
+        return Some(Fault::TokenGone);
+    }
     if err.is_pin_error() || (err.rv.is_none() && err.kind != Kind::KeyNotFound) {
         return None;
+    }
+    if err.kind == Kind::KeyNotFound && lease.token.check_present().is_err() {
+        // No key because no token: SoftHSM2 keeps answering searches on a token deleted
+        // under it, finding nothing.
+        return Some(Fault::TokenGone);
     }
     let Some(session) = lease.session.as_ref() else {
         return Some(Fault::SessionGone);

@@ -20,6 +20,9 @@ pub struct KeyEntry {
     pub query: KeyQuery,
     pub info: KeyInfo,
     handle: Mutex<(u64, ObjectHandle)>,
+    /// The token it was found on (label, serial): after that token went away, the key
+    /// object never signs on another one that took its place.
+    found_on: (String, String),
 }
 
 /// The pool's entries by query.
@@ -54,6 +57,7 @@ impl Pool {
                 query: query.clone(),
                 info,
                 handle: Mutex::new((epoch, handle)),
+                found_on: token.identity(),
             }))
         })?;
         self.keys.map().insert(query.clone(), entry.clone());
@@ -106,6 +110,7 @@ impl Pool {
                 query: query.clone(),
                 info,
                 handle: Mutex::new((epoch, handle)),
+                found_on: token.identity(),
             }))
         })?;
         self.keys.map().insert(query, entry.clone());
@@ -115,7 +120,13 @@ impl Pool {
     pub fn list_keys(&self, lease: &mut Lease) -> Result<Vec<Arc<KeyEntry>>> {
         let entries = self.run(lease, |session, token, _| {
             let epoch = token.epoch();
-            key::list_private_keys(session)?
+            let found = key::list_private_keys(session)?;
+            if found.is_empty() {
+                // Nothing, or no token any more (SoftHSM2 answers searches on a token
+                // deleted under it with nothing): tell them apart.
+                token.check_present()?;
+            }
+            found
                 .into_iter()
                 .map(|(handle, query)| {
                     let info = key::read_info(session, handle, None, &query)?;
@@ -123,6 +134,7 @@ impl Pool {
                         query,
                         info,
                         handle: Mutex::new((epoch, handle)),
+                found_on: token.identity(),
                     }))
                 })
                 .filter(|r: &Result<Arc<KeyEntry>>| {
@@ -165,6 +177,20 @@ impl Pool {
             if !refind && cached.0 == epoch {
                 return Ok(cached.1);
             }
+        }
+        if token.identity() != entry.found_on {
+            return Err(Error::new(
+                Kind::Session,
+                format!(
+                    "the key with {} was found on token {:?} (serial {}), which went away; \
+                     the pool is on {} now: find the key again (HSMJWK.from_hsm / \
+                     pool.find_key) to use the key of that token",
+                    entry.query.describe(),
+                    entry.found_on.0,
+                    entry.found_on.1,
+                    token.describe()
+                ),
+            ));
         }
         let handle = key::find_private_key(session, &entry.query, &token.describe())?;
         *lock(&entry.handle) = (epoch, handle);

@@ -152,6 +152,10 @@ impl TokenState {
     pub fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Acquire)
     }
+    /// Label and serial: which token this is, for the keys found on it.
+    pub fn identity(&self) -> (String, String) {
+        (self.label.clone(), self.serial.clone())
+    }
     pub fn describe(&self) -> String {
         format!("token {:?} (serial {})", self.label, self.serial)
     }
@@ -172,6 +176,21 @@ impl TokenState {
         self.gone.store(true, Ordering::Release);
         self.forget_anchor();
         self.epoch.store(next_epoch(), Ordering::Release);
+    }
+    /// Reads the token's information: fails with `HSMTokenNotFoundError` when the token is
+    /// no longer there (SoftHSM2 answers `CKR_GENERAL_ERROR` for a token deleted under it).
+    pub fn check_present(&self) -> Result<()> {
+        match slot::token_info(&self.module, self.slot) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let mut err = Error::from_cryptoki(
+                    e,
+                    &format!("{} cannot be read any more", self.describe()),
+                );
+                err.kind = crate::core::error::Kind::TokenNotFound;
+                Err(err)
+            }
+        }
     }
     pub fn is_gone(&self) -> bool {
         self.gone.load(Ordering::Acquire)
