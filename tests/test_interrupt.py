@@ -25,7 +25,7 @@ from hsmkey import SessionPool
 pool = SessionPool.from_env()
 key = pool.find_key(key_label="rsa-key")
 key.sign("RS256", b"warm")
-batch = [b"payload %d" % i for i in range(5000)]  # about 3 s of RS256 on SoftHSM2 (more on a busy machine)
+batch = [b"payload %d" % i for i in range(5000)]  # 3 s of RS256 on SoftHSM2, more if busy
 print("signing", flush=True)
 start = time.monotonic()
 try:

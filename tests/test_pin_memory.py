@@ -126,8 +126,9 @@ def test_empty_pin_is_refused_before_any_call(
     faultmod.reset_counts()
     with pytest.raises(ValueError, match="empty"):
         SessionPool(faultmod.path, softhsm.token_label, pin)
-    with pytest.raises(ValueError, match="empty"), hsm_session(
-        faultmod.path, softhsm.token_label, pin
+    with (
+        pytest.raises(ValueError, match="empty"),
+        hsm_session(faultmod.path, softhsm.token_label, pin),
     ):
         pass
     assert faultmod.counts() == {}

@@ -15,6 +15,7 @@ re-initializations and deleted tokens never reach the other tests of the session
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import time
@@ -57,10 +58,8 @@ def delete_victim(softhsm: SoftHSM) -> None:
 def victim(softhsm: SoftHSM, library: str) -> Iterator[None]:
     init_token(softhsm.conf_path, VICTIM, SO_PIN, PIN)
     yield
-    try:
+    with contextlib.suppress(subprocess.CalledProcessError):  # deleted by the test
         delete_victim(softhsm)
-    except subprocess.CalledProcessError:
-        pass  # deleted by the test
 
 
 def make_key(pool: SessionPool, label: str = "k") -> None:

@@ -79,7 +79,10 @@ impl CallLock {
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
         }
         *holder = me;
-        CallGuard { lock: self, pid: me }
+        CallGuard {
+            lock: self,
+            pid: me,
+        }
     }
 }
 

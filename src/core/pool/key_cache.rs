@@ -134,7 +134,7 @@ impl Pool {
                         query,
                         info,
                         handle: Mutex::new((epoch, handle)),
-                found_on: token.identity(),
+                        found_on: token.identity(),
                     }))
                 })
                 .filter(|r: &Result<Arc<KeyEntry>>| {

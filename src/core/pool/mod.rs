@@ -271,7 +271,11 @@ impl Pool {
             .map(|i| i.session)
             .collect();
         let finish = if st.in_use == 0 { st.conn.take() } else { None };
-        let module = st.conn.as_ref().or(finish.as_ref()).map(|c| c.token.module.clone());
+        let module = st
+            .conn
+            .as_ref()
+            .or(finish.as_ref())
+            .map(|c| c.token.module.clone());
         self.cond.notify_all();
         drop(st);
         self.keys.clear();

@@ -87,10 +87,7 @@ pub fn is_pin_verdict(rv: Option<RvError>) -> bool {
     matches!(
         rv,
         Some(
-            RvError::PinIncorrect
-                | RvError::PinInvalid
-                | RvError::PinLenRange
-                | RvError::PinLocked
+            RvError::PinIncorrect | RvError::PinInvalid | RvError::PinLenRange | RvError::PinLocked
         )
     )
 }

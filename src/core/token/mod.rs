@@ -25,9 +25,7 @@ mod login;
 mod slot;
 
 use login::Login;
-pub use login::{
-    forget_failed_logins, is_lasting_pin_failure, is_pin_verdict, Joined, PinPolicy,
-};
+pub use login::{forget_failed_logins, is_lasting_pin_failure, is_pin_verdict, Joined, PinPolicy};
 pub use slot::{find_slot, TokenCriteria};
 
 /// Epochs are unique in the process (and across forks: a child continues the counter), so a
