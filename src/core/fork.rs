@@ -126,7 +126,7 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(50));
         assert!(!inside.load(Ordering::SeqCst));
         drop(guard);
-        t.join().unwrap();
+        assert!(t.join().is_ok());
         assert!(inside.load(Ordering::SeqCst));
         drop(lock.lock());
     }
