@@ -92,7 +92,7 @@ def test_hsm_session_wrong_pin(softhsm: SoftHSM) -> None:
 
     def use() -> None:
         with hsm_session(softhsm.module, softhsm.token_label, pin) as session:
-            session.find_keys()
+            session.list_keys()
 
     exc = raised(use)
     assert isinstance(exc, HSMError), exc
@@ -141,7 +141,7 @@ def test_session_pool_construction_and_first_use(softhsm: SoftHSM, tmp_path: Any
     assert_no_secret(exc, pin)
     pool = SessionPool(softhsm.module, softhsm.token_label, pin)
     try:
-        for use in (pool.check, lambda: pool.session().__enter__(), lambda: pool.find_key("x")):
+        for use in (pool.check, lambda: pool.session().__enter__(), lambda: pool.find_key(key_label="x")):
             exc = raised(use)
             assert isinstance(exc, HSMError), exc
             assert_no_secret(exc, pin)
