@@ -186,7 +186,11 @@ def module_path(args: argparse.Namespace) -> str:
     module = args.module or os.environ.get("HSM_MODULE")
     if not module:
         raise UsageError("no PKCS#11 module: pass --module PATH or set HSM_MODULE")
-    if not Path(module).is_file():
+    path = Path(module)
+    # The same words as the library's (hsmkey.SessionPool checks the path the same way).
+    if path.is_dir():
+        raise CLIError(f"PKCS#11 module {module} is a directory, not a shared library")
+    if not path.exists():
         raise CLIError(f"PKCS#11 module {module} does not exist")
     return str(module)
 
