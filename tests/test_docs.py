@@ -418,3 +418,59 @@ def test_extractor_understands_the_rules(tmp_path: Path) -> None:
         ("python", "z = 3\n# raises ValueError\n", "ValueError"),
     ]
     assert blocks[1].line == 13
+
+
+def test_extractor_understands_the_marks(tmp_path: Path) -> None:
+    page = tmp_path / "marks.rst"
+    page.write_text(
+        "Title\n=====\n\n"
+        ".. docs-test: check-output\n\n"
+        ".. code-block:: python\n\n    x = 1\n    print(x)  # 1\n\n"
+        ".. docs-test: continues\n\n"
+        ".. code-block:: python\n\n    print(x + 1)  # ...2\n\n"
+        ".. code-block:: python\n\n    y = 3\n\n"
+        ".. docs-test: run\n\n"
+        ".. code-block:: console\n\n    $ echo a\n    a\n    $ true\n\n"
+        ".. code-block:: console\n\n    $ not run\n",
+        encoding="utf-8",
+    )
+    blocks, _ = extract(page)
+    assert [(b.language, b.continues, b.run) for b in blocks] == [
+        ("python", False, False),
+        ("python", True, False),
+        ("python", False, False),
+        ("console", False, True),
+        ("console", False, False),
+    ]
+    assert checks_output(page) and not checks_output(DOCS / "index.rst")
+    assert expected_prints(blocks[0]) == {blocks[0].line + 1: "1"}
+    assert expected_prints(blocks[1]) == {blocks[1].line: "...2"}
+    assert console_commands(blocks[3]) == [("echo a", ["a"]), ("true", [])]
+
+
+def test_blocks_run_alone_unless_marked(tmp_path: Path) -> None:
+    """A block that uses a name of the block before it fails unless it says it continues;
+    a print comment that the output does not match fails a check-output page."""
+    try:
+        find_softhsm2_module()
+    except SoftHSM2NotFound as e:
+        pytest.skip(str(e))
+    cases = {
+        "alone.rst": ("x = 1\n", "print(x)\n", False, "NameError"),
+        "continued.rst": ("x = 1\n", "print(x)\n", True, None),
+        "prints.rst": ("x = 1\n", "print(x)  # 2\n", True, "printed ['1']"),
+    }
+    for name, (first, second, continues, failure) in cases.items():
+        page = tmp_path / name
+        text = "T\n=\n\n.. docs-test: check-output\n\n.. code-block:: python\n\n    " + first
+        if continues:
+            text += "\n.. docs-test: continues\n"
+        text += "\n.. code-block:: python\n\n    " + second
+        page.write_text(text, encoding="utf-8")
+        run_dir = tmp_path / f"run-{page.stem}"
+        run_dir.mkdir()
+        if failure is None:
+            test_page_examples_run(page, run_dir)
+        else:
+            with pytest.raises(AssertionError, match=re.escape(failure)):
+                test_page_examples_run(page, run_dir)
