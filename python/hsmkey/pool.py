@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import difflib
+import inspect
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from ._hsmkey import Pool, Session
 
@@ -46,6 +50,12 @@ class SessionPool(Pool):
         against token faults); costs a software verification per signature.
     """
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> SessionPool:
+        try:
+            return super().__new__(cls, *args, **kwargs)
+        except TypeError as exc:
+            raise _argument_error(cls, exc) from None
+
     async def __aenter__(self) -> SessionPool:
         """``async with SessionPool(...) as pool:`` (the pool connects lazily, as always)."""
         return self
@@ -82,6 +92,26 @@ class SessionPool(Pool):
             os.environ["HSM_PIN"],
             **kwargs,  # type: ignore[arg-type]
         )
+
+
+def _parameters() -> list[str]:
+    """The keyword arguments the pool takes (from the Rust class's signature)."""
+    try:
+        return list(inspect.signature(Pool).parameters)
+    except (TypeError, ValueError):  # pragma: no cover - the signature is always there
+        return []
+
+
+def _argument_error(cls: type, exc: TypeError) -> TypeError:
+    """The Rust constructor's ``TypeError`` in the words the caller used (``SessionPool()``,
+    not ``Pool.__new__()``), with the closest argument name for a misspelled one."""
+    message = str(exc).replace("Pool.__new__()", f"{cls.__name__}()")
+    unexpected = re.search(r"unexpected keyword argument '([^']*)'", message)
+    if unexpected:
+        close = difflib.get_close_matches(unexpected.group(1), _parameters(), n=1)
+        if close:
+            message += f"; did you mean {close[0]!r}?"
+    return TypeError(message)
 
 
 @contextmanager
