@@ -138,9 +138,7 @@ def test_the_label_probe_runs_once_and_never_on_the_unlabelled_path(
     # ciphertexts alike (no oracle).
     label = b"lbl".hex()
     good_labelled = [pub.encrypt(b"x" * 8, oaep(b"lbl")).hex() for _ in range(3)]
-    bad_labelled = [
-        pub.encrypt(os.urandom(8), oaep(b"another label")).hex() for _ in range(3)
-    ]
+    bad_labelled = [pub.encrypt(os.urandom(8), oaep(b"another label")).hex() for _ in range(3)]
     seq_good, out_good = run(spy, [{"ct": c, "label": label} for c in good_labelled])
     seq_bad, out_bad = run(spy, [{"ct": c, "label": label} for c in bad_labelled])
     assert seq_good == seq_bad
@@ -209,9 +207,7 @@ def test_invalid_peer_points_never_reach_the_token(pool: SessionPool, spy: Spy) 
 def test_valid_peers_still_agree(pool: SessionPool) -> None:
     key = ec_key(pool)
     peer = ec.generate_private_key(ec.SECP256R1())
-    assert key.exchange(ec.ECDH(), peer.public_key()) == peer.exchange(
-        ec.ECDH(), key.public_key()
-    )
+    assert key.exchange(ec.ECDH(), peer.public_key()) == peer.exchange(ec.ECDH(), key.public_key())
 
 
 def test_the_shared_secret_is_read_in_one_raw_call(spy: Spy) -> None:

@@ -54,7 +54,9 @@ def holds(value: Any, secret: str, depth: int = 3) -> bool:
     if depth == 0:
         return False
     if isinstance(value, dict):
-        return any(holds(k, secret, depth - 1) or holds(v, secret, depth - 1) for k, v in value.items())
+        return any(
+            holds(k, secret, depth - 1) or holds(v, secret, depth - 1) for k, v in value.items()
+        )
     if isinstance(value, (list, tuple, set, frozenset)):
         return any(holds(v, secret, depth - 1) for v in value)
     attrs = getattr(value, "__dict__", None)
@@ -82,7 +84,7 @@ def assert_no_secret(exc: BaseException, secret: str) -> None:
 def raised(call: Callable[[], object]) -> BaseException:
     try:
         call()
-    except BaseException as exc:  # noqa: BLE001 - every kind is checked
+    except BaseException as exc:  # every kind is checked
         return exc
     raise AssertionError("expected an exception")
 
@@ -141,7 +143,11 @@ def test_session_pool_construction_and_first_use(softhsm: SoftHSM, tmp_path: Any
     assert_no_secret(exc, pin)
     pool = SessionPool(softhsm.module, softhsm.token_label, pin)
     try:
-        for use in (pool.check, lambda: pool.session().__enter__(), lambda: pool.find_key(key_label="x")):
+        for use in (
+            pool.check,
+            lambda: pool.session().__enter__(),
+            lambda: pool.find_key(key_label="x"),
+        ):
             exc = raised(use)
             assert isinstance(exc, HSMError), exc
             assert_no_secret(exc, pin)

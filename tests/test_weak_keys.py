@@ -10,7 +10,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -31,12 +31,12 @@ def label() -> str:
     return f"weak-{uuid.uuid4().hex[:8]}"
 
 
-@lru_cache(maxsize=None)
+@cache
 def small_key() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(65537, 1024)
 
 
-@lru_cache(maxsize=None)
+@cache
 def exponent_3_key() -> rsa.RSAPrivateKey:
     try:
         return rsa.generate_private_key(3, 2048)
@@ -60,7 +60,12 @@ def exponent_3_key() -> rsa.RSAPrivateKey:
     p, q = prime(), prime()
     d = pow(3, -1, (p - 1) * (q - 1))
     numbers = RSAPrivateNumbers(
-        p, q, d, rsa_crt_dmp1(d, p), rsa_crt_dmq1(d, q), rsa_crt_iqmp(p, q),
+        p,
+        q,
+        d,
+        rsa_crt_dmp1(d, p),
+        rsa_crt_dmq1(d, q),
+        rsa_crt_iqmp(p, q),
         RSAPublicNumbers(3, p * q),
     )
     return numbers.private_key()
@@ -126,6 +131,8 @@ def test_the_cli_refuses_weak_keys_before_asking_for_the_pin(
         [*argv, "--allow-weak"], env=env, capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 0, proc
-    with SessionPool(softhsm.module, softhsm.token_label, softhsm.pin) as p:
-        with p.session(rw=True) as s:
-            assert s.delete_key(key_label=name) >= 1
+    with (
+        SessionPool(softhsm.module, softhsm.token_label, softhsm.pin) as p,
+        p.session(rw=True) as s,
+    ):
+        assert s.delete_key(key_label=name) >= 1

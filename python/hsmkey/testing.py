@@ -239,14 +239,16 @@ def softhsm2_token(
         # From here on the PINs live in the token object (whose repr hides them), not in this
         # frame's locals (tracebacks with locals would record them).
         del pin, so_pin
+        argv = [util, "--init-token", "--free", "--label", label, "--so-pin", token.so_pin]
+        argv += ["--pin", token.pin]
         init = subprocess.run(
-            [util, "--init-token", "--free", "--label", label, "--so-pin", token.so_pin]
-            + ["--pin", token.pin],
+            argv,
             check=False,
             capture_output=True,
             text=True,
             env={**os.environ, "SOFTHSM2_CONF": str(conf)},
         )
+        del argv
         if init.returncode != 0:
             # Not CalledProcessError: its cmd (in the traceback) would carry the PINs.
             raise SoftHSM2SetupError(
