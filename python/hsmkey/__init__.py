@@ -1,7 +1,8 @@
 """hsmkey: sign and decrypt with private keys that never leave a PKCS#11 token.
 
 ``SessionPool`` keeps logged-in sessions warm and heals lost sessions and logins;
-``HSMJWK`` is a jwcrypto JWK whose private operations run in the token.
+``HSMJWK`` is a jwcrypto JWK whose private operations run in the token; ``PoolGroup`` spreads
+keys held by several HSMs over them, with failover.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from .exceptions import (
     HSMPoolExhaustedError,
     HSMSessionError,
     HSMTokenNotFoundError,
+    HSMUnavailableError,
 )
+from .group import GroupKey, PoolGroup
 from .jwk import HSMJWK, jwks
 from .pool import SessionPool, hsm_session
 
@@ -35,7 +38,10 @@ __all__ = [
     "HSMPoolExhaustedError",
     "HSMSessionError",
     "HSMTokenNotFoundError",
+    "HSMUnavailableError",
+    "GroupKey",
     "Key",
+    "PoolGroup",
     "Session",
     "SessionPool",
     "__version__",
