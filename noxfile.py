@@ -210,7 +210,9 @@ def typecheck(session: nox.Session) -> None:
     mypy.stubtest of the Rust core's stubs against the compiled module."""
     # hsmkey.adapters imports joserfc, Authlib and josepy, hsmkey.metrics the monitoring
     # libraries: mypy checks them against those.
-    session.install(".", MYPY, "joserfc", "Authlib", "josepy", "opentelemetry-api", "prometheus-client")
+    session.install(
+        ".", MYPY, "joserfc", "Authlib", "josepy", "opentelemetry-api", "prometheus-client"
+    )
     session.run("mypy", "--strict", "python/")
     # The docs' examples, the way users write them (jwcrypto has no type information).
     session.install("PyJWT", "joserfc", "pytest")

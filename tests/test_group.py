@@ -8,23 +8,11 @@ import logging
 import threading
 import time
 
+import hsmkey
 import jwt
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding
-from jwcrypto import jwk as jwcrypto_jwk
-from jwcrypto import jws
-
-import hsmkey
-from hsmkey import HSMJWK, PoolGroup, jwks
-from hsmkey.exceptions import (
-    HSMKeyNotFoundError,
-    HSMMechanismError,
-    HSMPinError,
-    HSMUnavailableError,
-)
-from hsmkey.group import classify
-
 from helpers.cluster import (  # noqa: F401
     EC_KEY,
     PIN,
@@ -33,6 +21,16 @@ from helpers.cluster import (  # noqa: F401
     cluster_fixture,
     group_fixture,
 )
+from hsmkey import HSMJWK, PoolGroup, jwks
+from hsmkey.exceptions import (
+    HSMKeyNotFoundError,
+    HSMMechanismError,
+    HSMPinError,
+    HSMUnavailableError,
+)
+from hsmkey.group import classify
+from jwcrypto import jwk as jwcrypto_jwk
+from jwcrypto import jws
 
 OTHER_EC_KEY = ec.generate_private_key(ec.SECP256R1())
 

@@ -6,10 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
-from hsmkey import PoolGroup
-
 from helpers.cluster import Cluster, cluster_fixture, group_fixture  # noqa: F401
+from hsmkey import PoolGroup
 
 
 def exercise(cluster: Cluster, group: PoolGroup) -> None:
@@ -24,10 +22,9 @@ def exercise(cluster: Cluster, group: PoolGroup) -> None:
 
 def test_opentelemetry(cluster: Cluster, group: PoolGroup) -> None:
     pytest.importorskip("opentelemetry.sdk")
+    from hsmkey.metrics.otel import instrument
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-
-    from hsmkey.metrics.otel import instrument
 
     reader = InMemoryMetricReader()
     provider = MeterProvider(metric_readers=[reader])
@@ -51,9 +48,14 @@ def test_opentelemetry(cluster: Cluster, group: PoolGroup) -> None:
     assert value("hsmkey.member.up", **{pool: "hsm-a"}).value == 1
     assert value("hsmkey.member.up", **{pool: "hsm-b"}).value == 0
     assert value("hsmkey.member.up", **{pool: "hsm-b"}).attributes["hsmkey.group"] == "signers"
-    assert value("hsmkey.member.errors", **{pool: "hsm-b", "error.type": "CKR_DEVICE_ERROR"}).value >= 1
+    assert (
+        value("hsmkey.member.errors", **{pool: "hsm-b", "error.type": "CKR_DEVICE_ERROR"}).value
+        >= 1
+    )
     assert value("hsmkey.member.failovers", **{pool: "hsm-b"}).value >= 1
-    used = value("db.client.connection.count", **{pool: "hsm-a", "db.client.connection.state": "idle"})
+    used = value(
+        "db.client.connection.count", **{pool: "hsm-a", "db.client.connection.state": "idle"}
+    )
     assert used.value >= 1
     assert value("db.client.connection.max", **{pool: "hsm-a"}).value == 4
     assert value("db.client.connection.pending_requests", **{pool: "hsm-a"}).value == 0
@@ -70,8 +72,9 @@ def test_opentelemetry(cluster: Cluster, group: PoolGroup) -> None:
     )
     assert failed.count >= 1
     total = sum(
-        p.count for p in points["db.client.operation.duration"] if "error.type" not in p.attributes
-        and p.attributes["db.operation.name"] == "sign"
+        p.count
+        for p in points["db.client.operation.duration"]
+        if "error.type" not in p.attributes and p.attributes["db.operation.name"] == "sign"
     )
     assert total == 18
     instrumentation.uninstrument()
@@ -91,10 +94,9 @@ def test_opentelemetry(cluster: Cluster, group: PoolGroup) -> None:
 
 def test_prometheus(cluster: Cluster, group: PoolGroup) -> None:
     pytest.importorskip("prometheus_client")
+    from hsmkey.metrics.prometheus import GroupCollector
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.parser import text_string_to_metric_families
-
-    from hsmkey.metrics.prometheus import GroupCollector
 
     registry = CollectorRegistry()
     registry.register(GroupCollector(group))
@@ -117,9 +119,15 @@ def test_prometheus(cluster: Cluster, group: PoolGroup) -> None:
     assert get("hsmkey_pool_sessions", member="hsm-a", state="used") == 0
     assert get("hsmkey_pool_events_total", member="hsm-a", event="created") >= 1
     count = sum(
-        get("hsmkey_operation_duration_seconds_count", member=m, operation="sign", algorithm="ES256")
+        get(
+            "hsmkey_operation_duration_seconds_count", member=m, operation="sign", algorithm="ES256"
+        )
         for m in ("hsm-a", "hsm-b", "hsm-c")
-        if ("hsmkey_operation_duration_seconds_count", tuple(sorted({"member": m, "operation": "sign", "algorithm": "ES256"}.items()))) in samples
+        if (
+            "hsmkey_operation_duration_seconds_count",
+            tuple(sorted({"member": m, "operation": "sign", "algorithm": "ES256"}.items())),
+        )
+        in samples
     )
     assert count == 18
     inf = get(
@@ -130,7 +138,10 @@ def test_prometheus(cluster: Cluster, group: PoolGroup) -> None:
         le="+Inf",
     )
     assert inf == get(
-        "hsmkey_operation_duration_seconds_count", member="hsm-a", operation="sign", algorithm="ES256"
+        "hsmkey_operation_duration_seconds_count",
+        member="hsm-a",
+        operation="sign",
+        algorithm="ES256",
     )
     assert get("hsmkey_group_calls_total") >= 18
     assert get("hsmkey_group_failovers_total") >= 1

@@ -29,6 +29,7 @@ from .pool import SessionPool, hsm_session
 
 __all__ = [
     "HSMJWK",
+    "GroupKey",
     "HSMError",
     "HSMKeyNotFoundError",
     "HSMMechanismError",
@@ -39,7 +40,6 @@ __all__ = [
     "HSMSessionError",
     "HSMTokenNotFoundError",
     "HSMUnavailableError",
-    "GroupKey",
     "Key",
     "PoolGroup",
     "Session",

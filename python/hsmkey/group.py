@@ -592,7 +592,9 @@ class PoolGroup:
             raise ValueError("a PoolGroup needs at least one pool")
         for p in pools:
             if not (hasattr(p, "find_key") and hasattr(p, "session") and hasattr(p, "check")):
-                raise TypeError(f"PoolGroup members are SessionPool objects, not {type(p).__name__}")
+                raise TypeError(
+                    f"PoolGroup members are SessionPool objects, not {type(p).__name__}"
+                )
         if len({id(p) for p in pools}) != len(pools):
             raise ValueError("the same pool is given twice")
         if names is None:
@@ -610,7 +612,11 @@ class PoolGroup:
                 raise ValueError(f"{len(names)} names for {len(pools)} pools")
             if len(set(names)) != len(names):
                 raise ValueError("member names must be unique")
-        for value, what in ((probe_interval, "probe_interval"), (max_probe_interval, "max_probe_interval"), (key_recheck, "key_recheck")):
+        for value, what in (
+            (probe_interval, "probe_interval"),
+            (max_probe_interval, "max_probe_interval"),
+            (key_recheck, "key_recheck"),
+        ):
             if not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"{what} must be a positive number of seconds")
         self.probe_interval = float(probe_interval)
@@ -723,12 +729,14 @@ class PoolGroup:
             if m.index in tried:
                 parts.append(f"{m.name}: failed in this call ({m.last_error})")
             elif not m.up:
-                parts.append(f"{m.name}: down since {time.strftime('%H:%M:%S', time.localtime(m.since))} ({m.last_error})")
+                since = time.strftime("%H:%M:%S", time.localtime(m.since))
+                parts.append(f"{m.name}: down since {since} ({m.last_error})")
             elif key is not None:
                 state = key._states.get(m.index)
                 parts.append(f"{m.name}: key {state.reason if state else 'unusable'}")
         raise HSMUnavailableError(
-            f"no member of the PoolGroup can serve {what}: " + "; ".join(parts)
+            f"no member of the PoolGroup can serve {what}: "
+            + "; ".join(parts)
             + " (down members are probed and taken back as soon as they answer)",
             getattr(last, "rv", None),
             getattr(last, "function", None),
@@ -747,7 +755,13 @@ class PoolGroup:
             observer(member.name, op, alg, seconds, None)
 
     def _failed(
-        self, member: _Member, key: GroupKey | None, op: str, alg: str, start: float, exc: BaseException
+        self,
+        member: _Member,
+        key: GroupKey | None,
+        op: str,
+        alg: str,
+        start: float,
+        exc: BaseException,
     ) -> Outcome:
         """Books a failed operation on ``member``; marks it down when it is unavailable."""
         seconds = time.perf_counter() - start
@@ -788,7 +802,9 @@ class PoolGroup:
 
     # -- operations ---------------------------------------------------------------------
 
-    def _call(self, key: GroupKey, method: str, alg: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def _call(
+        self, key: GroupKey, method: str, alg: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         tried: set[int] = set()
         last: BaseException | None = None
         while True:
@@ -800,7 +816,8 @@ class PoolGroup:
                 outcome = self._failed(member, key, method, alg, start, exc)
                 if outcome == "key" and key._state(member).reason is None:
                     key._exclude(
-                        member, "missing" if isinstance(exc, HSMKeyNotFoundError) else "different key"
+                        member,
+                        "missing" if isinstance(exc, HSMKeyNotFoundError) else "different key",
                     )
                 if outcome in ("unavailable", "busy", "key"):
                     tried.add(member.index)
@@ -829,7 +846,8 @@ class PoolGroup:
                 outcome = self._failed(member, key, method, alg, start, exc)
                 if outcome == "key" and key._state(member).reason is None:
                     key._exclude(
-                        member, "missing" if isinstance(exc, HSMKeyNotFoundError) else "different key"
+                        member,
+                        "missing" if isinstance(exc, HSMKeyNotFoundError) else "different key",
                     )
                 if outcome in ("unavailable", "busy", "key"):
                     tried.add(member.index)
@@ -863,13 +881,15 @@ class PoolGroup:
 
     # -- keys ---------------------------------------------------------------------------
 
-    def find_key(self, *, key_label: str | None = None, key_id: bytes | str | None = None) -> GroupKey:
+    def find_key(
+        self, *, key_label: str | None = None, key_id: bytes | str | None = None
+    ) -> GroupKey:
         """The group key with this label and/or id (CKA_ID).
 
-        The first time, the healthy member with the fewest operations in flight finds it,
-        and its public key becomes the key's identity for this group: every member is used
-        for it only where the same label/id names the same public key. Later calls return
-        the same object (until :meth:`refresh`).
+        The first time, the first member (in the group's order) that is up and holds it
+        finds it, and its public key becomes the key's identity for this group: every member
+        is used for it only where the same label/id names the same public key. Later calls
+        return the same object (until :meth:`refresh`).
 
         :raises HSMKeyNotFoundError: no member that answered has the key.
         :raises HSMUnavailableError: no member answered.
@@ -880,16 +900,20 @@ class PoolGroup:
         cached = self._keys.get(query)
         if cached is not None:
             return cached
+        if self._closed:
+            from .exceptions import HSMPoolClosedError
+
+            raise HSMPoolClosedError("the PoolGroup is closed")
         tried: set[int] = set()
         last: BaseException | None = None
         not_found: HSMKeyNotFoundError | None = None
-        while True:
-            try:
-                member = self._pick(None, tried, last)
-            except HSMUnavailableError:
-                if not_found is not None:
-                    raise not_found from None
-                raise
+        missing: list[_Member] = []
+        # In the members' order: the first member that answers defines what the label means.
+        for member in self._members:
+            if not member.up:
+                continue
+            with self._lock:
+                member.in_flight += 1
             start = time.perf_counter()
             try:
                 found = member.pool.find_key(key_label=key_label, key_id=key_id)
@@ -897,10 +921,8 @@ class PoolGroup:
                 if isinstance(exc, HSMKeyNotFoundError):
                     # Missing here; another member may hold it (a replication not done yet).
                     self._done(member, "find_key", "find_key", start)
-                    if not_found is None:
-                        not_found = exc
-                    tried.add(member.index)
-                    last = exc
+                    not_found = not_found or exc
+                    missing.append(member)
                     continue
                 outcome = self._failed(member, None, "find_key", "find_key", start, exc)
                 if outcome in ("unavailable", "busy"):
@@ -909,10 +931,14 @@ class PoolGroup:
                     continue
                 raise
             self._done(member, "find_key", "find_key", start)
-            break
-        key = self._adopt(found, member)
-        self._keys[query] = key
-        return key
+            key = self._adopt(found, member)
+            for m in missing:
+                key._exclude(m, "missing")
+            self._keys[query] = key
+            return key
+        if not_found is not None:
+            raise not_found
+        self._no_member(None, tried, last)
 
     def _adopt(self, found: Key, member: _Member) -> GroupKey:
         """The group key for a token key found on ``member``: the one already known under
@@ -1019,13 +1045,17 @@ class PoolGroup:
             else:
                 member.last_error = _error_text(error)
                 member.last_error_at = time.time()
-                member.backoff = min(max(member.backoff, self.probe_interval) * 2, self.max_probe_interval)
+                member.backoff = min(
+                    max(member.backoff, self.probe_interval) * 2, self.max_probe_interval
+                )
                 member.probe_due = time.monotonic() + member.backoff
                 due = member.probe_due
         if error is None:
             log.info("hsmkey group: member %r answers again and is back in use", member.name)
         elif classify(error) == "pin":
-            log.error("hsmkey group: member %r refuses the PIN: %s", member.name, _error_text(error))
+            log.error(
+                "hsmkey group: member %r refuses the PIN: %s", member.name, _error_text(error)
+            )
         else:
             _PROBER.schedule(member, due)
 
@@ -1057,8 +1087,7 @@ class PoolGroup:
                 raise exc
         if errors and (require_all or len(errors) == len(self._members)):
             raise HSMUnavailableError(
-                "PoolGroup.check(): "
-                + "; ".join(f"{m.name}: {_error_text(e)}" for m, e in errors),
+                "PoolGroup.check(): " + "; ".join(f"{m.name}: {_error_text(e)}" for m, e in errors),
                 getattr(errors[0][1], "rv", None),
                 getattr(errors[0][1], "function", None),
             ) from errors[0][1]
@@ -1098,7 +1127,9 @@ class PoolGroup:
                 for k in keys:
                     state = k._states.get(m.index)
                     if state is not None and state.reason is not None:
-                        excluded.append({"label": k._label, "id": k._id.hex(), "reason": state.reason})
+                        excluded.append(
+                            {"label": k._label, "id": k._id.hex(), "reason": state.reason}
+                        )
                 members.append(
                     {
                         "name": m.name,
@@ -1186,4 +1217,3 @@ class PoolGroup:
     def __repr__(self) -> str:
         states = ", ".join(f"{m.name}={m.state}" for m in self._members)
         return f"<PoolGroup {states}{' closed' if self._closed else ''}>"
-

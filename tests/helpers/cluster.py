@@ -23,11 +23,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import hsmkey
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
-
-import hsmkey
 
 from .faultmod import FaultModule, build_faultmod
 from .softhsm import find_softhsm2_module, make_token, write_conf
