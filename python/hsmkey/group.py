@@ -654,10 +654,10 @@ class PoolGroup:
                 "HSM_<NAME>_MODULE / _TOKEN / _PIN for each (or HSM_MODULE / HSM_TOKEN / "
                 "HSM_PIN shared by all)"
             )
-        pools = []
+        pools: list[SessionPool] = []
         for name in names:
-            values = {}
-            missing = []
+            values: dict[str, str | None] = {}
+            missing: list[str] = []
             for item in ("MODULE", "TOKEN", "PIN"):
                 own = f"HSM_{name.upper()}_{item}"
                 value = os.environ.get(own) or os.environ.get(f"HSM_{item}")
@@ -1082,9 +1082,9 @@ class PoolGroup:
                 if not member.up:
                     member.up = True
                     member.since = time.time()
-        for _, exc in errors:
-            if isinstance(exc, HSMPinError):
-                raise exc
+        for _, error in errors:
+            if isinstance(error, HSMPinError):
+                raise error
         if errors and (require_all or len(errors) == len(self._members)):
             raise HSMUnavailableError(
                 "PoolGroup.check(): " + "; ".join(f"{m.name}: {_error_text(e)}" for m, e in errors),

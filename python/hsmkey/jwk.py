@@ -209,7 +209,7 @@ class HSMJWK(JWK):  # type: ignore[misc]
         elif hasattr(source, "sign_raw"):
             if key_label is not None or key_id is not None:
                 raise TypeError("key_label= and key_id= do not apply when source is a Key")
-            key = cast("Key", source)
+            key = cast("Key", cast(object, source))  # a Key, or a GroupKey (the same interface)
         else:
             raise TypeError(
                 "source must be an hsmkey Session, SessionPool, PoolGroup or Key, not "

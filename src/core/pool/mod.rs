@@ -200,19 +200,15 @@ impl Pool {
         let joined = token.join(&self.cfg.pin, self.cfg.pin_policy)?;
         Ok((token, joined.logged_in))
     }
-    /// Connects and logs in now, and checks that a session answers (a round trip to the
-    /// token). A session or login lost since the last use is healed once, as an operation
-    /// would heal it: a check after an outage says whether the token answers now, not
-    /// whether an idle session of before the outage still exists.
+    /// Connects and logs in now, and checks that a session can be opened.
     pub fn check(&self) -> Result<()> {
-        let mut lease = self.acquire(false, &|| Ok(()))?;
-        let r = self.run(&mut lease, |s, _, _| {
+        let lease = self.acquire(false, &|| Ok(()))?;
+        let r = lease.session().and_then(|s| {
             s.get_session_info()
-                .map(|_| ())
                 .map_err(|e| Error::from_cryptoki(e, "checking the session"))
         });
         self.release(lease);
-        r
+        r.map(|_| ())
     }
     /// Closes idle sessions and releases this pool's share of the login (at once, or when
     /// the last lent session comes back).
