@@ -13,6 +13,7 @@ from . import exceptions
 from ._hsmkey import Key, Session, __version__, _close_all_pools
 from .exceptions import (
     HSMError,
+    HSMKeyChangedError,
     HSMKeyNotFoundError,
     HSMMechanismError,
     HSMModuleError,
@@ -31,6 +32,7 @@ __all__ = [
     "HSMJWK",
     "GroupKey",
     "HSMError",
+    "HSMKeyChangedError",
     "HSMKeyNotFoundError",
     "HSMMechanismError",
     "HSMModuleError",

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import difflib
+import inspect
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from ._hsmkey import Pool, Session
 
@@ -36,7 +40,21 @@ class SessionPool(Pool):
     :param allow_final_pin_try: log in even when the token reports that one more wrong PIN
         locks it (``CKF_USER_PIN_FINAL_TRY``); by default hsmkey refuses and raises
         :class:`~hsmkey.exceptions.HSMPinError` without trying the PIN.
+    :param key_cache_ttl: seconds a key lookup by label or id (``from_hsm``, ``find_key``)
+        is trusted before the next lookup searches the token again (default 60; 0: search
+        every time; ``None``: until :meth:`refresh` or a re-login). Within it a lookup
+        costs no PKCS#11 call; after it, one search. Only freshness depends on it: a key
+        object never signs with another key (see :class:`~hsmkey.exceptions.HSMKeyChangedError`).
+    :param verify_signatures: verify every signature in software against the key's public
+        key before returning it (a guard against tokens that reuse object handles and
+        against token faults); costs a software verification per signature.
     """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> SessionPool:
+        try:
+            return super().__new__(cls, *args, **kwargs)
+        except TypeError as exc:
+            raise _argument_error(cls, exc) from None
 
     async def __aenter__(self) -> SessionPool:
         """``async with SessionPool(...) as pool:`` (the pool connects lazily, as always)."""
@@ -48,7 +66,8 @@ class SessionPool(Pool):
 
     @classmethod
     def from_env(cls, **kwargs: object) -> SessionPool:
-        """A pool configured by ``HSM_MODULE``, ``HSM_TOKEN`` and ``HSM_PIN``.
+        """A pool configured by ``HSM_MODULE``, ``HSM_TOKEN`` and ``HSM_PIN`` (and
+        ``HSM_KEY_CACHE_TTL``, seconds, if set).
 
         Keyword arguments are passed on to the constructor (``max_sessions=...``).
         """
@@ -59,12 +78,40 @@ class SessionPool(Pool):
                 + ", ".join(missing)
                 + " (module path, token label, user PIN)"
             )
+        ttl = os.environ.get("HSM_KEY_CACHE_TTL")
+        if ttl and "key_cache_ttl" not in kwargs:
+            try:
+                kwargs["key_cache_ttl"] = float(ttl)
+            except ValueError:
+                raise ValueError(
+                    f"HSM_KEY_CACHE_TTL must be a number of seconds, not {ttl!r}"
+                ) from None
         return cls(
             os.environ["HSM_MODULE"],
             os.environ["HSM_TOKEN"],
             os.environ["HSM_PIN"],
             **kwargs,  # type: ignore[arg-type]
         )
+
+
+def _parameters() -> list[str]:
+    """The keyword arguments the pool takes (from the Rust class's signature)."""
+    try:
+        return list(inspect.signature(Pool).parameters)
+    except (TypeError, ValueError):  # pragma: no cover - the signature is always there
+        return []
+
+
+def _argument_error(cls: type, exc: TypeError) -> TypeError:
+    """The Rust constructor's ``TypeError`` in the words the caller used (``SessionPool()``,
+    not ``Pool.__new__()``), with the closest argument name for a misspelled one."""
+    message = str(exc).replace("Pool.__new__()", f"{cls.__name__}()")
+    unexpected = re.search(r"unexpected keyword argument '([^']*)'", message)
+    if unexpected:
+        close = difflib.get_close_matches(unexpected.group(1), _parameters(), n=1)
+        if close:
+            message += f"; did you mean {close[0]!r}?"
+    return TypeError(message)
 
 
 @contextmanager

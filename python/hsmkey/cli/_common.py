@@ -186,7 +186,11 @@ def module_path(args: argparse.Namespace) -> str:
     module = args.module or os.environ.get("HSM_MODULE")
     if not module:
         raise UsageError("no PKCS#11 module: pass --module PATH or set HSM_MODULE")
-    if not Path(module).is_file():
+    path = Path(module)
+    # The same words as the library's (hsmkey.SessionPool checks the path the same way).
+    if path.is_dir():
+        raise CLIError(f"PKCS#11 module {module} is a directory, not a shared library")
+    if not path.exists():
         raise CLIError(f"PKCS#11 module {module} does not exist")
     return str(module)
 
@@ -311,8 +315,15 @@ def find_key(pool: Pool, label: str | None, key_id: bytes | None, command: str) 
         raise UsageError(f"{command} needs --label and/or --id")
     try:
         return pool.find_key(key_label=label, key_id=key_id)
-    except HSMKeyNotFoundError:
+    except HSMKeyNotFoundError as exc:
         matches = matching_keys(pool, label, key_id)
+        if not matches:
+            # Say which keys there are, as a person would look next ('hsmkey keys').
+            labels = sorted({k.label for k in pool.list_keys() if k.label})
+            shown = ", ".join(repr(lb) for lb in labels[:10]) + (", ..." if len(labels) > 10 else "")
+            raise CLIError(
+                f"{exc}; the token's keys: {shown or 'none'} (see 'hsmkey keys')"
+            ) from None
         if len(matches) < 2:
             raise
         ids = ", ".join(k.id.hex() for k in matches)
