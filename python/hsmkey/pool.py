@@ -9,7 +9,7 @@ import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._hsmkey import Pool, Session
 
@@ -42,11 +42,13 @@ class SessionPool(Pool):
         :class:`~hsmkey.exceptions.HSMPinError` without trying the PIN.
     """
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> SessionPool:
-        try:
-            return super().__new__(cls, *args, **kwargs)
-        except TypeError as exc:
-            raise _argument_error(cls, exc) from None
+    if not TYPE_CHECKING:  # type checkers see the constructor's signature in the stubs
+
+        def __new__(cls, *args: Any, **kwargs: Any) -> SessionPool:
+            try:
+                return super().__new__(cls, *args, **kwargs)
+            except TypeError as exc:
+                raise _argument_error(cls, exc) from None
 
     async def __aenter__(self) -> SessionPool:
         """``async with SessionPool(...) as pool:`` (the pool connects lazily, as always)."""

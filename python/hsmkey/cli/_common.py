@@ -320,7 +320,9 @@ def find_key(pool: Pool, label: str | None, key_id: bytes | None, command: str) 
         if not matches:
             # Say which keys there are, as a person would look next ('hsmkey keys').
             labels = sorted({k.label for k in pool.list_keys() if k.label})
-            shown = ", ".join(repr(lb) for lb in labels[:10]) + (", ..." if len(labels) > 10 else "")
+            shown = ", ".join(repr(lb) for lb in labels[:10]) + (
+                ", ..." if len(labels) > 10 else ""
+            )
             raise CLIError(
                 f"{exc}; the token's keys: {shown or 'none'} (see 'hsmkey keys')"
             ) from None

@@ -89,9 +89,7 @@ def _curve(text: str) -> str:
 
 def _label(text: str) -> str:
     if not text.strip():
-        raise argparse.ArgumentTypeError(
-            "a key needs a label: keys are found by it"
-        )
+        raise argparse.ArgumentTypeError("a key needs a label: keys are found by it")
     if "\0" in text:
         raise argparse.ArgumentTypeError("a label must not contain NUL characters")
     return text
