@@ -12,6 +12,7 @@ from . import exceptions
 from ._hsmkey import Key, Session, __version__, _close_all_pools
 from .exceptions import (
     HSMError,
+    HSMKeyChangedError,
     HSMKeyNotFoundError,
     HSMMechanismError,
     HSMModuleError,
@@ -27,6 +28,7 @@ from .pool import SessionPool, hsm_session
 __all__ = [
     "HSMJWK",
     "HSMError",
+    "HSMKeyChangedError",
     "HSMKeyNotFoundError",
     "HSMMechanismError",
     "HSMModuleError",

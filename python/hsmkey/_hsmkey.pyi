@@ -44,6 +44,8 @@ class Pool:
         acquire_timeout: float = 30.0,
         max_idle: float | None = 300.0,
         allow_final_pin_try: bool = False,
+        key_cache_ttl: float | None = 60.0,
+        verify_signatures: bool = False,
     ) -> Pool: ...
     @property
     def module_path(self) -> str:
@@ -57,6 +59,15 @@ class Pool:
     @property
     def max_sessions(self) -> int:
         """The most sessions lent out at once."""
+    @property
+    def verify_signatures(self) -> bool:
+        """True if every signature is verified in software before it is returned."""
+    @property
+    def key_cache_ttl(self) -> float:
+        """Seconds a key lookup by label or id is trusted before it is searched again."""
+    def refresh(self) -> None:
+        """Forget every cached key lookup: the next ``from_hsm``, ``find_key``,
+        ``list_keys`` or ``jwks()`` sees the token as it is now."""
     def session(self, rw: bool = False) -> Session:
         """A context manager that borrows a warm session on entry and returns it on exit."""
     def open_session(self, rw: bool = False) -> Session:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 __all__ = [
     "HSMError",
+    "HSMKeyChangedError",
     "HSMKeyNotFoundError",
     "HSMMechanismError",
     "HSMModuleError",
@@ -74,3 +75,10 @@ class HSMKeyNotFoundError(HSMError, LookupError):
 
 class HSMMechanismError(HSMError):
     """The algorithm is not supported for this key, or the token lacks the mechanism."""
+
+
+class HSMKeyChangedError(HSMError):
+    """The key under this key object's label or id is not the key the object was made with
+    any more: it was deleted and another key took its label or id (or the token now answers
+    for its handle with another key). Nothing was signed or decrypted with the other key.
+    Load the key again (``HSMJWK.from_hsm``, ``find_key``) to use, and publish, the new one."""

@@ -151,11 +151,18 @@ def _find_key(
 
 def jwks(source: Session | Pool) -> dict[str, list[dict[str, Any]]]:
     """The public JWK Set (RFC 7517) of every key in the token that hsmkey can use, each
-    with its RFC 7638 thumbprint as ``kid``: what a service publishes at its JWKS URL."""
+    with its RFC 7638 thumbprint as ``kid``: what a service publishes at its JWKS URL.
+
+    A public key held by several key objects (the same key imported under two labels) is
+    published once."""
     keys = []
+    seen: set[str] = set()
     for key in source.list_keys():
         info = _key_info(key)
         jinfo = info.jwk or _jwk_info(key, info)
+        if jinfo.thumbprint in seen:
+            continue
+        seen.add(jinfo.thumbprint)
         member = dict(jinfo.items)
         member["kid"] = jinfo.thumbprint
         keys.append(member)

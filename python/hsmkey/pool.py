@@ -40,6 +40,14 @@ class SessionPool(Pool):
     :param allow_final_pin_try: log in even when the token reports that one more wrong PIN
         locks it (``CKF_USER_PIN_FINAL_TRY``); by default hsmkey refuses and raises
         :class:`~hsmkey.exceptions.HSMPinError` without trying the PIN.
+    :param key_cache_ttl: seconds a key lookup by label or id (``from_hsm``, ``find_key``)
+        is trusted before the next lookup searches the token again (default 60; 0: search
+        every time; ``None``: until :meth:`refresh` or a re-login). Within it a lookup
+        costs no PKCS#11 call; after it, one search. Only freshness depends on it: a key
+        object never signs with another key (see :class:`~hsmkey.exceptions.HSMKeyChangedError`).
+    :param verify_signatures: verify every signature in software against the key's public
+        key before returning it (a guard against tokens that reuse object handles and
+        against token faults); costs a software verification per signature.
     """
 
     if not TYPE_CHECKING:  # type checkers see the constructor's signature in the stubs
@@ -60,7 +68,8 @@ class SessionPool(Pool):
 
     @classmethod
     def from_env(cls, **kwargs: object) -> SessionPool:
-        """A pool configured by ``HSM_MODULE``, ``HSM_TOKEN`` and ``HSM_PIN``.
+        """A pool configured by ``HSM_MODULE``, ``HSM_TOKEN`` and ``HSM_PIN`` (and
+        ``HSM_KEY_CACHE_TTL``, seconds, if set).
 
         Keyword arguments are passed on to the constructor (``max_sessions=...``).
         """
@@ -71,6 +80,14 @@ class SessionPool(Pool):
                 + ", ".join(missing)
                 + " (module path, token label, user PIN)"
             )
+        ttl = os.environ.get("HSM_KEY_CACHE_TTL")
+        if ttl and "key_cache_ttl" not in kwargs:
+            try:
+                kwargs["key_cache_ttl"] = float(ttl)
+            except ValueError:
+                raise ValueError(
+                    f"HSM_KEY_CACHE_TTL must be a number of seconds, not {ttl!r}"
+                ) from None
         return cls(
             os.environ["HSM_MODULE"],
             os.environ["HSM_TOKEN"],
