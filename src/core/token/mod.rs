@@ -150,10 +150,6 @@ impl TokenState {
     pub fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Acquire)
     }
-    /// Label and serial: which token this is, for the keys found on it.
-    pub fn identity(&self) -> (String, String) {
-        (self.label.clone(), self.serial.clone())
-    }
     pub fn describe(&self) -> String {
         format!("token {:?} (serial {})", self.label, self.serial)
     }
