@@ -176,7 +176,8 @@ class Key:
         ``asyncio.ensure_future``); cancelling it drops a call that still waits for its
         turn."""
     def sign_many(self, alg: _Alg, payloads: list[bytes]) -> list[bytes]:
-        """Sign many payloads in one GIL-free section."""
+        """Sign many payloads in one GIL-free section (Ctrl-C is let through between
+        payloads, about every 50 ms)."""
     def sign_raw(
         self,
         mechanism: Literal["RSA_PKCS", "RSA_PSS", "ECDSA", "EDDSA"],
