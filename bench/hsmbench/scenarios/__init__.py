@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import layers, memory, remote, scale, seed, session, spinner, threads, verify
+from . import group, layers, memory, remote, scale, seed, session, spinner, threads, verify
 
 # In the order of the report.
 SCENARIOS = {
@@ -15,4 +15,5 @@ SCENARIOS = {
     "scale": scale,
     "remote": remote,
     "verify": verify,
+    "group": group,
 }
