@@ -146,7 +146,7 @@ def test_no_command_prints_help_and_fails() -> None:
         (["generate", "--type", "EC", "--label", "x", "--bits", "2048"], "--bits is for RSA"),
         (["generate", "--type", "Ed25519", "--label", "x", "--curve", "P-256"], "does not fit"),
         (["generate", "--type", "EC", "--label", "x", "--curve", "Ed25519"], "EC_EDWARDS"),
-        (["generate", "--type", "EC_EDWARDS", "--label", "x", "--curve", "P-256"], "Ed25519"),
+        (["generate", "--type", "EC_EDWARDS", "--label", "x", "--curve", "P-256"], "of EC_EDWARDS"),
         (["generate", "--type", "EC", "--label", "x", "--curve", "brainpool"], "unknown curve"),
         (["generate", "--type", "EC", "--label", ""], "a key needs a label"),
         (["generate", "--type", "EC", "--label", "  "], "a key needs a label"),
@@ -861,3 +861,20 @@ def test_async_threads_variable_is_checked(value: str) -> None:
 @pytest.mark.parametrize("value", ["4", " 16 ", ""])
 def test_async_threads_variable_accepts_counts(value: str) -> None:
     assert ok("--version", env={"HSMKEY_ASYNC_THREADS": value}).stdout.startswith("hsmkey ")
+
+
+def test_missing_module_and_token_say_what_there_is(softhsm: SoftHSM) -> None:
+    result = run("keys", unset=["HSM_MODULE"])
+    assert_error(result, 2, "--module PATH", "HSM_MODULE", "(SoftHSM2 is ")
+    result = run("keys", unset=["HSM_TOKEN"])
+    assert_error(result, 2, "--token LABEL", "HSM_TOKEN", f"tokens: '{softhsm.token_label}'")
+
+
+def test_sign_without_claims_says_how_to_give_them() -> None:
+    result = run("sign", "--label", "ec-key", input="")
+    assert_error(result, 1, "no claims on stdin", "echo '{\"sub\": \"alice\"}' | hsmkey sign")
+
+
+def test_key_not_found_lists_the_labels() -> None:
+    result = run("sign", "--label", "no-such-key", input="{}")
+    assert_error(result, 1, "no-such-key", "the token's keys: ", "'ec-key'", "hsmkey keys")
