@@ -882,3 +882,52 @@ def test_sign_without_claims_says_how_to_give_them() -> None:
 def test_key_not_found_lists_the_labels() -> None:
     result = run("sign", "--label", "no-such-key", input="{}")
     assert_error(result, 1, "no-such-key", "the token's keys: ", "'ec-key'", "hsmkey keys")
+
+
+INIT_MY_TOKEN = ["softhsm2-util", "--init-token", "--free", "--label", "my-token"]
+
+
+def test_the_cli_page_walkthrough_runs(tmp_path: Path) -> None:
+    """docs/cli.rst's command sequence works as written on a fresh token (with --yes where
+    the page's delete would ask on the terminal)."""
+    page = (Path(__file__).parent.parent / "docs" / "cli.rst").read_text()
+    block = re.search(r"\.\. code-block:: bash\n\n((?:   .*\n|\n)+)", page)
+    assert block is not None
+    lines = [ln[3:] for ln in block.group(1).splitlines() if ln.strip()]
+    assert lines[0].startswith("export HSM_MODULE=")
+    # A token of its own, my-token as on the page (this process never sees it).
+    (tmp_path / "tokens").mkdir()
+    conf = tmp_path / "softhsm2.conf"
+    conf.write_text(f"directories.tokendir = {tmp_path / 'tokens'}\nobjectstore.backend = file\n")
+    scratch = {
+        "SOFTHSM2_CONF": str(conf),
+        "HSM_MODULE": find_softhsm2_module(),
+        "HSM_TOKEN": "my-token",
+        "HSM_PIN": "123456",
+    }
+    subprocess.run(
+        [*INIT_MY_TOKEN, "--so-pin", "12345678", "--pin", "123456"],
+        env={**os.environ, **scratch},
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    env = {**os.environ, **scratch}
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env["PATH"]
+    for line in lines[1:]:
+        command = line.split("   #")[0]
+        if command.startswith("hsmkey delete"):
+            command += " --yes"
+        proc = subprocess.run(
+            ["bash", "-c", command],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        assert proc.returncode == 0 and "error" not in proc.stderr, (line, proc)
+    assert (tmp_path / "service.pem").read_text().startswith("-----BEGIN CERTIFICATE-----")
+    labels = {k["label"] for k in ok("keys", "--json", env=scratch).json()}
+    assert labels == {"signing-key", "ca-key"}  # service-key was deleted
