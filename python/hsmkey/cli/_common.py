@@ -264,8 +264,15 @@ def open_pool(args: argparse.Namespace) -> SessionPool:
 
     module = module_path(args)
     label, serial, slot = token_selection(args, module)
-    pin = user_pin(describe_token(label, serial, slot))
-    pool = SessionPool(module, label, pin, token_serial=serial, slot_id=slot)
+    # The PIN goes straight into the pool (wiped memory): no local of this frame holds it when
+    # the login fails (tracebacks with locals would record it).
+    pool = SessionPool(
+        module,
+        label,
+        user_pin(describe_token(label, serial, slot)),
+        token_serial=serial,
+        slot_id=slot,
+    )
     pool.check()
     return pool
 

@@ -150,6 +150,12 @@ def register(command: Command) -> None:
         help="the file is encrypted: ask for its password (on the terminal, else one "
         "line of stdin)",
     )
+    p.add_argument(
+        "--allow-weak",
+        action="store_true",
+        help="import a legacy RSA key below 2048 bits or with a public exponent below 65537 "
+        "(refused by default)",
+    )
     p.set_defaults(func=cmd_import)
 
     p = command(
@@ -340,10 +346,22 @@ def cmd_import(args: argparse.Namespace) -> int:
         raise CLIError(f"cannot read {args.file}: {exc.strerror or exc}") from None
     password = _read_password(stdin_busy=args.file == "-") if args.password else None
     private_key = _load_private_key(data, password, name)
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    if isinstance(private_key, rsa.RSAPrivateKey) and not args.allow_weak:
+        from .._import import check_rsa_strength
+
+        try:  # before the PIN is asked for
+            e = private_key.public_key().public_numbers().e
+            check_rsa_strength(private_key.key_size, e, opt_in="--allow-weak")
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
     with open_pool(args) as pool:
         check_new_key(pool, args.label, args.key_id)
         with pool.session(rw=True) as session:
-            session.import_private_key(private_key, label=args.label, key_id=args.key_id)
+            session.import_private_key(
+                private_key, label=args.label, key_id=args.key_id, allow_weak=args.allow_weak
+            )
         return _report_new_key(args, pool, args.label)
 
 
