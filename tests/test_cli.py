@@ -712,7 +712,10 @@ def test_csr_subject_names_users_write() -> None:
     assert csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "svc.example"
     assert csr.subject.get_attributes_for_oid(NameOID.EMAIL_ADDRESS)[0].value == "a@b.example"
     slashed = ok("csr", "--label", "ec-key", "--subject", "/O=Example/CN=svc")
-    assert "CN=svc,O=Example" == x509.load_pem_x509_csr(slashed.stdout.encode()).subject.rfc4514_string()
+    assert (
+        x509.load_pem_x509_csr(slashed.stdout.encode()).subject.rfc4514_string()
+        == "CN=svc,O=Example"
+    )
 
 
 def test_softhsm2_configuration_missing_is_named(tmp_path: Path) -> None:

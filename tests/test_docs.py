@@ -281,9 +281,8 @@ with softhsm2_token(label="my-token", pin="123456", directory=directory) as toke
         except BaseException as exc:
             names = [cls.__name__ for cls in type(exc).__mro__]
             if not (expected and expected in names):
-                print(f"\nFAILED: the block at {where} raised {type(exc).__name__}", file=sys.stderr)
                 traceback.print_exc()
-                sys.exit(1)
+                fail(f"the block at {where} raised {type(exc).__name__}")
         else:
             if expected:
                 fail(f"the block at {where} should raise {expected}")

@@ -19,6 +19,7 @@ __all__ = [
     "HSMPoolExhaustedError",
     "HSMSessionError",
     "HSMTokenNotFoundError",
+    "HSMUnavailableError",
 ]
 
 
@@ -62,6 +63,12 @@ class HSMPoolClosedError(HSMSessionError):
 
 class HSMPoolExhaustedError(HSMSessionError):
     """No session became free within ``acquire_timeout`` seconds."""
+
+
+class HSMUnavailableError(HSMSessionError):
+    """No member of a :class:`~hsmkey.PoolGroup` could serve the call: every member that holds
+    the key is down (or failed during this call). Raised at once, without waiting; the group
+    takes members back as soon as they answer a probe."""
 
 
 class HSMPinError(HSMError):

@@ -9,7 +9,7 @@ import os
 import re
 from contextlib import AbstractContextManager
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._hsmkey import Pool, Session
 
@@ -50,16 +50,18 @@ class SessionPool(Pool):
         against token faults); costs a software verification per signature.
     """
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> SessionPool:
-        # `args`/`kwargs` hold the PIN: deleted before any exception leaves this frame
-        # (tracebacks with locals would record it).
-        try:
-            return super().__new__(cls, *args, **kwargs)
-        except TypeError as exc:
-            error = _argument_error(cls, exc)
-        finally:
-            del args, kwargs
-        raise error from None
+    if not TYPE_CHECKING:  # type checkers see the constructor's signature in the stubs
+
+        def __new__(cls, *args: Any, **kwargs: Any) -> SessionPool:
+            # `args`/`kwargs` hold the PIN: deleted before any exception leaves this frame
+            # (tracebacks with locals would record it).
+            try:
+                return super().__new__(cls, *args, **kwargs)
+            except TypeError as exc:
+                error = _argument_error(cls, exc)
+            finally:
+                del args, kwargs
+            raise error from None
 
     async def __aenter__(self) -> SessionPool:
         """``async with SessionPool(...) as pool:`` (the pool connects lazily, as always)."""

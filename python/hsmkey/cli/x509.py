@@ -171,7 +171,9 @@ def _serial(text: str) -> int:
     return value
 
 
-NAME_EXAMPLE = "write it as CN=service.example,O=Example (RFC 4514) or /O=Example/CN=service.example"
+NAME_EXAMPLE = (
+    "write it as CN=service.example,O=Example (RFC 4514) or /O=Example/CN=service.example"
+)
 
 
 def _name_overrides() -> dict[str, x509.ObjectIdentifier]:

@@ -80,7 +80,9 @@ fn verify_ecdsa(info: &KeyInfo, scheme: &Scheme, data: &[u8], sig: &[u8]) -> Res
             ) else {
                 return Ok(false);
             };
-            Ok(key.verify_prehash(&digest, &sig).is_ok())
+            // A token's s may be either of the two valid values; k256 accepts the low one
+            // only (BIP 62), and every curve accepts it.
+            Ok(key.verify_prehash(&digest, &sig.normalize_s()).is_ok())
         }};
     }
     match curve {
