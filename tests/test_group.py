@@ -439,3 +439,18 @@ def test_classify() -> None:
     assert classify(e.HSMPoolExhaustedError("x")) == "busy"
     assert classify(e.HSMKeyNotFoundError("x")) == "key"
     assert classify(ValueError("x")) == "fatal"
+
+
+def test_a_warm_group_signature_costs_two_calls(cluster: Cluster, group: PoolGroup) -> None:
+    key = group.find_key(key_label="sign-ec")
+    for _ in range(6):
+        key.sign("ES256", b"warm")  # every member has a session and the key's handle
+    for m in cluster.members:
+        m.fault.reset_counts()
+    for _ in range(30):
+        key.sign("ES256", b"counted")
+    calls: dict[str, int] = {}
+    for m in cluster.members:
+        for function, n in m.fault.counts().items():
+            calls[function] = calls.get(function, 0) + n
+    assert calls == {"C_SignInit": 30, "C_Sign": 30}

@@ -475,6 +475,9 @@ class _Prober:
 
 
 _PROBER = _Prober()
+if hasattr(os, "register_at_fork"):
+    # The prober thread does not exist in a child: the child starts its own when needed.
+    os.register_at_fork(after_in_child=_PROBER._reset_after_fork)
 
 
 class _GroupSession:
