@@ -4,6 +4,7 @@ front of its own SoftHSM2 token, see helpers/cluster.py)."""
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import threading
 import time
@@ -480,3 +481,28 @@ def test_a_warm_group_signature_costs_two_calls(cluster: Cluster, group: PoolGro
         for function, n in m.fault.counts().items():
             calls[function] = calls.get(function, 0) + n
     assert calls == {"C_SignInit": 30, "C_Sign": 30}
+
+
+def test_the_unreachable_switch(cluster: Cluster) -> None:
+    """The fault module's switch: calls fail while it is on; the module's sessions (and the
+    login) are gone when it comes back; C_GetInfo is answered throughout."""
+    from helpers.faultmod import CallError, Pkcs11Client
+
+    m = cluster[0]
+    client = Pkcs11Client(m.path)
+    slot = client.slot_list()[0]
+    handle = client.open_session(slot)
+    client.login(handle, PIN)
+    m.unreachable()
+    with pytest.raises(CallError) as info:
+        client.open_session(slot)
+    assert info.value.rv_name == "CKR_DEVICE_ERROR"
+    info_buffer = ctypes.create_string_buffer(256)  # room for a CK_INFO
+    assert client.call("C_GetInfo", info_buffer) == 0
+    m.reachable()
+    with pytest.raises(CallError) as info:
+        client.session_state(handle)
+    assert info.value.rv_name == "CKR_SESSION_HANDLE_INVALID"
+    fresh = client.open_session(slot)
+    assert client.session_state(fresh) == 0  # CKS_RO_PUBLIC_SESSION: nobody logged in
+    client.close_session(fresh)
