@@ -2,10 +2,13 @@
 //! without a secret (`KeyInfo`). `find` looks keys up, `public` reads their public halves,
 //! `sign` makes one signature.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use cryptoki::object::{Attribute, ObjectClass};
 
 use crate::core::error::{Error, Kind, Result};
-use crate::core::mechanism::{hex, Curve, KeyKind};
+use crate::core::mechanism::{hex, Curve, KeyKind, MlDsa};
 
 mod find;
 mod public;
@@ -70,6 +73,13 @@ pub struct KeyInfo {
     pub public_exponent: Option<Vec<u8>>,
     /// Uncompressed point (Weierstrass) or raw public key (Edwards).
     pub ec_point: Option<Vec<u8>>,
+    /// ML-DSA: the parameter set (`CKA_PARAMETER_SET`).
+    pub param_set: Option<MlDsa>,
+    /// ML-DSA: the raw public key (FIPS 204 pkEncode; the public object's `CKA_VALUE`).
+    pub public_value: Option<Vec<u8>>,
+    /// Set once the public key was shown to belong to the private key (a probe signature
+    /// made in the token and verified in software), for the families proven that way.
+    pub proven: Arc<AtomicBool>,
 }
 
 impl KeyInfo {
@@ -78,10 +88,29 @@ impl KeyInfo {
             Some(l) => format!("key {l:?}"),
             None => format!("key with id {}", hex(&self.id)),
         };
+        if let Some(p) = self.param_set {
+            return format!("{name} is {}", p.name());
+        }
         match (self.kind, self.curve) {
             (KeyKind::Rsa, _) => format!("{name} is RSA {}", self.bits),
             (_, Some(c)) => format!("{name} is {} {}", self.kind.name(), c.name()),
             (_, None) => format!("{name} is {}", self.kind.name()),
+        }
+    }
+
+    pub fn is_proven(&self) -> bool {
+        self.proven.load(Ordering::Acquire)
+    }
+
+    pub fn set_proven(&self) {
+        self.proven.store(true, Ordering::Release);
+    }
+
+    /// Room for any signature of this key (the module reports the length it wrote).
+    pub fn max_signature_len(&self) -> usize {
+        match self.param_set {
+            Some(p) => p.signature_len(),
+            None => sign::max_signature_len(self.bits),
         }
     }
 }

@@ -6,7 +6,7 @@ use cryptoki::session::Session;
 
 use super::{KeyInfo, KeyQuery};
 use crate::core::error::{Context, Error, Result};
-use crate::core::mechanism::{Curve, KeyKind};
+use crate::core::mechanism::{public_from_spki, Curve, KeyKind, MlDsa};
 
 /// Reads the key's type and public half (from the private object, or from the public-key
 /// object beside it where the private object does not carry the point).
@@ -55,6 +55,7 @@ pub fn read_info(
         Some(KeyType::RSA) => KeyKind::Rsa,
         Some(KeyType::EC) => KeyKind::Ec,
         Some(KeyType::EC_EDWARDS) => KeyKind::Edwards,
+        Some(KeyType::ML_DSA) => KeyKind::MlDsa,
         other => {
             return Err(Error::mechanism(format!(
                 "the private key with {} has a key type hsmkey does not sign with ({other:?})",
@@ -71,6 +72,9 @@ pub fn read_info(
         modulus: None,
         public_exponent: None,
         ec_point: None,
+        param_set: None,
+        public_value: None,
+        proven: Default::default(),
     };
     match kind {
         KeyKind::Rsa => {
@@ -111,8 +115,138 @@ pub fn read_info(
             info.curve = Some(curve);
             info.bits = curve.bits();
         }
+        KeyKind::MlDsa => {
+            let (set, value) = mldsa_public(session, handle, public, &info, query)?;
+            info.param_set = Some(set);
+            info.public_value = Some(value);
+        }
     }
     Ok(info)
+}
+
+/// An ML-DSA key's parameter set (from the private object) and raw public key: from the
+/// public object just made, the private object's CKA_PUBLIC_KEY_INFO, or the public-key
+/// object beside it (its CKA_VALUE or CKA_PUBLIC_KEY_INFO). Not proven here: the pool proves
+/// it with a probe signature before publishing it.
+fn mldsa_public(
+    session: &Session,
+    handle: ObjectHandle,
+    public: Option<ObjectHandle>,
+    info: &KeyInfo,
+    query: &KeyQuery,
+) -> Result<(MlDsa, Vec<u8>)> {
+    let attrs = session
+        .get_attributes(
+            handle,
+            &[AttributeType::ParameterSet, AttributeType::PublicKeyInfo],
+        )
+        .context("reading the ML-DSA key's attributes")?;
+    let mut set = None;
+    let mut spki = None;
+    for a in attrs {
+        match a {
+            Attribute::ParameterSet(p) => set = Some(MlDsa::from_parameter_set(p)?),
+            Attribute::PublicKeyInfo(v) if !v.is_empty() => spki = Some(v),
+            _ => {}
+        }
+    }
+    let set = set.ok_or_else(|| {
+        Error::mechanism(format!(
+            "the ML-DSA key with {} has no CKA_PARAMETER_SET",
+            query.describe()
+        ))
+    })?;
+    let read = |h: ObjectHandle| read_mldsa_public(session, h, set);
+    let value = match public {
+        Some(h) => read(h)?,
+        None => match spki.and_then(|s| public_from_spki(&s, set)) {
+            Some(v) => Some(v),
+            None => beside(session, info, read)?,
+        },
+    };
+    let value = value.ok_or_else(|| {
+        Error::mechanism(format!(
+            "the {} private key with {} has no public key beside it (no public-key object with \
+             the same CKA_ID or label carrying CKA_VALUE, and no CKA_PUBLIC_KEY_INFO on the \
+             private key): import its public key as well",
+            set.name(),
+            query.describe()
+        ))
+    })?;
+    Ok((set, value))
+}
+
+/// The raw ML-DSA public key of a public-key object of parameter set `set`.
+fn read_mldsa_public(
+    session: &Session,
+    handle: ObjectHandle,
+    set: MlDsa,
+) -> Result<Option<Vec<u8>>> {
+    let attrs = session
+        .get_attributes(
+            handle,
+            &[
+                AttributeType::KeyType,
+                AttributeType::ParameterSet,
+                AttributeType::Value,
+                AttributeType::PublicKeyInfo,
+            ],
+        )
+        .context("reading an ML-DSA public key")?;
+    let mut value = None;
+    let mut spki = None;
+    for a in attrs {
+        match a {
+            Attribute::KeyType(t) if t != KeyType::ML_DSA => return Ok(None),
+            Attribute::ParameterSet(p) if MlDsa::from_parameter_set(p).ok() != Some(set) => {
+                return Ok(None)
+            }
+            Attribute::Value(v) if v.len() == set.public_len() => value = Some(v),
+            Attribute::PublicKeyInfo(v) if !v.is_empty() => spki = Some(v),
+            _ => {}
+        }
+    }
+    Ok(value.or_else(|| spki.and_then(|s| public_from_spki(&s, set))))
+}
+
+/// What `read` gives for the public-key object with the same CKA_ID and/or label as the
+/// private key (most specific first; a query that matches several objects is skipped).
+fn beside(
+    session: &Session,
+    info: &KeyInfo,
+    read: impl Fn(ObjectHandle) -> Result<Option<Vec<u8>>>,
+) -> Result<Option<Vec<u8>>> {
+    let mut candidates = Vec::new();
+    if let (false, Some(l)) = (info.id.is_empty(), &info.label) {
+        candidates.push(KeyQuery {
+            label: Some(l.clone()),
+            id: Some(info.id.clone()),
+        });
+    }
+    if !info.id.is_empty() {
+        candidates.push(KeyQuery {
+            label: None,
+            id: Some(info.id.clone()),
+        });
+    }
+    if let Some(l) = &info.label {
+        candidates.push(KeyQuery {
+            label: Some(l.clone()),
+            id: None,
+        });
+    }
+    for q in candidates {
+        let found = session
+            .find_objects(&q.template(ObjectClass::PUBLIC_KEY))
+            .context("searching for the public key beside the private key")?;
+        if found.len() != 1 {
+            continue;
+        }
+        if let Some(v) = read(found[0])? {
+            return Ok(Some(v));
+        }
+    }
+    Ok(None)
 }
 
 /// CKA_EC_POINT of a public-key object, if it has one.
