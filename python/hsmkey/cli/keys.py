@@ -32,16 +32,25 @@ from ._common import (
 if TYPE_CHECKING:
     from .._hsmkey import Pool
 
-KEY_TYPES = {"rsa": "RSA", "ec": "EC", "ed25519": "Ed25519", "ed448": "Ed448"}
+KEY_TYPES = {
+    "rsa": "RSA",
+    "ec": "EC",
+    "ed25519": "Ed25519",
+    "ed448": "Ed448",
+    "ml-dsa-44": "ML-DSA-44",
+    "ml-dsa-65": "ML-DSA-65",
+    "ml-dsa-87": "ML-DSA-87",
+}
 CURVES = ("P-256", "P-384", "P-521", "secp256k1")
 
 
 def _key_type(text: str) -> str:
     try:
-        return KEY_TYPES[text.lower()]
+        return KEY_TYPES[text.lower().replace("_", "-")]
     except KeyError:
         raise argparse.ArgumentTypeError(
-            f"unknown key type {text!r} (RSA, EC, Ed25519 or Ed448)"
+            f"unknown key type {text!r} (RSA, EC, Ed25519, Ed448, ML-DSA-44, ML-DSA-65 or "
+            "ML-DSA-87)"
         ) from None
 
 
@@ -66,7 +75,7 @@ def register(command: Command) -> None:
         type=_key_type,
         required=True,
         metavar="TYPE",
-        help="RSA, EC, Ed25519 or Ed448",
+        help="RSA, EC, Ed25519, Ed448, ML-DSA-44, ML-DSA-65 or ML-DSA-87",
     )
     p.add_argument("--bits", type=int, help="RSA modulus size (default 2048)")
     p.add_argument("--curve", choices=CURVES, help="EC curve (default P-256)")
@@ -79,7 +88,8 @@ def register(command: Command) -> None:
     p = command(
         "import",
         "import a private key from a PEM or DER file",
-        "Store a private key (RSA, EC, Ed25519, Ed448; PEM or DER, PKCS#8 or traditional) "
+        "Store a private key (RSA, EC, Ed25519, Ed448, ML-DSA; PEM or DER, PKCS#8 or "
+        "traditional) "
         "in the token, with its public key beside it. The token copy is sensitive and not "
         "extractable; the file is left as it is.",
     )
