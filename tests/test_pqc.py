@@ -59,7 +59,7 @@ from cryptography.exceptions import InvalidSignature  # noqa: E402
 from cryptography.hazmat.primitives import serialization  # noqa: E402
 from cryptography.x509.oid import NameOID  # noqa: E402
 from hsmkey import HSMJWK  # noqa: E402
-from hsmkey.exceptions import HSMKeyNotFoundError, HSMMechanismError  # noqa: E402
+from hsmkey.exceptions import HSMMechanismError  # noqa: E402
 from hsmkey.keys import (  # noqa: E402
     NOT_EXTRACTABLE,
     HSMMLDSA44PrivateKey,
@@ -199,7 +199,8 @@ def test_a_public_key_that_is_not_the_private_keys_is_never_used(
 ) -> None:
     """A public-key object beside a private key (same label and id) with another key's
     CKA_VALUE, put there by another library: hsmkey reads the private object's own
-    CKA_PUBLIC_KEY_INFO first, and a candidate that fails the probe signature is refused."""
+    CKA_PUBLIC_KEY_INFO first (a candidate from a public-key object must verify a probe
+    signature: src/core/key/verify.rs's tests)."""
     label = "mismatch-65"
     right = PRIVATE["ML-DSA-65"].from_seed_bytes(b"\1" * 32)
     with pool.session(rw=True) as session:
@@ -211,11 +212,18 @@ def test_a_public_key_that_is_not_the_private_keys_is_never_used(
         key = fresh.find_key(key_label=label, key_id=key_id)
         assert key.public_value == right.public_key().public_bytes_raw()
         assert HSMJWK.from_hsm(key)["pub"] == base64url_encode(key.public_value)
-        # The proof itself: the token's probe signature does not verify with `other`.
-        from hsmkey.keys import mldsa as family
 
-        with pytest.raises(HSMKeyNotFoundError, match="does not belong to its private key"):
-            family._prove(key, "ML-DSA-65", other)
+
+def test_verify_signatures_checks_ml_dsa(kryoptic: Kryoptic, generated: dict[str, str]) -> None:
+    """verify_signatures=True: every ML-DSA signature is verified in software (the core's
+    ML-DSA verifier, also what proves public-key objects) before it is returned."""
+    with hsmkey.SessionPool(
+        kryoptic.module, kryoptic.token_label, kryoptic.pin, verify_signatures=True
+    ) as checked:
+        for name in SETS:
+            key = checked.find_key(key_label=generated[name])
+            private_key_for(key).public_key().verify(key.sign(name, b"checked"), b"checked")
+            key.sign_raw("ML_DSA", b"checked", context=b"ctx", deterministic=True)
 
 
 def _replace_public_value(kryoptic: Kryoptic, label: str, value: bytes) -> None:

@@ -159,17 +159,6 @@ impl PyKey {
             .map(|v| PyBytes::new(py, v))
     }
 
-    /// True once the public key was proven to belong to the private key (by hsmkey.keys).
-    #[getter]
-    fn _public_proven(&self) -> bool {
-        self.info().is_proven()
-    }
-
-    /// Records that the public key was proven (a probe signature verified in software).
-    fn _set_public_proven(&self) {
-        self.info().set_proven();
-    }
-
     /// Signs ``data`` for a JOSE algorithm; returns the JOSE signature (r||s for ECDSA).
     /// ``deterministic=True`` asks ML-DSA keys for the deterministic variant of FIPS 204
     /// (the default is hedged).
@@ -312,7 +301,9 @@ impl PyKey {
     /// optional ``label``; every failure raises the same ``HSMError``) or ``"RSA_X_509"``
     /// (raw ``c^d mod n``, a private-key oracle: only with ``allow_raw=True``).
     /// A ciphertext not below the modulus raises ``ValueError`` before the token sees it.
-    #[pyo3(signature = (mechanism, data, *, hash=None, mgf_hash=None, label=None, allow_raw=false))]
+    /// ``allow_process_secret=True``: v1.5 with a key that allows neither raw RSA nor signing
+    /// (refused otherwise: its implicit-rejection secret could only be drawn per process).
+    #[pyo3(signature = (mechanism, data, *, hash=None, mgf_hash=None, label=None, allow_raw=false, allow_process_secret=false))]
     #[allow(clippy::too_many_arguments)]
     fn decrypt<'py>(
         &self,
@@ -323,9 +314,12 @@ impl PyKey {
         mgf_hash: Option<&str>,
         label: Option<&[u8]>,
         allow_raw: bool,
+        allow_process_secret: bool,
     ) -> PyResult<Bound<'py, PyBytes>> {
         let how = match mechanism {
-            "RSA_PKCS" => Decryption::Pkcs1v15,
+            "RSA_PKCS" => Decryption::Pkcs1v15 {
+                allow_process_secret,
+            },
             "RSA_X_509" if allow_raw => Decryption::Raw,
             "RSA_X_509" => {
                 return Err(Error::mechanism(

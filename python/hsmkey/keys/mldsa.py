@@ -5,8 +5,9 @@
 hedged by default, with the context string given (at most 255 bytes). Set
 ``deterministic = True`` on an object for the deterministic variant of FIPS 204 (the token
 must support ``CKH_DETERMINISTIC_REQUIRED``). ``public_key()`` is cryptography's own public
-key, proven to belong to the private key (a probe signature made in the token and verified
-in software) before it is first used.
+key, read only from sources proven to belong to the private key (the private object's own
+CKA_PUBLIC_KEY_INFO, or a public-key object whose key verifies a probe signature made in the
+token).
 """
 
 from __future__ import annotations
@@ -42,10 +43,6 @@ __all__ = [
     "HSMMLDSA65PrivateKey",
     "HSMMLDSA87PrivateKey",
 ]
-
-# What the token signs to prove a candidate public key (any message will do; fixed so that
-# a failure can be reproduced).
-_PROBE = b"hsmkey: prove this ML-DSA public key"
 
 
 class _HSMMLDSAMixin(_HSMKeyMixin):
@@ -141,18 +138,16 @@ else:  # pragma: no cover - cryptography < 51: the names exist, no token key map
 
 
 def _read_mldsa(key: Key, key_type: str) -> _CacheKey:
-    """The parameter set and raw public key of an ML-DSA token key, proven (once per key
-    lookup) by a probe signature made in the token and verified in software."""
+    """The parameter set and raw public key of an ML-DSA token key (proven to belong to it
+    by the core: the private object's own CKA_PUBLIC_KEY_INFO, or a public-key object whose
+    key verifies a probe signature made in the token)."""
     value = key.public_value
     if not value:
         raise HSMKeyNotFoundError(
             f"HSM key {_describe(key)} has no readable ML-DSA public key: store its "
             "public-key object (CKA_VALUE) in the token beside it"
         )
-    set_name = key.parameter_set
-    if not key._public_proven:
-        _prove(key, set_name, value)
-    return (key_type, set_name, value, b"")
+    return (key_type, key.parameter_set, value, b"")
 
 
 def _public_class(key: Key, set_name: str | None) -> Any:
@@ -161,27 +156,10 @@ def _public_class(key: Key, set_name: str | None) -> Any:
         if _mldsa is None:
             raise HSMMechanismError(
                 f"HSM key {_describe(key)} is {set_name}: ML-DSA keys need cryptography >= 51 "
-                "(pip install 'cryptography>=51')"
+                "(pip install 'hsmkey[pqc]')"
             )
         raise HSMMechanismError(f"HSM key {_describe(key)}: {set_name} is not supported")
     return entry
-
-
-def _prove(key: Key, set_name: str | None, value: bytes) -> None:
-    from cryptography.exceptions import InvalidSignature
-
-    _, pub_cls = _public_class(key, set_name)
-    public = pub_cls.from_public_bytes(value)
-    signature = key.sign_raw("ML_DSA", _PROBE)
-    try:
-        public.verify(signature, _PROBE)
-    except InvalidSignature:
-        raise HSMKeyNotFoundError(
-            f"the public key found for HSM key {_describe(key)} does not belong to its "
-            "private key (a signature made in the token does not verify with it): the "
-            "public-key object beside it is wrong or was replaced, and is not used"
-        ) from None
-    key._set_public_proven()
 
 
 def _build_mldsa(key: Key, cache_key: _CacheKey) -> _KeyInfo:

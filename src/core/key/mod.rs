@@ -1,22 +1,34 @@
 //! Private keys in the token: how one is asked for (`KeyQuery`) and what is known of it
-//! without a secret (`KeyInfo`). `find` looks keys up, `public` reads their public halves,
-//! `sign` makes one signature.
-
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+//! without a secret (`KeyInfo`). `find` looks keys up, `public` reads their public halves
+//! (from proven sources only), `identity` tells whether a handle found again is still the
+//! same key, `sign` makes one signature and `verify` checks one in software.
 
 use cryptoki::object::{Attribute, ObjectClass};
 
 use crate::core::error::{Error, Kind, Result};
-use crate::core::mechanism::{hex, Curve, KeyKind, MlDsa};
+use crate::core::mechanism::{hex, Curve, KeyKind, MechanismSet, MlDsa};
+use crate::core::raw::RawFunctions;
 
 mod find;
+mod identity;
 mod public;
 mod sign;
+pub mod verify;
 
-pub use find::{find_private_key, list_private_keys};
-pub use public::read_info;
+pub use find::{
+    find_private_key, list_private_keys, refuse_same_public_key, refuse_taken_names, Listed,
+};
+pub use identity::{changed_error, same_key, Identity};
+pub use public::{read_info, strip_leading_zeros};
 pub use sign::sign;
+
+/// What making a signature in the token needs besides a session and a handle: the token's
+/// mechanisms and its raw function list (probe signatures use it).
+#[derive(Clone, Copy)]
+pub struct Signer<'a> {
+    pub mechanisms: &'a dyn MechanismSet,
+    pub raw: Option<&'a RawFunctions>,
+}
 
 /// How a key was asked for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -73,16 +85,34 @@ pub struct KeyInfo {
     pub public_exponent: Option<Vec<u8>>,
     /// Uncompressed point (Weierstrass) or raw public key (Edwards).
     pub ec_point: Option<Vec<u8>>,
+    /// CKA_UNIQUE_ID (PKCS#11 3.0) where the token gives one: a cheap identity check.
+    pub unique_id: Option<Vec<u8>>,
     /// ML-DSA: the parameter set (`CKA_PARAMETER_SET`).
     pub param_set: Option<MlDsa>,
-    /// ML-DSA: the raw public key (FIPS 204 pkEncode; the public object's `CKA_VALUE`).
+    /// ML-DSA: the raw public key (FIPS 204 pkEncode; a public object's `CKA_VALUE`).
     pub public_value: Option<Vec<u8>>,
-    /// Set once the public key was shown to belong to the private key (a probe signature
-    /// made in the token and verified in software), for the families proven that way.
-    pub proven: Arc<AtomicBool>,
 }
 
 impl KeyInfo {
+    /// True if both describe the same public key.
+    pub fn same_public_key(&self, other: &KeyInfo) -> bool {
+        self.kind == other.kind
+            && self.curve == other.curve
+            && self.modulus == other.modulus
+            && self.public_exponent == other.public_exponent
+            && self.ec_point == other.ec_point
+            && self.param_set == other.param_set
+            && self.public_value == other.public_value
+    }
+
+    /// Room for any signature of this key (the module reports the length it wrote).
+    pub fn max_signature_len(&self) -> usize {
+        match self.param_set {
+            Some(p) => p.signature_len(),
+            None => sign::max_signature_len(self.bits),
+        }
+    }
+
     pub fn describe(&self) -> String {
         let name = match &self.label {
             Some(l) => format!("key {l:?}"),
@@ -95,22 +125,6 @@ impl KeyInfo {
             (KeyKind::Rsa, _) => format!("{name} is RSA {}", self.bits),
             (_, Some(c)) => format!("{name} is {} {}", self.kind.name(), c.name()),
             (_, None) => format!("{name} is {}", self.kind.name()),
-        }
-    }
-
-    pub fn is_proven(&self) -> bool {
-        self.proven.load(Ordering::Acquire)
-    }
-
-    pub fn set_proven(&self) {
-        self.proven.store(true, Ordering::Release);
-    }
-
-    /// Room for any signature of this key (the module reports the length it wrote).
-    pub fn max_signature_len(&self) -> usize {
-        match self.param_set {
-            Some(p) => p.signature_len(),
-            None => sign::max_signature_len(self.bits),
         }
     }
 }
