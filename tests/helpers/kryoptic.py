@@ -128,32 +128,42 @@ _EXTERNAL = textwrap.dedent(
 )
 
 
-def build_kryoptic(tmp_dir: Path) -> Kryoptic:
-    """A new kryoptic token in ``tmp_dir`` with the external keys in it; sets
-    ``KRYOPTIC_CONF`` in this process (before hsmkey loads the module)."""
+def build_kryoptic(
+    tmp_dir: Path,
+    *,
+    label: str = TOKEN_LABEL,
+    pin: str = PIN,
+    external_keys: tuple[tuple[str, bytes, str, str], ...] = EXTERNAL_KEYS,
+    set_env: bool = True,
+) -> Kryoptic:
+    """A new kryoptic token in ``tmp_dir`` with ``external_keys`` in it (made by PyKCS11);
+    with ``set_env``, sets ``KRYOPTIC_CONF`` in this process (before hsmkey loads the
+    module: kryoptic reads it once, in ``C_Initialize``)."""
     import json
 
     module = find_kryoptic()
     tmp_dir.mkdir(parents=True, exist_ok=True)
     conf = tmp_dir / "kryoptic.toml"
     conf.write_text(f'[[slots]]\nslot = 0\ndbtype = "sqlite"\ndbargs = "{tmp_dir / "token.sql"}"\n')
-    k = Kryoptic(module, conf, TOKEN_LABEL, PIN, SO_PIN)
+    k = Kryoptic(module, conf, label, pin, SO_PIN)
     tool = ["pkcs11-tool", "--module", module]
-    _run([*tool, "--init-token", "--label", TOKEN_LABEL, "--so-pin", SO_PIN], k.env)
+    _run([*tool, "--init-token", "--label", label, "--so-pin", SO_PIN], k.env)
     _run(
         [
-            *(*tool, "--token-label", TOKEN_LABEL, "--login", "--login-type", "so"),
-            *("--so-pin", SO_PIN, "--init-pin", "--pin", PIN),
+            *(*tool, "--token-label", label, "--login", "--login-type", "so"),
+            *("--so-pin", SO_PIN, "--init-pin", "--pin", pin),
         ],
         k.env,
     )
-    keys = [(label, kid.hex(), pset, how) for label, kid, pset, how in EXTERNAL_KEYS]
-    _run(
-        [
-            *(sys.executable, "-c", _EXTERNAL, module, TOKEN_LABEL, PIN),
-            *(json.dumps(keys), EXTERNAL_SEED.hex()),
-        ],
-        k.env,
-    )
-    os.environ.update(k.env)
+    if external_keys:
+        keys = [(name, kid.hex(), pset, how) for name, kid, pset, how in external_keys]
+        _run(
+            [
+                *(sys.executable, "-c", _EXTERNAL, module, label, pin),
+                *(json.dumps(keys), EXTERNAL_SEED.hex()),
+            ],
+            k.env,
+        )
+    if set_env:
+        os.environ.update(k.env)
     return k
