@@ -48,7 +48,7 @@ TEST_EXTRAS = ".[test]"
 # The PQC tests need cryptography >= 51 (ML-DSA), which the client libraries of TEST_DEPS
 # cannot have yet (pyOpenSSL pins cryptography < 51): their own session, without them.
 PQC_EXTRAS = ".[test,pqc]"
-PQC_TESTS = ["tests/test_pqc.py"]
+PQC_TESTS = ["tests/test_pqc.py", "tests/test_docs.py::test_page_examples_run[pqc.rst]"]
 # The client libraries hsmkey.adapters and the recipes are tested against (docs/clients.rst).
 CLIENT_DEPS = ["joserfc", "Authlib", "josepy", "acme", "signxml", "securesystemslib", "tuf"]
 # The monitoring libraries hsmkey.metrics exports to (PoolGroup metrics, docs/groups.rst).
@@ -404,8 +404,9 @@ def bench(session: nox.Session) -> None:
     Rust) against hsmkey at each layer, python-pkcs11, PyKCS11 and jwcrypto with a software
     key, with threads, a busy neighbour thread, session blocks, memory, worker processes and a
     simulated network HSM (0/1/5 ms round trips, threads against asyncio; section ``remote``)
-    (about 12 minutes on 2 cores; ``nox -s bench -- --quick``: about 1.5 minutes). See
-    docs/performance.rst."""
+    and ML-DSA-65 on kryoptic against the limit on the same token (section ``pqc``; it builds
+    kryoptic with scripts/build-kryoptic the first time) (about 12 minutes on 2 cores;
+    ``nox -s bench -- --quick``: about 1.5 minutes). See docs/performance.rst."""
     ensure_system_packages(session)
     ensure_cargo(session)
     session.install(".", "jwcrypto", "PyJWT", "python-pkcs11", "PyKCS11")

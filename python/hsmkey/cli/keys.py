@@ -254,7 +254,10 @@ ACCEPTED_FILES = (
     "ENCRYPTED PRIVATE KEY-----, -----BEGIN RSA/EC PRIVATE KEY-----) and DER files (PKCS#8 "
     "or traditional)"
 )
-IMPORTABLE = "RSA, EC (P-256, P-384, P-521, secp256k1), Ed25519 and Ed448 private keys"
+IMPORTABLE = (
+    "RSA, EC (P-256, P-384, P-521, secp256k1), Ed25519, Ed448 and ML-DSA (with cryptography "
+    ">= 51) private keys"
+)
 # What other PEM blocks hold (the "-----BEGIN <kind>-----" of files that are not private keys).
 _PEM_KINDS = {
     "CERTIFICATE": "a certificate",
@@ -306,6 +309,14 @@ def _check_importable(key: object, name: str) -> None:
         return
     if isinstance(key, (rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)):
         return
+    try:  # cryptography >= 51
+        from cryptography.hazmat.primitives.asymmetric import mldsa
+    except ImportError:
+        pass
+    else:
+        mldsa_keys = (mldsa.MLDSA44PrivateKey, mldsa.MLDSA65PrivateKey, mldsa.MLDSA87PrivateKey)
+        if isinstance(key, mldsa_keys):
+            return
     kind = type(key).__name__.removeprefix("_").replace("PrivateKey", "")
     raise CLIError(
         f"{name} holds a key of type {kind}, which hsmkey cannot import; it imports {IMPORTABLE}"
