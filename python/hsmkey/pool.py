@@ -7,9 +7,9 @@ import difflib
 import inspect
 import os
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
+from contextlib import AbstractContextManager
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
 from ._hsmkey import Pool, Session
 
@@ -50,11 +50,18 @@ class SessionPool(Pool):
         against token faults); costs a software verification per signature.
     """
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> SessionPool:
-        try:
-            return super().__new__(cls, *args, **kwargs)
-        except TypeError as exc:
-            raise _argument_error(cls, exc) from None
+    if not TYPE_CHECKING:  # type checkers see the constructor's signature in the stubs
+
+        def __new__(cls, *args: Any, **kwargs: Any) -> SessionPool:
+            # `args`/`kwargs` hold the PIN: deleted before any exception leaves this frame
+            # (tracebacks with locals would record it).
+            try:
+                return super().__new__(cls, *args, **kwargs)
+            except TypeError as exc:
+                error = _argument_error(cls, exc)
+            finally:
+                del args, kwargs
+            raise error from None
 
     async def __aenter__(self) -> SessionPool:
         """``async with SessionPool(...) as pool:`` (the pool connects lazily, as always)."""
@@ -94,6 +101,17 @@ class SessionPool(Pool):
         )
 
 
+if not TYPE_CHECKING:
+    # Help, Sphinx and inspect.signature(SessionPool) show the constructor's real arguments.
+    try:
+        _cls = inspect.Parameter("cls", inspect.Parameter.POSITIONAL_ONLY)
+        SessionPool.__new__.__signature__ = inspect.signature(Pool).replace(
+            parameters=[_cls, *inspect.signature(Pool).parameters.values()]
+        )
+    except (TypeError, ValueError):  # pragma: no cover - the signature is always there
+        pass
+
+
 def _parameters() -> list[str]:
     """The keyword arguments the pool takes (from the Rust class's signature)."""
     try:
@@ -114,7 +132,6 @@ def _argument_error(cls: type, exc: TypeError) -> TypeError:
     return TypeError(message)
 
 
-@contextmanager
 def hsm_session(
     module_path: str | os.PathLike[str],
     token_label: str,
@@ -123,17 +140,57 @@ def hsm_session(
     *,
     token_serial: str | None = None,
     slot_id: int | None = None,
-) -> Iterator[Session]:
+) -> AbstractContextManager[Session]:
     """Open one logged-in session for the length of a ``with`` block.
 
     On exit the session is closed, and the token is logged out unless another pool of this
-    process still uses that token's login.
+    process still uses that token's login. The PIN goes straight into the pool's wiped
+    memory: no frame of this function or of the block's exit holds it when an exception
+    leaves (error reporters record the locals of every frame of a traceback).
     """
-    pool = SessionPool(
-        module_path, token_label, pin, token_serial=token_serial, slot_id=slot_id, max_sessions=1
-    )
     try:
-        with pool.session(rw=rw) as session:
-            yield session
+        pool = SessionPool(
+            module_path,
+            token_label,
+            pin,
+            token_serial=token_serial,
+            slot_id=slot_id,
+            max_sessions=1,
+        )
     finally:
-        pool.close()
+        del pin
+    return _OneShot(pool, rw)
+
+
+class _OneShot:
+    """The context manager of :func:`hsm_session`: a pool of one session, closed on exit."""
+
+    __slots__ = ("_block", "_pool", "_rw")
+
+    def __init__(self, pool: SessionPool, rw: bool) -> None:
+        self._pool = pool
+        self._rw = rw
+        self._block: Session | None = None
+
+    def __enter__(self) -> Session:
+        try:
+            block = self._pool.session(rw=self._rw)
+            session = block.__enter__()
+        except BaseException:
+            self._pool.close()
+            raise
+        self._block = block
+        return session
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        block, self._block = self._block, None
+        try:
+            if block is not None:
+                block.__exit__(exc_type, exc, tb)
+        finally:
+            self._pool.close()

@@ -67,6 +67,7 @@ __all__ = [
     "SoftHSM2AlreadyLoaded",
     "SoftHSM2ModuleMissing",
     "SoftHSM2NotFound",
+    "SoftHSM2SetupError",
     "SoftHSM2Token",
     "find_softhsm2_module",
     "find_softhsm2_util",
@@ -110,6 +111,10 @@ _TEST_KEY_SPECS: Mapping[str, tuple[str, Mapping[str, Any]]] = {
 
 class SoftHSM2NotFound(RuntimeError):
     """SoftHSM2 (its module or ``softhsm2-util``) is not installed."""
+
+
+class SoftHSM2SetupError(RuntimeError):
+    """``softhsm2-util`` could not make the token (the message has its output, no PIN)."""
 
 
 class SoftHSM2ModuleMissing(SoftHSM2NotFound):
@@ -230,14 +235,27 @@ def softhsm2_token(
     previous = os.environ.get("SOFTHSM2_CONF")
     os.environ["SOFTHSM2_CONF"] = str(conf)
     try:
-        subprocess.run(
-            [util, "--init-token", "--free", "--label", label, "--so-pin", so_pin, "--pin", pin],
-            check=True,
+        token = SoftHSM2Token(module, label, pin, so_pin, root, conf)
+        # From here on the PINs live in the token object (whose repr hides them), not in this
+        # frame's locals (tracebacks with locals would record them).
+        del pin, so_pin
+        argv = [util, "--init-token", "--free", "--label", label, "--so-pin", token.so_pin]
+        argv += ["--pin", token.pin]
+        init = subprocess.run(
+            argv,
+            check=False,
             capture_output=True,
             text=True,
             env={**os.environ, "SOFTHSM2_CONF": str(conf)},
         )
-        yield SoftHSM2Token(module, label, pin, so_pin, root, conf)
+        del argv
+        if init.returncode != 0:
+            # Not CalledProcessError: its cmd (in the traceback) would carry the PINs.
+            raise SoftHSM2SetupError(
+                f"softhsm2-util --init-token failed ({init.returncode}): {init.stderr.strip()}"
+            )
+        del init
+        yield token
     finally:
         if previous is None:
             os.environ.pop("SOFTHSM2_CONF", None)
@@ -272,7 +290,9 @@ def softhsm2_test_token(
         )
     from .pool import SessionPool
 
-    with softhsm2_token(label, pin, so_pin, directory, keep) as token:
+    made = softhsm2_token(label, pin, so_pin, directory, keep)
+    del pin, so_pin  # in the token object from here on, not in this frame
+    with made as token:
         with (
             SessionPool(token.module_path, token.label, token.pin) as pool,
             pool.session(rw=True) as session,

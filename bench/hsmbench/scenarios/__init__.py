@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import group, layers, memory, remote, scale, seed, session, spinner, threads
+from . import group, layers, memory, pqc, remote, scale, seed, session, spinner, threads, verify
 
 # In the order of the report.
 SCENARIOS = {
@@ -14,5 +14,7 @@ SCENARIOS = {
     "memory": memory,
     "scale": scale,
     "remote": remote,
+    "verify": verify,
     "group": group,
+    "pqc": pqc,
 }

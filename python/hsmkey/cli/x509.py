@@ -171,7 +171,9 @@ def _serial(text: str) -> int:
     return value
 
 
-NAME_EXAMPLE = "write it as CN=service.example,O=Example (RFC 4514) or /O=Example/CN=service.example"
+NAME_EXAMPLE = (
+    "write it as CN=service.example,O=Example (RFC 4514) or /O=Example/CN=service.example"
+)
 
 
 def _name_overrides() -> dict[str, x509.ObjectIdentifier]:
@@ -337,7 +339,9 @@ def _signing_args(
 
     if not isinstance(private, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)):
         if args.hash is not None or args.pss:
-            raise UsageError("Ed25519 and Ed448 keys sign without a hash: leave out --hash/--pss")
+            raise UsageError(
+                "Ed25519, Ed448 and ML-DSA keys sign without a hash: leave out --hash/--pss"
+            )
         return None, None
     if args.pss and not isinstance(private, rsa.RSAPrivateKey):
         raise UsageError("--pss is for RSA keys")

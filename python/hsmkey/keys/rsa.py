@@ -102,7 +102,9 @@ class HSMRSAPrivateKey(_HSMKeyMixin, rsa.RSAPrivateKey):
             )
         return salt
 
-    def decrypt(self, ciphertext: bytes, padding: AsymmetricPadding) -> bytes:
+    def decrypt(
+        self, ciphertext: bytes, padding: AsymmetricPadding, *, allow_process_secret: bool = False
+    ) -> bytes:
         """Decrypt in the token: ``PKCS1v15()`` or ``OAEP(MGF1(hash), hash, label)`` with
         SHA-1, SHA-224, SHA-256, SHA-384 or SHA-512.
 
@@ -111,12 +113,19 @@ class HSMRSAPrivateKey(_HSMKeyMixin, rsa.RSAPrivateKey):
         the same ciphertext and key in every process, and never raises; good and bad
         ciphertexts make the same PKCS#11 calls. ``OAEP`` raises one ``HSMError`` for every
         failure (where the token's OAEP lacks the hash, or a label is given, the token
-        decrypts raw and hsmkey removes the padding in constant time). A ciphertext that is
-        not below the modulus raises ``ValueError`` before the token is asked."""
+        decrypts raw and hsmkey removes the padding in constant time; on a key that refuses raw
+        RSA, a label is used only where the token is known to honour it). A ciphertext that is
+        not below the modulus raises ``ValueError`` before the token is asked.
+
+        A key that allows neither raw RSA nor signing gives ``PKCS1v15()`` no secret that is
+        the same in every process: decryption raises ``HSMMechanismError`` unless
+        ``allow_process_secret=True`` (see the security page)."""
         if type(ciphertext) is not bytes:
             ciphertext = _bytes(ciphertext)
         if isinstance(padding, PKCS1v15):
-            return self._key.decrypt("RSA_PKCS", ciphertext)
+            return self._key.decrypt(
+                "RSA_PKCS", ciphertext, allow_process_secret=allow_process_secret
+            )
         if isinstance(padding, OAEP):
             name, _, prehashed = _hash_of(padding.algorithm)
             mgf = padding.mgf

@@ -105,7 +105,7 @@ pub fn refuse_taken_names(session: &Session, label: &str, id: &[u8]) -> Result<(
     if let Some(&h) = found.first() {
         let (_, other_id, _) = label_and_id(session, h)?;
         return Err(Error::value(format!(
-            "the token has a key with label {label:?} already (id {}): choose another label, \
+            "the token has a key with label '{label}' already (id {}): choose another label, \
              or delete that key first",
             hex(&other_id.unwrap_or_default())
         )));
@@ -123,7 +123,7 @@ pub fn refuse_taken_names(session: &Session, label: &str, id: &[u8]) -> Result<(
     if let Some(&h) = found.first() {
         let (other_label, _, _) = label_and_id(session, h)?;
         return Err(Error::value(format!(
-            "the token has a key with id {} already (label {:?}): choose another key_id",
+            "the token has a key with id {} already (label '{}'): choose another key_id",
             hex(id),
             other_label.unwrap_or_default()
         )));
@@ -140,7 +140,7 @@ pub fn refuse_same_public_key(new: &KeyInfo, existing: &[KeyInfo]) -> Result<()>
              same key twice; use that key, or delete it first",
             k.label
                 .as_deref()
-                .map(|l| format!("label {l:?}"))
+                .map(|l| format!("label '{l}'"))
                 .unwrap_or_else(|| "no label".into()),
             hex(&k.id)
         ))),
