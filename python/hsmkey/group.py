@@ -206,7 +206,8 @@ def _fingerprint(key: Key) -> tuple[Any, ...]:
         getattr(key, "modulus", None),
         getattr(key, "public_exponent", None),
         getattr(key, "ec_point", None),
-        getattr(key, "public_key_bytes", None),
+        getattr(key, "parameter_set", None),
+        getattr(key, "public_value", None),
     )
 
 
@@ -281,6 +282,16 @@ class GroupKey:
         """EC public point (uncompressed), or the raw Edwards public key."""
         return self._ref.ec_point
 
+    @property
+    def parameter_set(self) -> str | None:
+        """The ML-DSA parameter set, or None for other keys."""
+        return getattr(self._ref, "parameter_set", None)
+
+    @property
+    def public_value(self) -> bytes | None:
+        """ML-DSA: the raw public key."""
+        return getattr(self._ref, "public_value", None)
+
     def __getattr__(self, name: str) -> Any:
         # Attributes the token key gains later (new key families) come from the reference key;
         # methods of it run with spread and failover like the ones below.
@@ -297,13 +308,17 @@ class GroupKey:
 
     # -- operations -----------------------------------------------------------------------
 
-    def sign(self, alg: str, data: bytes) -> bytes:
+    def sign(self, alg: str, data: bytes, *, deterministic: bool = False) -> bytes:
         """Sign ``data`` for a JOSE algorithm on one member (see :meth:`hsmkey.Key.sign`)."""
-        return self._group._call(self, "sign", alg, (alg, data), {})  # type: ignore[no-any-return]
+        kwargs = {"deterministic": True} if deterministic else {}
+        return self._group._call(self, "sign", alg, (alg, data), kwargs)  # type: ignore[no-any-return]
 
-    def sign_many(self, alg: str, payloads: list[bytes]) -> list[bytes]:
+    def sign_many(
+        self, alg: str, payloads: list[bytes], *, deterministic: bool = False
+    ) -> list[bytes]:
         """Sign many payloads on one member in one call; on failover, all on another."""
-        return self._group._call(self, "sign_many", alg, (alg, payloads), {})  # type: ignore[no-any-return]
+        kwargs = {"deterministic": True} if deterministic else {}
+        return self._group._call(self, "sign_many", alg, (alg, payloads), kwargs)  # type: ignore[no-any-return]
 
     def sign_raw(self, mechanism: str, data: bytes, **kwargs: Any) -> bytes:
         """The low-level signer behind the cryptography interface (see
@@ -319,10 +334,15 @@ class GroupKey:
         """ECDH with the EC private key on one member."""
         return self._group._call(self, "ecdh", "ECDH", (peer_point,), {})  # type: ignore[no-any-return]
 
-    def sign_async(self, alg: str, data: bytes) -> asyncio.Future[bytes]:
+    def sign_async(
+        self, alg: str, data: bytes, *, deterministic: bool = False
+    ) -> asyncio.Future[bytes]:
         """:meth:`sign` for asyncio: an asyncio future (a task) of the running loop; the
         members sign on their worker threads, and failover happens inside it."""
-        return asyncio.ensure_future(self._group._call_async(self, "sign_async", alg, (alg, data)))
+        kwargs = {"deterministic": True} if deterministic else {}
+        return asyncio.ensure_future(
+            self._group._call_async(self, "sign_async", alg, (alg, data), kwargs)
+        )
 
     # -- identity -------------------------------------------------------------------------
 
@@ -841,7 +861,9 @@ class PoolGroup:
             self._done(member, method, alg, start)
             return result
 
-    async def _call_async(self, key: GroupKey, method: str, alg: str, args: tuple[Any, ...]) -> Any:
+    async def _call_async(
+        self, key: GroupKey, method: str, alg: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         tried: set[int] = set()
         last: BaseException | None = None
         while True:
@@ -852,7 +874,7 @@ class PoolGroup:
                 mkey = state.key if state is not None else None
                 if mkey is None:
                     mkey = await asyncio.to_thread(key._member_key, member)
-                result = await getattr(mkey, method)(*args)
+                result = await getattr(mkey, method)(*args, **kwargs)
             except BaseException as exc:
                 outcome = self._failed(member, key, method, alg, start, exc)
                 if outcome == "key" and key._state(member).reason is None:
