@@ -77,7 +77,8 @@ impl KeyRef {
                     }
                 }
                 out.push(pool.run(lease, |session, token, refind| {
-                    let handle = pool.key_handle(session, token, entry, refind)?;
+                    let (handle, unproven) =
+                        pool.key_handle_for_signature(session, token, entry, refind)?;
                     let sig = key::sign(
                         session,
                         handle,
@@ -87,7 +88,12 @@ impl KeyRef {
                         token.module.raw.as_ref(),
                         data,
                     )?;
-                    if pool.cfg.verify_signatures {
+                    if let Some(epoch) = unproven {
+                        // The key was found again: this signature proves it is the same key
+                        // (or it is not returned).
+                        let ok = key::verify::verify(&entry.info, &scheme, data, &sig)?;
+                        pool.confirm_key(token, entry, handle, epoch, ok)?;
+                    } else if pool.cfg.verify_signatures {
                         check_signature(entry, &scheme, data, &sig, token)?;
                     }
                     Ok(sig)

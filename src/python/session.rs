@@ -84,7 +84,8 @@ impl PySession {
 
     /// Generates a key pair in the token (read-write sessions only). The private key is
     /// sensitive and not extractable. ``key_type``: ``"RSA"`` (``bits``, default 2048),
-    /// ``"EC"`` (``curve``: P-256, P-384, P-521, secp256k1), ``"Ed25519"`` or ``"Ed448"``.
+    /// ``"EC"`` (``curve``: P-256, P-384, P-521, secp256k1), ``"Ed25519"``, ``"Ed448"``,
+    /// ``"ML-DSA-44"``, ``"ML-DSA-65"`` or ``"ML-DSA-87"`` (the public key gets CKA_VERIFY).
     /// ``key_id`` (CKA_ID) defaults to 16 random bytes.
     #[pyo3(signature = (key_type, *, label, key_id=None, bits=None, curve=None))]
     fn generate_key_pair(
@@ -142,6 +143,7 @@ impl PySession {
         let import = Import {
             kind: spec.kind,
             curve: spec.curve,
+            param_set: spec.param_set,
             label: spec.label,
             id: spec.id,
             components,
