@@ -401,6 +401,8 @@ mod tests {
             public_exponent: Some(vec![1, 0, 1]),
             ec_point: None,
             unique_id: None,
+            param_set: None,
+            public_value: None,
         };
         let m = b"hsmkey verify vector";
         let v15 = Scheme::RsaPkcs {
