@@ -538,3 +538,28 @@ def test_errors_are_hsm_errors(pool: hsmkey.SessionPool) -> None:
         session.generate_key_pair("ML-DSA-66", label="bad")
     with pytest.raises(ValueError, match="fixed size"), pool.session(rw=True) as session:
         session.generate_key_pair("ML-DSA-65", label="bad", bits=2048)
+
+
+def test_pool_group_signs_with_ml_dsa(kryoptic: Kryoptic, generated: dict[str, str]) -> None:
+    """A PoolGroup (two pools on the token here) gives ML-DSA keys like a pool does."""
+    pools = [
+        hsmkey.SessionPool(kryoptic.module, kryoptic.token_label, kryoptic.pin) for _ in range(2)
+    ]
+    with hsmkey.PoolGroup(pools, names=["one", "two"]) as group:
+        key = group.find_key(key_label=generated["ML-DSA-65"])
+        assert (key.key_type, key.parameter_set) == ("ML_DSA", "ML-DSA-65")
+        public = private_key_for(key).public_key()  # type: ignore[arg-type]
+        assert public.public_bytes_raw() == key.public_value
+        one = key.sign("ML-DSA-65", b"message", deterministic=True)
+        assert one == key.sign("ML-DSA-65", b"message", deterministic=True)
+        public.verify(one, b"message")
+        jwk_key = HSMJWK.from_hsm(group, key_label=generated["ML-DSA-65"])
+        check = jws.JWS()
+        check.deserialize(
+            jwk_key.sign_compact(b"group"), jwk.JWK(**json.loads(jwk_key.export_public()))
+        )
+        assert check.payload == b"group"
+        assert {m["name"]: m["state"] for m in group.stats()["members"]} == {
+            "one": "up",
+            "two": "up",
+        }

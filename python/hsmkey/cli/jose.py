@@ -98,6 +98,11 @@ def _read_claims() -> dict[str, Any]:
     if sys.stdin.isatty():
         print("reading the JWT claims (a JSON object) from stdin; end with Ctrl-D", file=sys.stderr)
     text = sys.stdin.read()
+    if not text.strip():
+        raise CLIError(
+            "no claims on stdin: pipe a JSON object in, as in "
+            """echo '{"sub": "alice"}' | hsmkey sign --label KEY"""
+        )
     try:
         claims = json.loads(text)
     except ValueError as exc:

@@ -379,6 +379,55 @@ mod tests {
         assert!(matches!(verify(&rsa, &s, b"m", &[1, 2]), Ok(false)));
     }
 
+    #[test]
+    fn rsa_pkcs1_and_pss() {
+        // A 1024-bit key and signatures made by pyca/cryptography over b"hsmkey verify vector".
+        let n = hex_bytes(
+            "a9b6c0a767c062aee031e28efae3b55b926d46f954d146ebc70de7460e3dc45f234188898e50ac1a97e89d88d3813d0c09106678456ef3a5157fae1342e766e9a47d73d6fd597abad2d2d84656bc9244b437e943882929bd939d08fdcf3e1ebaba009d5bdeb0ecd1f59bd286118ece56f1deb7fd747a490092b6eaed8665a393",
+        );
+        let pkcs1 = hex_bytes(
+            "9c1edd49f0824487723d750b16211badfd511cddf43a5833443e4c54d3bd3b1e75d21f757f5776eb4558fe7e355bb6e74fce2590748a63b3074ad16a6696c6aa78c1625d533a73ec7b500b659d09f0e3203e44fe631d3f410970929d27db4b633c411c1302eb60f244a7ee1ea7f7e6e331a71cdf55202503cb232c4be81f29d8",
+        );
+        let pss = hex_bytes(
+            "3e4d8499865dc3af9c1a7561bca680f6cc12ab2ffb8ace082d6d7e8572680b04bfc41b00a205323c759c84f7badaba9d2b06b731c5ada3cc2d0a1c1ceadbb3443d46500632699a30a5ada69af9e0c1dc26c70907e10a2974fc154a2a9ea993704cbd16161179618078058c17cf089881279ea5b666d5d673adf887f830802fbf",
+        );
+        let info = KeyInfo {
+            kind: KeyKind::Rsa,
+            curve: None,
+            bits: 1024,
+            label: None,
+            id: vec![],
+            modulus: Some(n),
+            public_exponent: Some(vec![1, 0, 1]),
+            ec_point: None,
+            unique_id: None,
+            param_set: None,
+            public_value: None,
+        };
+        let m = b"hsmkey verify vector";
+        let v15 = Scheme::RsaPkcs {
+            hash: HashAlg::Sha256,
+            prehashed: false,
+        };
+        let ps = Scheme::RsaPss {
+            hash: HashAlg::Sha256,
+            salt: 32,
+            prehashed: false,
+        };
+        assert!(matches!(verify(&info, &v15, m, &pkcs1), Ok(true)));
+        assert!(matches!(verify(&info, &ps, m, &pss), Ok(true)));
+        assert!(matches!(verify(&info, &v15, b"other", &pkcs1), Ok(false)));
+        assert!(matches!(verify(&info, &ps, b"other", &pss), Ok(false)));
+        assert!(matches!(verify(&info, &v15, m, &pss), Ok(false)));
+        assert!(matches!(verify(&info, &ps, m, &pkcs1), Ok(false)));
+        let wrong_salt = Scheme::RsaPss {
+            hash: HashAlg::Sha256,
+            salt: 20,
+            prehashed: false,
+        };
+        assert!(matches!(verify(&info, &wrong_salt, m, &pss), Ok(false)));
+    }
+
     fn hex_bytes(s: &str) -> Vec<u8> {
         (0..s.len())
             .step_by(2)
