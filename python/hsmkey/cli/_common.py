@@ -294,7 +294,7 @@ def sorted_keys(keys: Iterable[Key]) -> list[Key]:
 
 
 def key_info(key: Key) -> dict[str, Any]:
-    return {
+    info = {
         "label": key.label,
         "id": key.id.hex(),
         "key_type": key.key_type,
@@ -302,6 +302,9 @@ def key_info(key: Key) -> dict[str, Any]:
         "key_size": key.key_size,
         "kid": key_kid(key),
     }
+    if key.parameter_set is not None:  # ML-DSA
+        info["parameter_set"] = key.parameter_set
+    return info
 
 
 def key_rows(infos: Iterable[dict[str, Any]]) -> list[list[object]]:
@@ -310,7 +313,7 @@ def key_rows(infos: Iterable[dict[str, Any]]) -> list[list[object]]:
             info["label"],
             info["id"] or None,
             info["key_type"],
-            info["curve"] or info["key_size"],
+            info["curve"] or info.get("parameter_set") or info["key_size"],
             info["kid"],
         ]
         for info in infos

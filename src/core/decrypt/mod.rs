@@ -301,9 +301,7 @@ fn oaep_decrypt(
     }
     if has_oaep {
         if !label.is_empty() {
-            label_probe::require_labels(
-                session, handle, token, n, exponent, hash, mgf_hash, k,
-            )?;
+            label_probe::require_labels(session, handle, token, n, exponent, hash, mgf_hash, k)?;
         }
         return token_oaep(session, handle, hash, mgf_hash, label, data)
             .map_err(|e| decrypt_error(e, "decrypting (RSA-OAEP)"));
