@@ -382,8 +382,14 @@ fn softhsm2_hint(module: &Path) -> Option<String> {
         Some(conf) => (PathBuf::from(conf), "named by SOFTHSM2_CONF"),
         None => match user {
             Some(conf) => (conf, "the user's, as SOFTHSM2_CONF is not set"),
+            // The built-in default: /etc/softhsm/softhsm2.conf (Debian, Ubuntu, Homebrew's
+            // under its prefix), /etc/softhsm2.conf (Fedora, RHEL).
             None => (
-                PathBuf::from("/etc/softhsm/softhsm2.conf"),
+                ["/etc/softhsm/softhsm2.conf", "/etc/softhsm2.conf"]
+                    .into_iter()
+                    .map(PathBuf::from)
+                    .find(|p| p.is_file())
+                    .unwrap_or_else(|| PathBuf::from("/etc/softhsm/softhsm2.conf")),
                 "the default, as SOFTHSM2_CONF is not set",
             ),
         },
