@@ -119,7 +119,30 @@ impl TokenState {
 
     /// Joins the process's login with `pin`, logging in if nobody is. A different PIN than the
     /// one the process logged in with is refused without logging anyone out.
-    pub fn join(&self, pin: &Pin, policy: PinPolicy) -> Result<Joined> {
+    ///
+    /// Without a PIN (`None`): on a token that requires no login (`CKF_LOGIN_REQUIRED` off,
+    /// as kmsp11) the pool joins without any `C_Login`; on one that does, a clear
+    /// `HSMPinError` (nothing is tried).
+    pub fn join(&self, pin: Option<&Pin>, policy: PinPolicy) -> Result<Joined> {
+        let Some(pin) = pin else {
+            if self.login_required {
+                return Err(Error::new(
+                    Kind::Pin,
+                    format!(
+                        "{} requires a login (CKF_LOGIN_REQUIRED) and this pool has no PIN: \
+                         pass user_pin= (or set HSM_PIN)",
+                        self.describe()
+                    ),
+                ));
+            }
+            let mut login = lock(&self.login);
+            if login.refs == 0 {
+                // A new epoch for the handles cached under this (login-less) state.
+                self.epoch.store(next_epoch(), Ordering::Release);
+            }
+            login.refs += 1;
+            return Ok(Joined { logged_in: false });
+        };
         let fingerprint = pin.fingerprint();
         let mut login = lock(&self.login);
         if login.refs > 0 {
@@ -127,6 +150,13 @@ impl TokenState {
                 Some(fp) if fp.matches(&fingerprint) => {
                     login.refs += 1;
                     Ok(Joined { logged_in: false })
+                }
+                // Only pools without a PIN (on a login-less token) hold it: log in now.
+                None if login.anchor.is_none() => {
+                    self.login_locked(&mut login, pin, &fingerprint, policy)?;
+                    login.fingerprint = Some(fingerprint);
+                    login.refs += 1;
+                    Ok(Joined { logged_in: true })
                 }
                 _ => Err(Error::new(
                     Kind::Pin,
