@@ -64,6 +64,9 @@ impl MechanismSet for TokenState {
     fn has(&self, mechanism: MechanismType) -> bool {
         self.mechanisms.contains(&*mechanism)
     }
+    fn describe(&self) -> String {
+        TokenState::describe(self)
+    }
 }
 
 pub fn is_logged_in(state: SessionState) -> bool {
