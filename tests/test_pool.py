@@ -282,9 +282,14 @@ def test_from_env(softhsm: SoftHSM, monkeypatch: pytest.MonkeyPatch) -> None:
     with SessionPool.from_env(max_sessions=2) as pool:
         assert pool.max_sessions == 2
         pool.check()
-    monkeypatch.delenv("HSM_PIN")
-    with pytest.raises(ValueError, match="HSM_PIN"):
+    monkeypatch.delenv("HSM_MODULE")
+    with pytest.raises(ValueError, match="HSM_MODULE"):
         SessionPool.from_env()
+    # Without HSM_PIN: a pool for a token that needs no login; SoftHSM2's does, and says so.
+    monkeypatch.setenv("HSM_MODULE", softhsm.env["HSM_MODULE"])
+    monkeypatch.delenv("HSM_PIN")
+    with SessionPool.from_env() as pool, pytest.raises(HSMPinError, match="HSM_PIN"):
+        pool.check()
 
 
 def test_repr_shows_no_pin(softhsm: SoftHSM) -> None:

@@ -121,12 +121,16 @@ impl Pool {
                     st.in_use_rw += 1;
                 }
                 st.stats.created += 1;
-                st.stats.max_in_use = st.stats.max_in_use.max(st.in_use as u64);
                 let pid = st.pid;
                 drop(st);
                 close_all(expired);
                 match conn.token.open_session(rw) {
                     Ok(session) => {
+                        // Counted once the session is open (a refused open lent nothing).
+                        {
+                            let mut st = lock(&self.state);
+                            st.stats.max_in_use = st.stats.max_in_use.max(st.in_use as u64);
+                        }
                         log::log(
                             log::DEBUG,
                             &format!(

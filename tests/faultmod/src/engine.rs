@@ -627,10 +627,17 @@ pub fn generic(
 
 // ---- hooks of the functions with special behaviour ----
 
-pub fn session_opened(slot: CK_SLOT_ID, handle: CK_SESSION_HANDLE) {
+/// A session was opened: counted, and (in the same step) no longer "being opened" if
+/// `reserve_session` reserved it.
+pub fn session_opened(slot: CK_SLOT_ID, handle: CK_SESSION_HANDLE, reserved: bool) {
     let mut st = state();
     st.dead.remove(&handle);
     st.sessions.insert(handle, slot);
+    if reserved {
+        if let Some(n) = st.opening.get_mut(&slot) {
+            *n = n.saturating_sub(1);
+        }
+    }
 }
 
 pub fn session_closed(handle: CK_SESSION_HANDLE) {
@@ -744,19 +751,20 @@ pub fn required_init_args() -> Option<String> {
 }
 
 /// Before a C_OpenSession on `slot`: CKR_SESSION_COUNT when the slot has `max_sessions`
-/// open (or being opened); otherwise the session is reserved until `opening_done`.
-pub fn reserve_session(slot: CK_SLOT_ID) -> Option<CK_RV> {
+/// open (or being opened); otherwise Ok(true) when a place was reserved (until
+/// `session_opened` or `opening_done`), Ok(false) when there is no limit.
+pub fn reserve_session(slot: CK_SLOT_ID) -> Result<bool, CK_RV> {
     let mut st = state();
     let Some((max, _)) = st.max_sessions else {
-        return None;
+        return Ok(false);
     };
     let open = st.sessions.values().filter(|s| **s == slot).count() as u64;
     let opening = st.opening.get(&slot).copied().unwrap_or(0);
     if open + opening >= max {
-        return Some(CKR_SESSION_COUNT);
+        return Err(CKR_SESSION_COUNT);
     }
     *st.opening.entry(slot).or_insert(0) += 1;
-    None
+    Ok(true)
 }
 
 /// The C_OpenSession reserved by `reserve_session` is over (opened or failed).
@@ -804,4 +812,10 @@ pub fn is_hidden(mechanism: CK_MECHANISM_TYPE) -> bool {
 /// The mechanisms `hide_mechanism` hides (empty: none).
 pub fn hidden_mechanisms() -> Vec<CK_MECHANISM_TYPE> {
     state().hidden.clone()
+}
+
+/// Counts a failure the module made up by itself (a token model's answer, such as
+/// `max_sessions`' CKR_SESSION_COUNT) as injected.
+pub fn note_injected(func: Func) {
+    INJECTED[func as usize].fetch_add(1, Ordering::Relaxed);
 }

@@ -242,19 +242,20 @@ unsafe extern "C" fn C_Initialize(args: *mut c_void) -> CK_RV {
                 |_| {},
             );
         };
+        let refuse = || generic(Func::C_Initialize, Scope::Global, || CKR_ARGUMENTS_BAD, |_| {});
         if args.is_null() {
-            return CKR_ARGUMENTS_BAD;
+            return refuse();
         }
         // SAFETY: a non-NULL C_Initialize argument is a CK_C_INITIALIZE_ARGS (PKCS#11).
         let mut copy: CK_C_INITIALIZE_ARGS =
             unsafe { std::ptr::read(args.cast::<CK_C_INITIALIZE_ARGS>()) };
         if copy.pReserved.is_null() {
-            return CKR_ARGUMENTS_BAD;
+            return refuse();
         }
         // SAFETY: the modules that take init args read pReserved as a NUL-terminated string.
         let given = unsafe { CStr::from_ptr(copy.pReserved.cast::<c_char>()) };
         if given.to_bytes() != required.as_bytes() {
-            return CKR_ARGUMENTS_BAD;
+            return refuse();
         }
         copy.pReserved = std::ptr::null_mut();
         let ptr: *mut CK_C_INITIALIZE_ARGS = &mut copy;
@@ -528,9 +529,13 @@ unsafe extern "C" fn C_OpenSession(
 ) -> CK_RV {
     guard(Func::C_OpenSession, Scope::Slot(slot), || {
         // `max_sessions`: the token's session limit (checked, and a place reserved, first).
-        if let Some(rv) = engine::reserve_session(slot) {
-            return generic(Func::C_OpenSession, Scope::Slot(slot), || rv, |_| {});
-        }
+        let reserved = match engine::reserve_session(slot) {
+            Ok(reserved) => reserved,
+            Err(rv) => {
+                engine::note_injected(Func::C_OpenSession);
+                return generic(Func::C_OpenSession, Scope::Slot(slot), || rv, |_| {});
+            }
+        };
         let rv = generic(
             Func::C_OpenSession,
             Scope::Slot(slot),
@@ -547,10 +552,11 @@ unsafe extern "C" fn C_OpenSession(
         if rv == CKR_OK && !session.is_null() {
             // SAFETY: `session` is the caller's non-null handle, just written.
             let h = unsafe { *session };
-            engine::session_opened(slot, h);
+            engine::session_opened(slot, h, reserved);
             engine::log_in_quietly(h);
+        } else if reserved {
+            engine::opening_done(slot);
         }
-        engine::opening_done(slot);
         rv
     })
 }
