@@ -16,6 +16,7 @@ from hsmkey import SessionPool
 from hsmkey.exceptions import (
     HSMError,
     HSMKeyNotFoundError,
+    HSMPinError,
     HSMPoolClosedError,
     HSMPoolExhaustedError,
     HSMSessionError,
