@@ -334,8 +334,12 @@ def test_bad_arguments(softhsm: SoftHSM, kwargs: dict[str, object], exc: type, m
 def test_bad_positional_arguments(softhsm: SoftHSM) -> None:
     with pytest.raises(TypeError, match="user_pin"):
         SessionPool(softhsm.module, softhsm.token_label, 123456)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="user_pin"):
-        SessionPool(softhsm.module, softhsm.token_label, None)
+    # user_pin=None is a pool for a token that needs no login (see test_vendors.py).
+    SessionPool(softhsm.module, softhsm.token_label, None).close()
+    with pytest.raises(TypeError, match="init_args"):
+        SessionPool(softhsm.module, softhsm.token_label, "1", init_args=b"x")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="init_args"):
+        SessionPool(softhsm.module, softhsm.token_label, "1", init_args="")
     with pytest.raises(TypeError, match="token_label"):
         SessionPool(softhsm.module, 7, "1")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="NUL"):
