@@ -21,7 +21,6 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding
 from helpers.backends import Backend, BackendUnavailable, make
-
 from hsmkey import HSMJWK, SessionPool, _hsmkey
 from hsmkey.exceptions import HSMMechanismError, HSMModuleError
 
@@ -169,7 +168,7 @@ def test_pool_threads_and_nested_sessions(
                 with pool.session() as outer, pool.session() as inner:
                     assert outer.find_key(key_label=label) is not None
                     assert inner.find_key(key_label=label) is not None
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=work) for _ in range(6)]
@@ -257,9 +256,7 @@ def test_pkcs1v15_bad_ciphertext_gives_a_stable_synthetic_message(
 
 
 class _Functions(ctypes.Structure):
-    _fields_ = [("version", ctypes.c_ubyte * 2)] + [
-        (f"f{i}", ctypes.c_void_p) for i in range(68)
-    ]
+    _fields_ = [("version", ctypes.c_ubyte * 2)] + [(f"f{i}", ctypes.c_void_p) for i in range(68)]
 
 
 def close_all_sessions_behind_the_back(backend: Backend, slot: int) -> None:

@@ -261,7 +261,9 @@ def test_a_stated_session_limit_is_never_exceeded(
 ) -> None:
     """YubiHSM-like: 3 sessions, stated in ulMaxSessionCount. The pool (default size 64) opens
     at most 2 beside the login's anchor session and never meets CKR_SESSION_COUNT."""
-    out = model(softhsm, faultmod_library, tmp_path, "max_sessions 3 report\n", SIGN_FROM_12_THREADS)
+    out = model(
+        softhsm, faultmod_library, tmp_path, "max_sessions 3 report\n", SIGN_FROM_12_THREADS
+    )
     assert out["errors"] == []
     assert out["refused_opens"] == 0
     assert out["stats"]["max_in_use"] <= 2

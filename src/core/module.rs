@@ -343,8 +343,7 @@ fn initialized_labels(ctx: &Pkcs11) -> Vec<String> {
 
 fn reinitialize(ctx: &Pkcs11, path: &Path, reserved: Option<&std::ffi::CStr>) -> Result<()> {
     let _ = ctx.clone().finalize();
-    ctx.initialize(init_args_for(reserved))
-        .map_err(|e| {
-            Error::from_cryptoki(e, &format!("re-initializing {} after fork", path.display()))
-        })
+    ctx.initialize(init_args_for(reserved)).map_err(|e| {
+        Error::from_cryptoki(e, &format!("re-initializing {} after fork", path.display()))
+    })
 }

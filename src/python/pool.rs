@@ -11,7 +11,8 @@ use crate::core::module::check_path;
 use crate::core::pool::{self, Pool, PoolConfig};
 use crate::core::token::{PinPolicy, TokenCriteria};
 use crate::python::args::{
-    init_args_arg, key_query, max_sessions_arg, path_arg, pin_arg, seconds, slot_id_arg, text_arg, value_error,
+    init_args_arg, key_query, max_sessions_arg, path_arg, pin_arg, seconds, slot_id_arg, text_arg,
+    value_error,
 };
 use crate::python::gil::{detach, detach_interruptible};
 use crate::python::key::PyKey;

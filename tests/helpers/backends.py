@@ -21,6 +21,7 @@ the implementation does not do, with the reason a test skips for.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -102,7 +103,9 @@ def kryoptic(tmp: Path) -> Backend:
 def nss(tmp: Path) -> Backend:
     module = _first(NSS_MODULE_CANDIDATES)
     if module is None or shutil.which("certutil") is None:
-        raise BackendUnavailable("NSS softokn or certutil not found (Debian: libnss3 libnss3-tools)")
+        raise BackendUnavailable(
+            "NSS softokn or certutil not found (Debian: libnss3 libnss3-tools)"
+        )
     db = tmp / "nssdb"
     db.mkdir()
     pwfile = tmp / "password"
@@ -124,8 +127,7 @@ def nss(tmp: Path) -> Backend:
         "1234abcd",
         init_args=args,
         gaps={
-            "Ed25519": "NSS 3.87's softokn lists neither CKM_EC_EDWARDS_KEY_PAIR_GEN nor "
-            "CKM_EDDSA",
+            "Ed25519": "NSS 3.87's softokn lists neither CKM_EC_EDWARDS_KEY_PAIR_GEN nor CKM_EDDSA",
         },
     )
 
@@ -165,10 +167,8 @@ def opencryptoki(tmp: Path) -> Backend:
 
     def stop() -> None:
         if pid:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
             # It ignores SIGTERM while a client (this process's module) is connected.
             for attempt in range(80):
                 try:

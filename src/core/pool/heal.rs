@@ -212,8 +212,7 @@ impl Pool {
             // the one retry runs as it is.
             return Ok(());
         };
-        match lease.token.relogin(pin, self.cfg.pin_policy, seen_epoch)
-        {
+        match lease.token.relogin(pin, self.cfg.pin_policy, seen_epoch) {
             Ok(did) => {
                 if did {
                     lock(&self.state).stats.relogins += 1;

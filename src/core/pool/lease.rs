@@ -104,9 +104,10 @@ impl Pool {
             // for one of theirs (idle read-write ones were taken above; the login's anchor
             // session is read-only).
             let rw_full = rw
-                && conn.token.max_rw_sessions.is_some_and(|max| {
-                    (st.in_use_rw + st.idle_rw.len()) as u64 >= max.max(1)
-                });
+                && conn
+                    .token
+                    .max_rw_sessions
+                    .is_some_and(|max| (st.in_use_rw + st.idle_rw.len()) as u64 >= max.max(1));
             if free && !rw_full {
                 // Keep the sessions open on the token (lent + idle of both kinds) within the
                 // cap too: make room by closing the oldest idle one of the other kind.

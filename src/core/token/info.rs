@@ -78,7 +78,10 @@ impl From<&cryptoki::slot::TokenInfo> for TokenInfo {
             (t.rng(), cryptoki_sys::CKF_RNG),
             (t.write_protected(), cryptoki_sys::CKF_WRITE_PROTECTED),
             (t.login_required(), CKF_LOGIN_REQUIRED),
-            (t.user_pin_initialized(), cryptoki_sys::CKF_USER_PIN_INITIALIZED),
+            (
+                t.user_pin_initialized(),
+                cryptoki_sys::CKF_USER_PIN_INITIALIZED,
+            ),
             (
                 t.restore_key_not_needed(),
                 cryptoki_sys::CKF_RESTORE_KEY_NOT_NEEDED,

@@ -325,7 +325,11 @@ pub fn parse(text: &str) -> Config {
                 }
                 "dump" if args.is_empty() => cfg.dump = true,
                 "init_args" => {
-                    let text = line.trim_start().strip_prefix("init_args").unwrap_or("").trim();
+                    let text = line
+                        .trim_start()
+                        .strip_prefix("init_args")
+                        .unwrap_or("")
+                        .trim();
                     if text.is_empty() {
                         return Err("init_args needs the text C_Initialize must carry".into());
                     }
@@ -492,7 +496,12 @@ mod tests {
         assert_eq!(cfg.no_login.as_deref(), Some("1234"));
         assert_eq!(cfg.hidden_mechanisms, vec![0x40, 0x41]);
         assert_eq!(parse("max_sessions 2\n").max_sessions, Some((2, false)));
-        assert_eq!(parse("max_sessions 0\nhide_mechanism CKM_NOPE\n").errors.len(), 2);
+        assert_eq!(
+            parse("max_sessions 0\nhide_mechanism CKM_NOPE\n")
+                .errors
+                .len(),
+            2
+        );
     }
 
     #[test]

@@ -242,7 +242,14 @@ unsafe extern "C" fn C_Initialize(args: *mut c_void) -> CK_RV {
                 |_| {},
             );
         };
-        let refuse = || generic(Func::C_Initialize, Scope::Global, || CKR_ARGUMENTS_BAD, |_| {});
+        let refuse = || {
+            generic(
+                Func::C_Initialize,
+                Scope::Global,
+                || CKR_ARGUMENTS_BAD,
+                |_| {},
+            )
+        };
         if args.is_null() {
             return refuse();
         }
