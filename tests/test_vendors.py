@@ -441,3 +441,31 @@ def test_rejection_secret_falls_back_when_raw_rsa_fails_at_decrypt(
     assert out["synthetic_stable"]
     assert out["failed"] == 1
     assert out["signs"] >= 1  # the signature derivation ran
+
+
+# ---- the pytest plugin -----------------------------------------------------------------------
+
+
+def test_plugin_tokens_carry_init_args(softhsm: SoftHSM, tmp_path: Path) -> None:
+    """hsmkey.testing's token (what the plugin's fixtures hand out) passes its init_args to
+    its pools and to HSM_INIT_ARGS; without any, hsm_env clears a HSM_INIT_ARGS left over."""
+    import dataclasses
+
+    from hsmkey.testing import SoftHSM2Token
+
+    token = SoftHSM2Token(
+        module_path=softhsm.module,
+        label="x",
+        pin="1234",
+        so_pin="5678",
+        directory=tmp_path,
+        conf_path=tmp_path / "softhsm2.conf",
+        init_args="configdir='sql:/x'",
+    )
+    assert token.env["HSM_INIT_ARGS"] == "configdir='sql:/x'"
+    with token.pool() as pool:  # lazy: no PKCS#11 call
+        assert pool.init_args == "configdir='sql:/x'"
+    plain = dataclasses.replace(token, init_args=None)
+    assert "HSM_INIT_ARGS" not in plain.env
+    with plain.pool() as pool:
+        assert pool.init_args is None
