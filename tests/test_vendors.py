@@ -329,7 +329,7 @@ def test_token_info_cryptoki_cannot_parse(
         softhsm,
         faultmod_library,
         tmp_path,
-        "token_flags +CKF_CLOCK_ON_TOKEN\n",
+        "token_flags +CKF_CLOCK_ON_TOKEN\nutc_time ??????????????\n",
         """
         from hsmkey import _hsmkey
         tokens = [t for t in _hsmkey.list_tokens(M, mechanisms=False) if t["token_present"]]

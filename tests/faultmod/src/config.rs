@@ -108,6 +108,9 @@ pub struct Config {
     /// `hide_mechanism CKM_X ...`: left out of C_GetMechanismList; C_GetMechanismInfo and
     /// the *Init calls with it answer CKR_MECHANISM_INVALID.
     pub hidden_mechanisms: Vec<CK_MECHANISM_TYPE>,
+    /// `utc_time TEXT`: C_GetTokenInfo's utcTime (16 bytes, blank-padded), e.g. the
+    /// non-digits opencryptoki writes there beside CKF_CLOCK_ON_TOKEN.
+    pub utc_time: Option<[u8; 16]>,
     /// `unreachable [code=CKR_...] [delay=DURATION]`: every call (but C_Initialize,
     /// C_Finalize, C_GetFunctionList and C_GetInfo) returns the code (default CKR_DEVICE_ERROR) after the
     /// delay, without reaching the real module.
@@ -339,6 +342,19 @@ pub fn parse(text: &str) -> Config {
                     }
                     cfg.init_args = Some(text.to_string());
                 }
+                "utc_time" => {
+                    let text = line
+                        .trim_start()
+                        .strip_prefix("utc_time")
+                        .unwrap_or("")
+                        .trim();
+                    if text.is_empty() || text.len() > 16 {
+                        return Err("utc_time needs 1 to 16 characters".into());
+                    }
+                    let mut field = [b' '; 16];
+                    field[..text.len()].copy_from_slice(text.as_bytes());
+                    cfg.utc_time = Some(field);
+                }
                 "max_sessions" => {
                     let (n, report) = match args {
                         [n] => (n, false),
@@ -514,6 +530,10 @@ mod tests {
         assert_eq!(cfg.max_sessions, Some((3, true)));
         assert_eq!(cfg.no_login.as_deref(), Some("1234"));
         assert_eq!(cfg.hidden_mechanisms, vec![0x40, 0x41]);
+        assert_eq!(
+            parse("utc_time ??\n").utc_time.map(|t| t[..3].to_vec()),
+            Some(b"?? ".to_vec())
+        );
         assert_eq!(parse("max_sessions 2\n").max_sessions, Some((2, false)));
         assert_eq!(
             parse("max_sessions 0\nhide_mechanism CKM_NOPE\n")

@@ -313,6 +313,7 @@ struct State {
     opening: HashMap<CK_SLOT_ID, u64>,
     no_login: Option<String>,
     hidden: Vec<CK_MECHANISM_TYPE>,
+    utc_time: Option<[u8; 16]>,
     /// `unreachable`: (code, delay) answered to every call while the line stays.
     unreachable: Option<(CK_RV, Duration)>,
     /// The module just became unreachable: its sessions are to be closed in the real module.
@@ -432,6 +433,7 @@ impl State {
         self.max_sessions = cfg.max_sessions;
         self.no_login = cfg.no_login;
         self.hidden = cfg.hidden_mechanisms;
+        self.utc_time = cfg.utc_time;
         self.pin = match (cfg.pin_retries, self.pin.take()) {
             (Some(max), Some(p)) if p.max == max => Some(p),
             (Some(max), _) => Some(PinCounter { max, left: max }),
@@ -881,4 +883,9 @@ pub fn hidden_mechanisms() -> Vec<CK_MECHANISM_TYPE> {
 /// `max_sessions`' CKR_SESSION_COUNT) as injected.
 pub fn note_injected(func: Func) {
     INJECTED[func as usize].fetch_add(1, Ordering::Relaxed);
+}
+
+/// `utc_time`: the utcTime field to report, if the control file sets one.
+pub fn utc_time() -> Option<[u8; 16]> {
+    state().utc_time
 }

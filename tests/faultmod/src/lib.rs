@@ -517,6 +517,10 @@ unsafe extern "C" fn C_GetTokenInfo(slot: CK_SLOT_ID, info: *mut CK_TOKEN_INFO) 
         if rv == CKR_OK && !info.is_null() {
             // SAFETY: `info` is the caller's non-null CK_TOKEN_INFO, just filled in.
             unsafe { (*info).flags = engine::token_flags((*info).flags) };
+            if let Some(time) = engine::utc_time() {
+                // SAFETY: as above.
+                unsafe { (*info).utcTime = time };
+            }
             if let Some(max) = engine::reported_max_sessions() {
                 // SAFETY: as above.
                 unsafe { (*info).ulMaxSessionCount = max };
