@@ -1,7 +1,8 @@
 """The pool, keys, JOSE, decryption and recovery on the other PKCS#11 implementations:
-``HSMKEY_TEST_TOKEN=kryoptic|nss|opencryptoki`` (``nox -s kryoptic``, ``nss``,
-``opencryptoki``; tokens made by tests/helpers/backends.py). SoftHSM2 runs the whole suite in
-``nox -s tests``; without ``HSMKEY_TEST_TOKEN`` this file is skipped.
+``HSMKEY_TEST_TOKEN=kryoptic|nss|opencryptoki`` (``nox -s backends`` runs the three,
+``nox -s kryoptic``, ``nss``, ``opencryptoki`` one; tokens made by
+tests/helpers/backends.py). SoftHSM2 runs the whole suite in ``nox -s tests``; without
+``HSMKEY_TEST_TOKEN`` this file is skipped.
 
 Each implementation's real gaps are explicit skips with the reason (``Backend.gaps``): a key
 family the token cannot generate or sign with. Everything else must work the same way on all
