@@ -189,9 +189,10 @@ class _Member:
 class _KeyState:
     """What one member holds under a group key's label/id."""
 
-    __slots__ = ("checked_at", "key", "reason")
+    __slots__ = ("checked_at", "key", "lock", "reason")
 
     def __init__(self) -> None:
+        self.lock = threading.Lock()  # one lookup at a time per member and key
         self.key: Key | None = None
         self.reason: str | None = None  # "missing" / "different key": not used for it
         self.checked_at = 0.0
@@ -363,6 +364,13 @@ class GroupKey:
         key = state.key
         if key is not None:
             return key
+        with state.lock:
+            key = state.key
+            if key is not None:
+                return key  # found meanwhile by the caller that held the lock
+            return self._lookup(member, state)
+
+    def _lookup(self, member: _Member, state: _KeyState) -> Key:
         query: dict[str, Any] = {}
         if self._label is not None:
             query["key_label"] = self._label
@@ -475,6 +483,9 @@ class _Prober:
 
 
 _PROBER = _Prober()
+if hasattr(os, "register_at_fork"):
+    # The prober thread does not exist in a child: the child starts its own when needed.
+    os.register_at_fork(after_in_child=_PROBER._reset_after_fork)
 
 
 class _GroupSession:
