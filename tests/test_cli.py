@@ -834,16 +834,18 @@ def test_key_types_are_named_as_hsmkey_keys_shows_them(pool: SessionPool) -> Non
     assert "EC_EDWARDS" in help_text and "prime256v1" in help_text
 
 
-def test_delete_with_several_matches_needs_id_or_all(pool: SessionPool) -> None:
+def test_delete_with_several_matches_needs_id_or_all(pool: SessionPool, softhsm: SoftHSM) -> None:
     # The fixture's dup-key names two keys: nothing is deleted without --id or --all.
     result = run("delete", "--label", "dup-key", "--yes")
     assert_error(result, 1, "2 keys have label 'dup-key'", "07", "08", "--id", "--all")
     assert sorted(k.id for k in pool.list_keys() if k.label == "dup-key") == [b"\x07", b"\x08"]
-    # Two keys of one label made elsewhere: --all deletes both.
+    # Two keys of one label made elsewhere (hsmkey refuses a label the token has): --all
+    # deletes both.
     label = unique("pair")
-    with pool.session(rw=True) as session:
-        session.generate_key_pair("EC", label=label, key_id=b"\xe1")
-        session.generate_key_pair("EC", label=label, key_id=b"\xe2")
+    for key_id in ("e1", "e2"):
+        softhsm.pkcs11_tool(
+            "--keypairgen", "--key-type", "EC:prime256v1", "--label", label, "--id", key_id
+        )
     assert_error(run("delete", "--label", label, "--yes"), 1, "e1, e2", "--all")
     out = ok("delete", "--label", label, "--yes", "--all", "--json").json()
     assert out["deleted_objects"] == 4 and sorted(k["id"] for k in out["keys"]) == ["e1", "e2"]

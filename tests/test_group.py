@@ -35,12 +35,24 @@ from jwcrypto import jws
 OTHER_EC_KEY = ec.generate_private_key(ec.SECP256R1())
 
 
-def verify_es256(signature: bytes, data: bytes) -> None:
+# Keys of their own for the tests that store a key under a new label (a token refuses a key
+# it holds already under another label, such as EC_KEY under "sign-ec").
+ROTATING_KEY = ec.generate_private_key(ec.SECP256R1())
+HALF_KEY = ec.generate_private_key(ec.SECP256R1())
+
+# A member that first finds an EC key proves its public-key object with one probe signature
+# (SoftHSM2 keeps the point there only): counts of C_Sign include it.
+PROBES = 1
+
+
+def verify_es256(
+    signature: bytes, data: bytes, key: ec.EllipticCurvePrivateKey | None = None
+) -> None:
     r = int.from_bytes(signature[:32], "big")
     s = int.from_bytes(signature[32:], "big")
     from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-    EC_KEY.public_key().verify(encode_dss_signature(r, s), data, ec.ECDSA(hashes.SHA256()))
+    (key or EC_KEY).public_key().verify(encode_dss_signature(r, s), data, ec.ECDSA(hashes.SHA256()))
 
 
 def member(group: PoolGroup, name: str) -> dict[str, object]:
@@ -79,7 +91,8 @@ def test_hsmjwk_from_group_signs_on_every_member(cluster: Cluster, group: PoolGr
     for t in threads:
         t.join()
     signs = [m.signs() for m in cluster.members]
-    assert sum(signs) == 180
+    # Plus the probes of members finding the key (threads may race to find it first).
+    assert 180 <= sum(signs) <= 180 + 6 * PROBES * len(signs), signs
     assert all(n > 10 for n in signs), signs  # spread over the three
     stats = group.stats()
     assert stats["up"] == 3 and stats["down"] == 0
@@ -252,7 +265,9 @@ def test_async_from_many_tasks(cluster: Cluster, group: PoolGroup) -> None:
     for i, token in enumerate(tokens):
         assert jwt.decode(token, EC_KEY.public_key(), algorithms=["ES256"]) == {"n": i}
     signs = [m.signs() for m in cluster.members]
-    assert sum(signs) == 96 and all(n >= 10 for n in signs), signs
+    # Plus the probes of members finding the key (tasks may race to find it first).
+    assert 96 <= sum(signs) <= 96 + 4 * PROBES * len(signs), signs
+    assert all(n >= 10 for n in signs), signs
 
 
 # -- failover ------------------------------------------------------------------------------
@@ -346,14 +361,14 @@ def test_all_members_down_fails_fast_then_recovers(cluster: Cluster, group: Pool
 def test_member_holding_a_different_key_is_excluded(
     cluster: Cluster, group: PoolGroup, caplog: pytest.LogCaptureFixture
 ) -> None:
-    cluster.import_key(EC_KEY, "rotating", b"\x10", members=[0, 1])
+    cluster.import_key(ROTATING_KEY, "rotating", b"\x10", members=[0, 1])
     cluster.import_key(OTHER_EC_KEY, "rotating", b"\x10", members=[2])
     try:
         caplog.set_level(logging.WARNING, logger="hsmkey.group")
         key = group.find_key(key_label="rotating")
         for _ in range(40):
-            verify_es256(key.sign("ES256", b"r"), b"r")  # never the other key
-        assert cluster[2].signs() == 0
+            verify_es256(key.sign("ES256", b"r"), b"r", ROTATING_KEY)  # never the other key
+        assert cluster[2].signs() <= PROBES  # its own key's probe, never a signature
         c = member(group, "hsm-c")
         assert c["state"] == "up"
         assert c["excluded"] == [{"label": "rotating", "id": "10", "reason": "different key"}]
@@ -374,12 +389,12 @@ def test_member_holding_a_different_key_is_excluded(
 
 
 def test_member_missing_the_key_is_excluded(cluster: Cluster, group: PoolGroup) -> None:
-    cluster.import_key(EC_KEY, "half-done", b"\x11", members=[1])
+    cluster.import_key(HALF_KEY, "half-done", b"\x11", members=[1])
     try:
         key = group.find_key(key_label="half-done")  # found on b, the only holder
         for _ in range(20):
-            verify_es256(key.sign("ES256", b"h"), b"h")
-        assert cluster[1].signs() == 20
+            verify_es256(key.sign("ES256", b"h"), b"h", HALF_KEY)
+        assert 20 <= cluster[1].signs() <= 20 + PROBES
         states = {k["label"]: k["members"] for k in group.stats()["keys"]}
         assert states["half-done"]["hsm-b"] == "ok"
         assert {states["half-done"]["hsm-a"], states["half-done"]["hsm-c"]} <= {
@@ -387,7 +402,7 @@ def test_member_missing_the_key_is_excluded(cluster: Cluster, group: PoolGroup) 
             "unchecked",
         }
         # The replication completes; refresh() looks again at once.
-        cluster.import_key(EC_KEY, "half-done", b"\x11", members=[0, 2])
+        cluster.import_key(HALF_KEY, "half-done", b"\x11", members=[0, 2])
         group.refresh()
         key2 = group.find_key(key_label="half-done")
         for m in cluster.members:
