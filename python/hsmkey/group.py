@@ -189,12 +189,14 @@ class _Member:
 class _KeyState:
     """What one member holds under a group key's label/id."""
 
-    __slots__ = ("checked_at", "key", "reason")
+    __slots__ = ("checked_at", "excluded_since", "key", "lock", "reason")
 
     def __init__(self) -> None:
+        self.lock = threading.Lock()  # one lookup at a time per member and key
         self.key: Key | None = None
         self.reason: str | None = None  # "missing" / "different key": not used for it
         self.checked_at = 0.0
+        self.excluded_since = 0.0  # Unix time the member was excluded for the key
 
 
 def _fingerprint(key: Key) -> tuple[Any, ...]:
@@ -205,7 +207,8 @@ def _fingerprint(key: Key) -> tuple[Any, ...]:
         getattr(key, "modulus", None),
         getattr(key, "public_exponent", None),
         getattr(key, "ec_point", None),
-        getattr(key, "public_key_bytes", None),
+        getattr(key, "parameter_set", None),
+        getattr(key, "public_value", None),
     )
 
 
@@ -280,6 +283,16 @@ class GroupKey:
         """EC public point (uncompressed), or the raw Edwards public key."""
         return self._ref.ec_point
 
+    @property
+    def parameter_set(self) -> str | None:
+        """The ML-DSA parameter set, or None for other keys."""
+        return getattr(self._ref, "parameter_set", None)
+
+    @property
+    def public_value(self) -> bytes | None:
+        """ML-DSA: the raw public key."""
+        return getattr(self._ref, "public_value", None)
+
     def __getattr__(self, name: str) -> Any:
         # Attributes the token key gains later (new key families) come from the reference key;
         # methods of it run with spread and failover like the ones below.
@@ -296,13 +309,17 @@ class GroupKey:
 
     # -- operations -----------------------------------------------------------------------
 
-    def sign(self, alg: str, data: bytes) -> bytes:
+    def sign(self, alg: str, data: bytes, *, deterministic: bool = False) -> bytes:
         """Sign ``data`` for a JOSE algorithm on one member (see :meth:`hsmkey.Key.sign`)."""
-        return self._group._call(self, "sign", alg, (alg, data), {})  # type: ignore[no-any-return]
+        kwargs = {"deterministic": True} if deterministic else {}
+        return self._group._call(self, "sign", alg, (alg, data), kwargs)  # type: ignore[no-any-return]
 
-    def sign_many(self, alg: str, payloads: list[bytes]) -> list[bytes]:
+    def sign_many(
+        self, alg: str, payloads: list[bytes], *, deterministic: bool = False
+    ) -> list[bytes]:
         """Sign many payloads on one member in one call; on failover, all on another."""
-        return self._group._call(self, "sign_many", alg, (alg, payloads), {})  # type: ignore[no-any-return]
+        kwargs = {"deterministic": True} if deterministic else {}
+        return self._group._call(self, "sign_many", alg, (alg, payloads), kwargs)  # type: ignore[no-any-return]
 
     def sign_raw(self, mechanism: str, data: bytes, **kwargs: Any) -> bytes:
         """The low-level signer behind the cryptography interface (see
@@ -318,10 +335,15 @@ class GroupKey:
         """ECDH with the EC private key on one member."""
         return self._group._call(self, "ecdh", "ECDH", (peer_point,), {})  # type: ignore[no-any-return]
 
-    def sign_async(self, alg: str, data: bytes) -> asyncio.Future[bytes]:
+    def sign_async(
+        self, alg: str, data: bytes, *, deterministic: bool = False
+    ) -> asyncio.Future[bytes]:
         """:meth:`sign` for asyncio: an asyncio future (a task) of the running loop; the
         members sign on their worker threads, and failover happens inside it."""
-        return asyncio.ensure_future(self._group._call_async(self, "sign_async", alg, (alg, data)))
+        kwargs = {"deterministic": True} if deterministic else {}
+        return asyncio.ensure_future(
+            self._group._call_async(self, "sign_async", alg, (alg, data), kwargs)
+        )
 
     # -- identity -------------------------------------------------------------------------
 
@@ -363,6 +385,13 @@ class GroupKey:
         key = state.key
         if key is not None:
             return key
+        with state.lock:
+            key = state.key
+            if key is not None:
+                return key  # found meanwhile by the caller that held the lock
+            return self._lookup(member, state)
+
+    def _lookup(self, member: _Member, state: _KeyState) -> Key:
         query: dict[str, Any] = {}
         if self._label is not None:
             query["key_label"] = self._label
@@ -396,6 +425,7 @@ class GroupKey:
         state.reason = reason
         state.checked_at = time.monotonic()
         if first:
+            state.excluded_since = time.time()
             log.warning(
                 "hsmkey group: key %s is %s on member %r: that member is not used for it",
                 _key_name(self._label, self._id),
@@ -475,6 +505,9 @@ class _Prober:
 
 
 _PROBER = _Prober()
+if hasattr(os, "register_at_fork"):
+    # The prober thread does not exist in a child: the child starts its own when needed.
+    os.register_at_fork(after_in_child=_PROBER._reset_after_fork)
 
 
 class _GroupSession:
@@ -830,7 +863,9 @@ class PoolGroup:
             self._done(member, method, alg, start)
             return result
 
-    async def _call_async(self, key: GroupKey, method: str, alg: str, args: tuple[Any, ...]) -> Any:
+    async def _call_async(
+        self, key: GroupKey, method: str, alg: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         tried: set[int] = set()
         last: BaseException | None = None
         while True:
@@ -841,7 +876,7 @@ class PoolGroup:
                 mkey = state.key if state is not None else None
                 if mkey is None:
                     mkey = await asyncio.to_thread(key._member_key, member)
-                result = await getattr(mkey, method)(*args)
+                result = await getattr(mkey, method)(*args, **kwargs)
             except BaseException as exc:
                 outcome = self._failed(member, key, method, alg, start, exc)
                 if outcome == "key" and key._state(member).reason is None:
@@ -1107,34 +1142,43 @@ class PoolGroup:
     def stats(self) -> dict[str, Any]:
         """The group's health and counters.
 
-        ``members``: one dict per member: ``name``, ``state`` (``"up"``/``"down"``),
-        ``since`` (Unix time of the last change), ``in_use`` (operations in flight),
+        ``members``: one dict per member: ``name``, ``state`` (``"up"``, ``"down"``, or
+        ``"excluded"`` when it is up but holds none of the group's keys as the group knows
+        them), ``since`` (Unix time of the last change), ``in_use`` (operations in flight),
         ``operations``, ``failures``, ``failovers`` (calls that left it for another member),
         ``errors`` (by ``CKR_*`` code or exception class), ``last_error`` and
-        ``last_error_at``, ``probes``, ``downs``, ``excluded`` (labels of keys it is not
-        used for, with the reason), ``durations`` (histograms by operation and algorithm:
-        ``buckets`` bounds in seconds, ``counts`` per bucket plus one above, ``sum``) and
-        ``pool`` (the pool's own :meth:`~hsmkey.SessionPool.stats`).
+        ``last_error_at``, ``probes``, ``downs``, ``excluded`` (the keys it is not used
+        for: ``label``, ``id``, ``reason``, ``since``), ``durations`` (histograms by
+        operation and algorithm: ``buckets`` bounds in seconds, ``counts`` per bucket plus
+        one above, ``sum``), ``max_sessions`` and ``pool`` (the pool's own
+        :meth:`~hsmkey.SessionPool.stats`).
         ``keys``: each group key's state on every member (``ok``, ``missing``,
         ``different key``, ``unchecked``). Totals: ``up``, ``down``, ``calls``,
         ``failovers``, ``unavailable`` (calls refused because no member could serve).
         """
         keys = list({id(k): k for k in [*self._identities.values(), *self._keys.values()]}.values())
         with self._lock:
-            members = []
+            members: list[dict[str, Any]] = []
             for m in self._members:
-                excluded = []
+                excluded: list[dict[str, Any]] = []
                 for k in keys:
                     state = k._states.get(m.index)
                     if state is not None and state.reason is not None:
                         excluded.append(
-                            {"label": k._label, "id": k._id.hex(), "reason": state.reason}
+                            {
+                                "label": k._label,
+                                "id": k._id.hex(),
+                                "reason": state.reason,
+                                "since": state.excluded_since,
+                            }
                         )
+                # Up, but holding none of the group's keys: of no use until that changes.
+                useless = bool(m.up and keys and len(excluded) == len(keys))
                 members.append(
                     {
                         "name": m.name,
-                        "state": m.state,
-                        "since": m.since,
+                        "state": "excluded" if useless else m.state,
+                        "since": max(e["since"] for e in excluded) if useless else m.since,
                         "in_use": m.in_flight,
                         "operations": m.operations,
                         "failures": m.failures,

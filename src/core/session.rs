@@ -1,49 +1,127 @@
 //! A session borrowed for a block (`with pool.session() as session:`), shared with the keys
-//! loaded from it: one user at a time (its lock), returned to the pool when the block ends.
+//! loaded from it: one user at a time, returned to the pool when the block ends.
+//!
+//! Two locks: `user` (a [`CallLock`]) lets one thread at a time run an operation, and is held
+//! across its PKCS#11 calls; `state` guards the lease and the flags and is only ever held for
+//! a few instructions. While an operation runs, its lease is taken out of `state`, so that
+//! `closed`, `repr()` or a forked child never wait for the token. The process that borrowed
+//! the lease is kept outside both locks and checked first: a child forked while the parent
+//! used the session fails at once with `HSMSessionError`, taking no lock.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::core::error::{Error, Kind, Result};
+use crate::core::fork::{pid, CallLock};
 use crate::core::module::lock;
 use crate::core::pool::{Lease, Pool};
 
 /// The lease behind a `Session` object, shared with the keys loaded from it.
 pub struct SessionSlot {
     pub pool: Arc<Pool>,
-    pub state: Mutex<SlotState>,
+    state: Mutex<SlotState>,
+    /// One operation at a time (held across its PKCS#11 calls).
+    user: CallLock,
+    /// The process that borrowed the lease (0: not borrowed yet).
+    owner: AtomicU32,
 }
 
-pub struct SlotState {
-    pub lease: Option<Lease>,
-    pub closed: bool,
+struct SlotState {
+    lease: Option<Lease>,
+    closed: bool,
+    /// The lease is out for an operation (taken from `lease` by `with_lease`).
+    busy: bool,
+}
+
+fn not_open() -> Error {
+    Error::new(
+        Kind::Session,
+        "the session is not open yet: use it inside `with pool.session() as session:`",
+    )
+}
+
+fn closed_error() -> Error {
+    Error::new(
+        Kind::PoolClosed,
+        "the session is closed: load keys inside the `with pool.session()` block that uses \
+         them, or load a pool-bound key with HSMJWK.from_hsm(pool, ...)",
+    )
 }
 
 impl SessionSlot {
-    /// Runs `f` on the lease, holding the session's lock (one thread at a time).
-    pub fn with_lease<T>(&self, f: impl FnOnce(&mut Lease) -> Result<T>) -> Result<T> {
-        let mut st = lock(&self.state);
-        let closed = st.closed;
-        match st.lease.as_mut() {
-            Some(lease) => {
-                lease.check_owner()?;
-                f(lease)
-            }
-            None if closed => Err(Error::new(
-                Kind::PoolClosed,
-                "the session is closed: load keys inside the `with pool.session()` block that \
-                 uses them, or load a pool-bound key with HSMJWK.from_hsm(pool, ...)",
-            )),
-            None => Err(Error::new(
-                Kind::Session,
-                "the session is not open yet: use it inside `with pool.session() as session:`",
-            )),
+    pub fn new(pool: Arc<Pool>, lease: Option<Lease>) -> Self {
+        let owner = lease.as_ref().map(|l| l.pid()).unwrap_or(0);
+        SessionSlot {
+            pool,
+            state: Mutex::new(SlotState {
+                lease,
+                closed: false,
+                busy: false,
+            }),
+            user: CallLock::new(),
+            owner: AtomicU32::new(owner),
         }
+    }
+
+    /// Fails in a forked child for a session the parent borrowed: checked before any lock.
+    fn check_owner(&self) -> Result<()> {
+        let owner = self.owner.load(Ordering::Acquire);
+        let me = pid();
+        if owner == 0 || owner == me {
+            return Ok(());
+        }
+        Err(Error::new(
+            Kind::Session,
+            format!(
+                "this session was borrowed by process {owner} before fork(); process {me} \
+                 cannot use it: open a new `with pool.session()` block (or use a pool-bound \
+                 key) in the child"
+            ),
+        ))
+    }
+
+    /// Runs `f` on the lease, one thread at a time.
+    pub fn with_lease<T>(&self, f: impl FnOnce(&mut Lease) -> Result<T>) -> Result<T> {
+        self.check_owner()?;
+        let _user = self.user.lock();
+        let mut lease = {
+            let mut st = lock(&self.state);
+            if st.closed {
+                return Err(closed_error());
+            }
+            match st.lease.take() {
+                Some(lease) => {
+                    st.busy = true;
+                    lease
+                }
+                None => return Err(not_open()),
+            }
+        };
+        let result = lease.check_owner().and_then(|()| f(&mut lease));
+        let mut st = lock(&self.state);
+        st.busy = false;
+        st.lease = Some(lease);
+        result
+    }
+
+    /// Takes a warm idle session from the pool if one is free right now (no wait, no
+    /// PKCS#11 call); returns whether the session is borrowed now.
+    pub fn take_idle(&self, rw: bool) -> bool {
+        let mut st = lock(&self.state);
+        if st.lease.is_none() && !st.busy && !st.closed {
+            st.lease = self.pool.try_acquire_idle(rw);
+            if let Some(lease) = &st.lease {
+                self.owner.store(lease.pid(), Ordering::Release);
+            }
+        }
+        st.lease.is_some() || st.busy
     }
 
     /// Borrows the session from the pool, unless it already is. The slot's lock is not held
     /// while the pool is asked (that may wait, log or be interrupted): a second thread
     /// reading the slot meanwhile never waits for this one.
     pub fn open(&self, rw: bool, interrupt: &dyn Fn() -> Result<()>) -> Result<()> {
+        self.check_owner()?;
         {
             let st = lock(&self.state);
             if st.closed {
@@ -52,7 +130,7 @@ impl SessionSlot {
                     "this session was closed; call pool.session() again for a new one",
                 ));
             }
-            if st.lease.is_some() {
+            if st.lease.is_some() || st.busy {
                 return Ok(());
             }
         }
@@ -66,29 +144,42 @@ impl SessionSlot {
                 "this session was closed (or its task cancelled) while it waited for the pool",
             ));
         }
-        match st.lease {
+        if st.lease.is_some() || st.busy {
             // Another thread opened it meanwhile: keep that one.
-            Some(_) => {
-                drop(st);
-                self.pool.release(lease);
-            }
-            None => st.lease = Some(lease),
+            drop(st);
+            self.pool.release(lease);
+        } else {
+            self.owner.store(lease.pid(), Ordering::Release);
+            st.lease = Some(lease);
         }
         Ok(())
     }
 
-    /// Whether the session went back to its pool, and whether it is borrowed now.
+    /// Whether the session went back to its pool, and whether it is borrowed now. Never
+    /// waits for an operation.
     pub fn status(&self) -> (bool, bool) {
         let st = lock(&self.state);
-        (st.closed, st.lease.is_some())
+        (st.closed, st.lease.is_some() || st.busy)
     }
 
+    /// Returns the session to its pool (after the operation running on it, if any).
     pub fn close(&self) {
-        let lease = {
+        {
             let mut st = lock(&self.state);
             st.closed = true;
-            st.lease.take()
-        };
+            if !st.busy {
+                let lease = st.lease.take();
+                drop(st);
+                if let Some(lease) = lease {
+                    self.pool.release(lease);
+                }
+                return;
+            }
+        }
+        // An operation runs on it: wait for it (in a forked child, the parent's operation
+        // does not count, and its lease is the parent's).
+        let _user = self.user.lock();
+        let lease = lock(&self.state).lease.take();
         if let Some(lease) = lease {
             self.pool.release(lease);
         }

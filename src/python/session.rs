@@ -1,6 +1,6 @@
 //! `Session`: a session borrowed from a pool, as a context manager.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyType};
@@ -8,9 +8,8 @@ use pyo3::types::{PyBytes, PyDict, PyType};
 use crate::core::bound_key::Binding;
 use crate::core::key::KeyQuery;
 use crate::core::keygen::{Import, KeySpec};
-use crate::core::module::lock;
 use crate::core::pool::{Lease, Pool};
-use crate::core::session::{SessionSlot, SlotState};
+use crate::core::session::SessionSlot;
 use crate::python::args::{key_query, opt_bytes, opt_count};
 use crate::python::asyncio::Gate;
 use crate::python::gil::{detach, detach_interruptible};
@@ -31,13 +30,7 @@ pub struct PySession {
 impl PySession {
     pub fn new(pool: Arc<Pool>, rw: bool, lease: Option<Lease>) -> Self {
         PySession {
-            slot: Arc::new(SessionSlot {
-                pool,
-                state: Mutex::new(SlotState {
-                    lease,
-                    closed: false,
-                }),
-            }),
+            slot: Arc::new(SessionSlot::new(pool, lease)),
             rw,
         }
     }
@@ -91,7 +84,8 @@ impl PySession {
 
     /// Generates a key pair in the token (read-write sessions only). The private key is
     /// sensitive and not extractable. ``key_type``: ``"RSA"`` (``bits``, default 2048),
-    /// ``"EC"`` (``curve``: P-256, P-384, P-521, secp256k1), ``"Ed25519"`` or ``"Ed448"``.
+    /// ``"EC"`` (``curve``: P-256, P-384, P-521, secp256k1), ``"Ed25519"``, ``"Ed448"``,
+    /// ``"ML-DSA-44"``, ``"ML-DSA-65"`` or ``"ML-DSA-87"`` (the public key gets CKA_VERIFY).
     /// ``key_id`` (CKA_ID) defaults to 16 random bytes.
     #[pyo3(signature = (key_type, *, label, key_id=None, bits=None, curve=None))]
     fn generate_key_pair(
@@ -149,6 +143,7 @@ impl PySession {
         let import = Import {
             kind: spec.kind,
             curve: spec.curve,
+            param_set: spec.param_set,
             label: spec.label,
             id: spec.id,
             components,
@@ -212,16 +207,11 @@ impl PySession {
         let slot = slf.get().slot.clone();
         let rw = slf.get().rw;
         let pool = slot.pool.clone();
-        {
-            // A warm idle session: taken here, at once (no PKCS#11 call, no worker).
-            let mut st = lock(&slot.state);
-            if st.lease.is_none() && !st.closed {
-                st.lease = pool.try_acquire_idle(rw);
-            }
-            if st.lease.is_some() {
-                drop(st);
-                return crate::python::asyncio::ready(py, slf.into_any());
-            }
+        // A warm idle session: taken here, at once (no PKCS#11 call, no worker). Without the
+        // GIL: the session's lock may be held by a thread that waits for it.
+        let ready = py.detach(|| slot.take_idle(rw));
+        if ready {
+            return crate::python::asyncio::ready(py, slf.into_any());
         }
         let fut = crate::python::asyncio::spawn(
             py,
@@ -243,7 +233,7 @@ impl PySession {
     ) -> PyResult<Bound<'py, PyAny>> {
         let _ = (exc_type, exc, tb);
         let slot = self.slot.clone();
-        if !slot.pool.is_closed() {
+        if !py.detach(|| slot.pool.is_closed()) {
             // Giving a session back to an open pool makes no PKCS#11 call: done here, at
             // once, so that the next task gets it without a trip through a worker.
             detach(py, || slot.close());

@@ -3,6 +3,8 @@
 //! Each thread opens its own session (after one `C_Login` for the process), finds the key
 //! once, then loops `C_SignInit` + `C_Sign` (cryptoki's `Session::sign`) for the given time.
 //! ES256/ES384 hash locally and sign with `CKM_ECDSA` (SoftHSM2 has no ECDSA-with-hash).
+//! ML-DSA-65 signs the payload with `CKM_ML_DSA` and NULL parameters (hedged, empty context:
+//! RFC 9964's JWS), on a PKCS#11 3.2 token such as kryoptic.
 //!
 //! Usage:
 //!
@@ -34,6 +36,7 @@ use std::time::{Duration, Instant};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error, RvError};
+use cryptoki::mechanism::dsa::{HedgeType, SignAdditionalContext};
 use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
 use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsPssParams};
 use cryptoki::mechanism::{Mechanism, MechanismType};
@@ -50,6 +53,7 @@ enum Alg {
     Es256,
     Es384,
     EdDsa,
+    MlDsa65,
 }
 
 impl Alg {
@@ -60,6 +64,7 @@ impl Alg {
             "ES256" => Alg::Es256,
             "ES384" => Alg::Es384,
             "EdDSA" => Alg::EdDsa,
+            "ML-DSA-65" => Alg::MlDsa65,
             _ => return None,
         })
     }
@@ -71,6 +76,7 @@ impl Alg {
             Alg::Es256 => "ES256",
             Alg::Es384 => "ES384",
             Alg::EdDsa => "EdDSA",
+            Alg::MlDsa65 => "ML-DSA-65",
         }
     }
 
@@ -84,6 +90,9 @@ impl Alg {
             }),
             Alg::Es256 | Alg::Es384 => Mechanism::Ecdsa,
             Alg::EdDsa => Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure)),
+            Alg::MlDsa65 => {
+                Mechanism::MlDsa(SignAdditionalContext::new(HedgeType::Preferred, None))
+            }
         }
     }
 

@@ -50,6 +50,7 @@ pub fn same_key(
         Some(KeyType::RSA) => KeyKind::Rsa,
         Some(KeyType::EC) => KeyKind::Ec,
         Some(KeyType::EC_EDWARDS) => KeyKind::Edwards,
+        Some(KeyType::ML_DSA) => KeyKind::MlDsa,
         _ => return Ok(Identity::Different),
     };
     if kind != info.kind {
@@ -74,6 +75,23 @@ pub fn same_key(
             }
             if defer_probe {
                 return Ok(Identity::Unproven);
+            }
+            let (message, sig) = probe(session, handle, info, signer)?;
+            answer(verify(info, &probe_scheme(info), &message, &sig)?)
+        }
+        KeyKind::MlDsa => {
+            let Some(set) = info.param_set else {
+                return Ok(Identity::Different);
+            };
+            if super::public::parameter_set(session, handle).ok().flatten() != Some(set) {
+                return Ok(Identity::Different);
+            }
+            if let Some(public) = own
+                .spki
+                .as_deref()
+                .and_then(|s| crate::core::mechanism::public_from_spki(s, set))
+            {
+                return answer(Some(public) == info.public_value);
             }
             let (message, sig) = probe(session, handle, info, signer)?;
             answer(verify(info, &probe_scheme(info), &message, &sig)?)

@@ -17,9 +17,11 @@ impl Pool {
             std::mem::forget(idle.session);
         }
         if let Some(conn) = st.conn.take() {
-            conn.token.forget_anchor();
+            conn.token.forget_anchor_after_fork();
         }
         st.in_use = 0;
+        st.in_use_rw = 0;
+        st.learned_cap = None;
         st.waiting = 0;
         st.pid = pid;
         self.keys.clear();

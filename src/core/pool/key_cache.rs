@@ -276,7 +276,13 @@ impl Pool {
         let entries = self.run(lease, |session, token, _| {
             let epoch = token.epoch();
             let mut out = Vec::new();
-            for listed in key::list_private_keys(session)? {
+            let found = key::list_private_keys(session)?;
+            if found.is_empty() {
+                // Nothing, or no token any more (SoftHSM2 answers searches on a token
+                // deleted under it with nothing): tell them apart.
+                token.check_present()?;
+            }
+            for listed in found {
                 let previous = self.keys.map().get(&listed.query).map(|c| c.entry.clone());
                 if let Some(old) = &previous {
                     let (old_epoch, old_handle, changed) = old.state();
