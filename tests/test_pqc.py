@@ -563,3 +563,30 @@ def test_pool_group_signs_with_ml_dsa(kryoptic: Kryoptic, generated: dict[str, s
             "one": "up",
             "two": "up",
         }
+
+
+# -- SLH-DSA: the low-level signer ------------------------------------------------------------
+
+
+def test_slh_dsa_through_the_low_level_signer(kryoptic: Kryoptic, pool: hsmkey.SessionPool) -> None:
+    """SLH-DSA (FIPS 205) keys: generated, found, signed with through Key.sign_raw; refused
+    (clearly) where JOSE and cryptography have nothing for them, and left out of the JWKS."""
+    with pool.session(rw=True) as session:
+        made = session.generate_key_pair("SLH-DSA-SHA2-128f", label="slh-128f")
+    assert (made.key_type, made.parameter_set) == ("SLH_DSA", "SLH-DSA-SHA2-128f")
+    assert len(made.public_value or b"") == 32
+    with hsmkey.SessionPool(kryoptic.module, kryoptic.token_label, kryoptic.pin) as fresh:
+        key = fresh.find_key(key_label="slh-128f")
+        assert key.public_value == made.public_value
+        signature = key.sign_raw("SLH_DSA", b"message")
+        assert len(signature) == 17088
+        one = key.sign_raw("SLH_DSA", b"message", deterministic=True)
+        assert one == key.sign_raw("SLH_DSA", b"message", deterministic=True)
+        assert one != key.sign_raw("SLH_DSA", b"message", context=b"c", deterministic=True)
+        with pytest.raises(HSMMechanismError, match="SLH-DSA"):
+            private_key_for(key)
+        with pytest.raises(HSMMechanismError, match="SLH-DSA"):
+            HSMJWK.from_hsm(key)
+        with pytest.raises(HSMMechanismError):
+            key.sign("ML-DSA-65", b"x")
+        assert all(k["kty"] in ("AKP", "EC", "RSA", "OKP") for k in hsmkey.jwk.jwks(fresh)["keys"])

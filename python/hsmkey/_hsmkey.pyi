@@ -119,7 +119,8 @@ class Session:
     ) -> Key:
         """Generate a key pair in the token (read-write sessions only); the private key is
         sensitive and not extractable. ``key_type``: RSA, EC, Ed25519, Ed448, ML-DSA-44,
-        ML-DSA-65 or ML-DSA-87. ``key_id`` defaults to 16 random bytes."""
+        ML-DSA-65, ML-DSA-87, or an SLH-DSA parameter set (``SLH-DSA-SHA2-128s`` ...
+        ``SLH-DSA-SHAKE-256f``). ``key_id`` defaults to 16 random bytes."""
     def import_private_key(
         self, key: object, *, label: str, key_id: bytes | None = None, allow_weak: bool = False
     ) -> Key:
@@ -157,7 +158,7 @@ class Key:
     @property
     def id(self) -> bytes: ...
     @property
-    def key_type(self) -> Literal["RSA", "EC", "EC_EDWARDS", "ML_DSA"]: ...
+    def key_type(self) -> Literal["RSA", "EC", "EC_EDWARDS", "ML_DSA", "SLH_DSA"]: ...
     @property
     def curve(self) -> str | None:
         """``"P-256"``, ``"P-384"``, ``"P-521"``, ``"secp256k1"``, ``"Ed25519"``,
@@ -175,11 +176,13 @@ class Key:
     def ec_point(self) -> bytes | None:
         """EC public point, uncompressed (``04 || X || Y``); Edwards: the raw public key."""
     @property
-    def parameter_set(self) -> Literal["ML-DSA-44", "ML-DSA-65", "ML-DSA-87"] | None:
-        """The ML-DSA parameter set (CKA_PARAMETER_SET), or None for other keys."""
+    def parameter_set(self) -> str | None:
+        """The ML-DSA (``"ML-DSA-65"``) or SLH-DSA (``"SLH-DSA-SHA2-128s"``) parameter set
+        (CKA_PARAMETER_SET), or None for other keys."""
     @property
     def public_value(self) -> bytes | None:
-        """ML-DSA: the raw public key (FIPS 204 encoding; RFC 9964's ``pub``)."""
+        """ML-DSA: the raw public key (FIPS 204 encoding; RFC 9964's ``pub``); SLH-DSA:
+        PK.seed || PK.root."""
     def sign(self, alg: _Alg, data: bytes, *, deterministic: bool = False) -> bytes:
         """Sign ``data`` for a JOSE algorithm; returns the JOSE signature (r||s for EC).
         ML-DSA signatures are hedged unless ``deterministic=True`` (FIPS 204's
@@ -198,7 +201,7 @@ class Key:
         payloads, about every 50 ms)."""
     def sign_raw(
         self,
-        mechanism: Literal["RSA_PKCS", "RSA_PSS", "ECDSA", "EDDSA", "ML_DSA"],
+        mechanism: Literal["RSA_PKCS", "RSA_PSS", "ECDSA", "EDDSA", "ML_DSA", "SLH_DSA"],
         data: bytes,
         *,
         hash: _Hash | None = None,
@@ -216,7 +219,8 @@ class Key:
         ``ECDSA-Sig-Value`` with ``der=True`` (what cryptography's keys return).
         EDDSA: pure Ed25519/Ed448.
         ML_DSA: pure ML-DSA with ``context`` (at most 255 bytes), hedged unless
-        ``deterministic``.
+        ``deterministic``. SLH_DSA: pure SLH-DSA, the same way (the low-level signer is the
+        only way to SLH-DSA keys: JOSE and cryptography have none yet).
         """
     def decrypt(
         self,

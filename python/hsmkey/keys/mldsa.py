@@ -170,3 +170,19 @@ def _build_mldsa(key: Key, cache_key: _CacheKey) -> _KeyInfo:
 
 
 _register_family("ML_DSA", _read_mldsa, _build_mldsa)
+
+
+def _read_slhdsa(key: Key, key_type: str) -> _CacheKey:
+    raise HSMMechanismError(
+        f"HSM key {_describe(key)} is {key.parameter_set}: SLH-DSA keys sign through "
+        "Key.sign_raw('SLH_DSA', data, context=...) only; neither JOSE nor pyca/cryptography "
+        "has SLH-DSA keys yet"
+    )
+
+
+def _no_slhdsa_info(key: Key, cache_key: _CacheKey) -> _KeyInfo:  # pragma: no cover
+    raise AssertionError("unreachable: _read_slhdsa raises")
+
+
+# SLH-DSA (FIPS 205): the low-level signer only (see docs/pqc.rst).
+_register_family("SLH_DSA", _read_slhdsa, _no_slhdsa_info)

@@ -17,12 +17,14 @@ mod hash;
 mod jose;
 mod mldsa;
 mod rsa;
+mod slhdsa;
 
 pub use curve::{Curve, KeyKind};
 pub use encoding::{der_tlv, ecdsa_der, hex};
 pub use hash::HashAlg;
 pub use jose::{JoseAlg, Needs};
 pub use mldsa::{public_from_spki, Context as MlDsaContext, MlDsa};
+pub use slhdsa::SlhDsa;
 
 /// What to sign, independent of the token.
 ///
@@ -50,6 +52,11 @@ pub enum Scheme {
         deterministic: bool,
         context: MlDsaContext,
     },
+    /// Pure SLH-DSA (FIPS 205), like ML-DSA.
+    SlhDsa {
+        deterministic: bool,
+        context: MlDsaContext,
+    },
 }
 
 /// Checks that a scheme fits a key family (the low-level `sign_raw` path).
@@ -63,6 +70,7 @@ pub fn check_scheme_key(
         Scheme::Ecdsa { .. } => kind == KeyKind::Ec,
         Scheme::EdDsa => kind == KeyKind::Edwards,
         Scheme::MlDsa { .. } => kind == KeyKind::MlDsa,
+        Scheme::SlhDsa { .. } => kind == KeyKind::SlhDsa,
     };
     if ok {
         Ok(())
@@ -82,6 +90,7 @@ fn scheme_name(scheme: &Scheme) -> &'static str {
         Scheme::Ecdsa { .. } => "ECDSA",
         Scheme::EdDsa => "EdDSA",
         Scheme::MlDsa { .. } => "ML-DSA",
+        Scheme::SlhDsa { .. } => "SLH-DSA",
     }
 }
 
@@ -124,6 +133,10 @@ pub fn prepare<'a>(
             deterministic,
             context,
         } => mldsa::prepare_mldsa(*deterministic, context, token),
+        Scheme::SlhDsa {
+            deterministic,
+            context,
+        } => slhdsa::prepare_slhdsa(*deterministic, context, token),
     }
 }
 
