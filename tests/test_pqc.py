@@ -65,6 +65,7 @@ from hsmkey.keys import (  # noqa: E402
     HSMMLDSA44PrivateKey,
     HSMMLDSA65PrivateKey,
     HSMMLDSA87PrivateKey,
+    mldsa_private_key_for,
     private_key_for,
 )
 from jwcrypto import jwk, jws, jwt  # type: ignore[import-untyped]  # noqa: E402
@@ -269,12 +270,17 @@ def test_wrong_algorithms_are_refused(pool: hsmkey.SessionPool, generated: dict[
 
 
 def test_deterministic_is_for_ml_dsa_only() -> None:
-    """On the suite's SoftHSM2 token: deterministic= is refused for ES256."""
+    """On the suite's SoftHSM2 token: deterministic= is refused for ES256, and the typed
+    ML-DSA accessors refuse an EC key."""
     module, token, pin = os.environ["HSM_MODULE"], os.environ["HSM_TOKEN"], os.environ["HSM_PIN"]
     with hsmkey.SessionPool(module, token, pin) as softhsm:
         key = softhsm.find_key(key_label="ec-key")
         with pytest.raises(HSMMechanismError, match="deterministic=True applies to ML-DSA"):
             key.sign("ES256", b"x", deterministic=True)
+        with pytest.raises(HSMMechanismError, match="not an ML-DSA key"):
+            mldsa_private_key_for(key)
+        with pytest.raises(HSMMechanismError, match="not an ML-DSA key"):
+            _ = HSMJWK.from_hsm(key).mldsa_private_key
 
 
 def test_sign_many_and_sign_async(pool: hsmkey.SessionPool, generated: dict[str, str]) -> None:
@@ -336,13 +342,15 @@ def test_deterministic_attribute_and_contexts(
     pool: hsmkey.SessionPool, zero_seed: dict[str, str]
 ) -> None:
     """Deterministic signatures with a context equal cryptography's own (FIPS 204 is exact)."""
-    private = private_key_for(pool.find_key(key_label=zero_seed["ML-DSA-65"]))
-    private.deterministic = True  # type: ignore[union-attr]
+    private = mldsa_private_key_for(pool.find_key(key_label=zero_seed["ML-DSA-65"]))
+    private.deterministic = True
     one = private.sign(b"data", context=b"ctx")
     assert one == private.sign(b"data", context=b"ctx")
     private.public_key().verify(one, b"data", context=b"ctx")
-    hedged = private_key_for(pool.find_key(key_label=zero_seed["ML-DSA-65"]))
-    assert not hedged.deterministic  # type: ignore[union-attr]  # the attribute belongs to the one object
+    hedged = mldsa_private_key_for(pool.find_key(key_label=zero_seed["ML-DSA-65"]))
+    assert (
+        not hedged.deterministic
+    )  # the attribute belongs to the one object  # the attribute belongs to the one object
 
 
 # -- JOSE (RFC 9964) -----------------------------------------------------------------------------
@@ -364,7 +372,8 @@ def test_rfc9964_appendix_a_reproduced(
     signed = key.hsm_key.sign(name, f"{header}.{payload}".encode(), deterministic=True)
     assert base64url_encode(signed) == signature
     # And through jwcrypto, with the same protected header.
-    key.hsm_private_key.deterministic = True  # type: ignore[union-attr]
+    assert key.mldsa_private_key is key.hsm_private_key
+    key.mldsa_private_key.deterministic = True
     token = jws.JWS(PAYLOAD)
     token.add_signature(key, None, base64url_decode(header).decode(), None)
     assert token.serialize(compact=True) == vector["jws"]

@@ -45,6 +45,7 @@ class Pool:
         acquire_timeout: float = 30.0,
         max_idle: float | None = 300.0,
         allow_final_pin_try: bool = False,
+        init_args: str | None = None,
         key_cache_ttl: float | None = 60.0,
         verify_signatures: bool = False,
     ) -> Pool: ...
@@ -57,6 +58,9 @@ class Pool:
     @property
     def closed(self) -> bool:
         """True once :meth:`close` was called."""
+    @property
+    def init_args(self) -> str | None:
+        """The ``C_Initialize`` reserved string the module is initialized with, or None."""
     @property
     def max_sessions(self) -> int:
         """The most sessions lent out at once."""
@@ -190,7 +194,8 @@ class Key:
     def sign_many(
         self, alg: _Alg, payloads: list[bytes], *, deterministic: bool = False
     ) -> list[bytes]:
-        """Sign many payloads in one GIL-free section."""
+        """Sign many payloads in one GIL-free section (Ctrl-C is let through between
+        payloads, about every 50 ms)."""
     def sign_raw(
         self,
         mechanism: Literal["RSA_PKCS", "RSA_PSS", "ECDSA", "EDDSA", "ML_DSA"],
@@ -252,7 +257,7 @@ def _forget_failed_logins() -> None:
     token)."""
 
 def list_tokens(
-    module_path: str | os.PathLike[str], *, mechanisms: bool = True
+    module_path: str | os.PathLike[str], *, mechanisms: bool = True, init_args: str | None = None
 ) -> list[dict[str, Any]]:
     """Every slot of the module (``C_GetSlotList(FALSE)`` order) with its token and, unless
     ``mechanisms=False``, the token's mechanisms. Opens no session and does not log in."""

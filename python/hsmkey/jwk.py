@@ -34,12 +34,14 @@ from .keys import (
     HSMEd448PrivateKey,
     HSMEd25519PrivateKey,
     HSMEllipticCurvePrivateKey,
+    HSMMLDSAPrivateKey,
     HSMPrivateKey,
     HSMRSAPrivateKey,
     _describe,
     _key_info,
     _KeyInfo,
 )
+from .keys.mldsa import _HSMMLDSAMixin
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
@@ -348,6 +350,15 @@ class HSMJWK(JWK):  # type: ignore[misc]
     def ed448_private_key(self) -> HSMEd448PrivateKey:
         """:attr:`hsm_private_key` typed as an Ed448 key; ``HSMMechanismError`` for others."""
         return self._typed(HSMEd448PrivateKey, "an Ed448")
+
+    @property
+    def mldsa_private_key(self) -> HSMMLDSAPrivateKey:
+        """:attr:`hsm_private_key` typed as an ML-DSA key (``sign(data, context)``,
+        ``deterministic``); ``HSMMechanismError`` for others."""
+        private: Any = self._hsm_private
+        if not isinstance(private, _HSMMLDSAMixin):
+            raise HSMMechanismError(f"{_describe(private.hsm_key)} is not an ML-DSA key")
+        return cast("HSMMLDSAPrivateKey", private)
 
     def _typed(self, cls: type[_K], what: str) -> _K:
         private = self._hsm_private

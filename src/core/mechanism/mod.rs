@@ -88,6 +88,10 @@ fn scheme_name(scheme: &Scheme) -> &'static str {
 /// The mechanisms a token offers, as far as signing cares.
 pub trait MechanismSet {
     fn has(&self, mechanism: MechanismType) -> bool;
+    /// How errors name the token ("token \"x\" (serial y)").
+    fn describe(&self) -> String {
+        "the token".to_string()
+    }
 }
 
 /// A scheme made concrete for one token: the mechanism to pass and the bytes to sign.
@@ -127,7 +131,11 @@ pub(crate) fn require(token: &dyn MechanismSet, m: MechanismType, name: &str) ->
     if token.has(m) {
         Ok(())
     } else {
-        Err(Error::mechanism(format!("the token does not offer {name}")))
+        Err(Error::mechanism(format!(
+            "{} does not offer {name} (its mechanism list), and hsmkey has no way around it \
+             for this key and algorithm",
+            token.describe()
+        )))
     }
 }
 
