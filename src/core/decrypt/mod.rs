@@ -64,23 +64,17 @@ pub fn decryption_failed() -> Error {
     )
 }
 
-/// `C_Decrypt` failed because of the data (not the session): the operation has ended and
-/// the session is fine. Tokens say it in different words (SoftHSM2: `CKR_GENERAL_ERROR`).
+/// `C_Decrypt` failed: the step that reads the ciphertext, so its answer may depend on it
+/// (SoftHSM2 says `CKR_GENERAL_ERROR`, kryoptic `CKR_DEVICE_ERROR` for a bad OAEP block). Every
+/// code there is "the data", whatever it is called, except those that say the session, its
+/// login or the token is gone (`rejection::lost`: no token answers them for a ciphertext).
+/// A code that healing would act on (device error, general error) must not get there: the
+/// pool would ask the session about its health (`C_GetSessionInfo`) and replace it for a bad
+/// ciphertext only, an oracle in the call sequence and the stats. A session lost between
+/// `C_DecryptInit` and `C_Decrypt` that the token reports otherwise is found at the next
+/// operation's `C_*Init`, whose answer does not depend on any ciphertext.
 fn is_data_error(err: &CkError) -> bool {
-    matches!(
-        err,
-        CkError::Pkcs11(
-            RvError::EncryptedDataInvalid
-                | RvError::EncryptedDataLenRange
-                | RvError::DataInvalid
-                | RvError::DataLenRange
-                | RvError::GeneralError
-                | RvError::FunctionFailed
-                | RvError::ArgumentsBad
-                | RvError::MechanismParamInvalid,
-            Function::Decrypt,
-        )
-    )
+    matches!(err, CkError::Pkcs11(_, Function::Decrypt)) && !rejection::lost(err)
 }
 
 /// A decryption's cryptoki error: data errors become the uniform [`decryption_failed`]

@@ -152,7 +152,7 @@ pub fn refused(err: &CkError, init: Function) -> bool {
 
 /// Errors that say the session, its login or the token went away (not that the key refuses
 /// the mechanism): never worked around, the caller heals them.
-fn lost(err: &CkError) -> bool {
+pub(super) fn lost(err: &CkError) -> bool {
     matches!(
         err,
         CkError::Pkcs11(
