@@ -6,8 +6,9 @@
 //! Nothing here may be an oracle: for PKCS#1 v1.5 a bad ciphertext decrypts (to a synthetic
 //! message) with the same PKCS#11 calls as a good one; for OAEP every failure is one error,
 //! with the same calls. A failed `C_Decrypt` ends the operation and leaves the session as it
-//! was, so its data errors become errors without a return code: the pool neither asks the
-//! session about its health nor replaces it (which would be one more signal, and churn).
+//! was, so its failures (in any words but "session, login or token gone", see
+//! `is_data_error`) become errors without a return code: the pool neither asks the session
+//! about its health nor replaces it (which would be one more signal, and churn).
 //! Every intermediate secret (raw RSA result, encoded block, seed, masks, plaintext) is in a
 //! zeroizing buffer.
 
