@@ -1,7 +1,6 @@
 """No decryption oracle on kryoptic: a token's refusal of a ciphertext never reaches healing.
 
-kryoptic answers ``CKR_DEVICE_ERROR`` from ``C_Decrypt`` for a bad RSA-OAEP block (and fails
-PKCS#1 v1.5 unpadding too). Such a code, taken for a session fault, made the pool ask the
+kryoptic answers ``CKR_DEVICE_ERROR`` from ``C_Decrypt`` for a bad RSA-OAEP block. Such a code, taken for a session fault, made the pool ask the
 session about its health (``C_GetSessionInfo``), close it and open another (``discarded``
 in the stats), for bad ciphertexts only: an oracle in the call sequence, the stats and the
 error. Every ``C_Decrypt`` failure that does not say the session is gone is now "the data":
@@ -28,6 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from helpers.softhsm import PKCS11_SPY_CANDIDATES
+from helpers.faultmod import FaultModBuildError, build_faultmod
 from helpers.spy import Call, parse_spy_log
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,6 +39,7 @@ LABEL = "oracle"
 class Kryoptic:
     module: str
     spy: str
+    faultmod: str
     env: dict[str, str]
     tmp: Path
 
@@ -65,6 +66,10 @@ def kryoptic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kryoptic]:
         module = lines[-1] if built.returncode == 0 and lines else ""
     if not module or not Path(module).is_file():
         pytest.skip("kryoptic is not built here (bash scripts/build-kryoptic)")
+    try:
+        faultmod = str(build_faultmod())
+    except (FileNotFoundError, FaultModBuildError) as exc:
+        pytest.skip(f"the fault module could not be built: {exc}")
     tmp = tmp_path_factory.mktemp("kryoptic-oracle")
     conf = tmp / "kryoptic.toml"
     conf.write_text(f'[[slots]]\nslot = 0\ndbtype = "sqlite"\ndbargs = "{tmp / "token.sql"}"\n')
@@ -83,7 +88,7 @@ def kryoptic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kryoptic]:
         [*user, "--keypairgen", "--key-type", "EC:prime256v1", "--label", "ec", "--id", "03"],
     ):
         subprocess.run([*tool, *args], env=env, capture_output=True, timeout=300, check=True)
-    yield Kryoptic(module, spy, env, tmp)
+    yield Kryoptic(module, spy, faultmod, env, tmp)
 
 
 SNIPPET = """
@@ -112,12 +117,19 @@ def run(k: Kryoptic, key: str, calls: list[dict[str, Any]]) -> tuple[list[Call],
     log = k.tmp / f"spy-{n}.log"
     script = k.tmp / "snippet.py"
     script.write_text(textwrap.dedent(SNIPPET))
+    control = k.tmp / "faults"
+    control.write_text("")  # no faults: the fault module only hides C_GetInterface
     env = {
         **k.env,
         "HSM_MODULE": k.spy,
         "HSM_TOKEN": LABEL,
         "HSM_PIN": PIN,
-        "PKCS11SPY": k.module,
+        # pkcs11-spy passes a PKCS#11 3.x module's C_GetInterface through and then sees no
+        # call: it spies on the fault module (a 2.40 function list), which calls kryoptic.
+        "PKCS11SPY": k.faultmod,
+        "HSMKEY_FAULT_TARGET": k.module,
+        "HSMKEY_FAULT_CONTROL": str(control),
+        "HSMKEY_FAULT_COUNTS": str(k.tmp / "counts"),
         "PKCS11SPY_OUTPUT": str(log),
         "KEY_LABEL": key,
         "CALLS": json.dumps(calls),
@@ -163,6 +175,11 @@ def assert_no_oracle(
     assert stats_bad.get("recoveries", 0) == 0
 
 
+def token_refusals(seq: list[Call]) -> list[str | None]:
+    """The return codes of the C_Decrypt calls that failed."""
+    return [c.rv for c in seq if c.function == "C_Decrypt" and c.rv != "CKR_OK"]
+
+
 @pytest.mark.parametrize("hash_name", ["sha1", "sha256"])
 def test_oaep_good_and_bad_make_the_same_calls_on_kryoptic(
     kryoptic: Kryoptic, hash_name: str
@@ -194,14 +211,16 @@ def test_oaep_good_and_bad_make_the_same_calls_on_kryoptic(
     assert errors[0].startswith("HSMError: decryption failed") and errors[0].endswith(
         "rv=None"
     ), errors
+    # The token refused them (the case at issue), and hsmkey made nothing of it.
+    assert token_refusals(b[0]) == ["CKR_DEVICE_ERROR"] * 3
     assert_no_oracle(g, b)
     # The token's OAEP did it: a C_DecryptInit per decryption, no session calls in between.
     assert "C_GetSessionInfo" not in functions(b[0][functions(b[0]).index("C_DecryptInit") :])
 
 
 def test_v15_through_the_token_makes_the_same_calls_on_kryoptic(kryoptic: Kryoptic) -> None:
-    """PKCS#1 v1.5 with a key that allows only CKM_RSA_PKCS: the token removes the padding
-    and refuses bad blocks; both give a message (implicit rejection) with the same calls."""
+    """PKCS#1 v1.5 with a key that allows only CKM_RSA_PKCS: the token removes the padding;
+    good and bad blocks give a message (implicit rejection) with the same calls."""
     pub = public_rsa(kryoptic, "v15")
     warm = pub.encrypt(b"warm", padding.PKCS1v15())
     good = [pub.encrypt(bytes([i]) * 16, padding.PKCS1v15()) for i in range(3)]
@@ -214,6 +233,9 @@ def test_v15_through_the_token_makes_the_same_calls_on_kryoptic(kryoptic: Kryopt
     b = run(kryoptic, "v15", calls[:1] + bad_calls)
     assert [bytes.fromhex(o) for o in g[1]] == [b"warm"] + [bytes([i]) * 16 for i in range(3)]
     assert not [o for o in b[1] if "Error" in o], b[1]  # synthetic messages, never an error
+    # kryoptic's CKM_RSA_PKCS (OpenSSL 3.2+) does implicit rejection itself: it never refuses
+    # a block, so the token's return code says nothing either.
+    assert token_refusals(b[0]) == []
     assert_no_oracle(g, b)
 
 
