@@ -55,7 +55,7 @@ import subprocess
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -208,6 +208,15 @@ class SoftHSM2Token:
         if self.init_args is not None:
             env["HSM_INIT_ARGS"] = self.init_args
         return env
+
+    def __getattr__(self, name: str) -> Any:
+        """A wrong attribute name says which ones there are (``module`` -> ``module_path``)."""
+        import difflib
+
+        names = [*(f.name for f in fields(self)), "env", "pool"]
+        close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]!r}?" if close else f" (it has {', '.join(names)})"
+        raise AttributeError(f"SoftHSM2Token has no attribute {name!r}{hint}")
 
     def pool(self, **kwargs: Any) -> SessionPool:
         """A new :class:`~hsmkey.SessionPool` on this token (the caller closes it)."""

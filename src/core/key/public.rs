@@ -112,13 +112,15 @@ fn point_from_spki(curve: Curve, spki: &[u8]) -> Option<Vec<u8>> {
 ///
 /// `public` is the public-key object when the caller knows it is genuine (it just made the
 /// pair in this session); otherwise an EC or Edwards key without its own point gets it from
-/// a public-key object that a probe signature proves.
+/// a public-key object that a probe signature proves. Without a `signer` the first candidate
+/// is taken unproven: only for what is never published nor used to verify (the duplicate
+/// check of an import).
 pub fn read_info(
     session: &Session,
     handle: ObjectHandle,
     public: Option<ObjectHandle>,
     query: &KeyQuery,
-    signer: Signer<'_>,
+    signer: Option<Signer<'_>>,
 ) -> Result<KeyInfo> {
     let own = own_attributes(session, handle)?;
     let kind = match own.kind {
@@ -332,7 +334,7 @@ fn proven_mldsa_public(
     handle: ObjectHandle,
     info: &KeyInfo,
     query: &KeyQuery,
-    signer: Signer<'_>,
+    signer: Option<Signer<'_>>,
 ) -> Result<Vec<u8>> {
     let Some(set) = info.param_set else {
         return Err(Error::mechanism("an ML-DSA key without a parameter set"));
@@ -369,6 +371,9 @@ fn proven_mldsa_public(
                 continue;
             }
             tried.push(value.clone());
+            let Some(signer) = signer else {
+                return Ok(value);
+            };
             if probe_sig.is_none() {
                 probe_sig = Some(probe(session, handle, info, signer)?);
             }
@@ -456,7 +461,7 @@ fn proven_point(
     handle: ObjectHandle,
     info: &KeyInfo,
     query: &KeyQuery,
-    signer: Signer<'_>,
+    signer: Option<Signer<'_>>,
 ) -> Result<Vec<u8>> {
     let Some(curve) = info.curve else {
         return Err(Error::mechanism("an EC key without a curve"));
@@ -496,6 +501,9 @@ fn proven_point(
                 continue;
             }
             tried.push(point.clone());
+            let Some(signer) = signer else {
+                return Ok(point);
+            };
             if probe_sig.is_none() {
                 probe_sig = Some(probe(session, handle, info, signer)?);
             }
