@@ -81,19 +81,27 @@ def test_cancelled_wait_leaves_nothing_borrowed(softhsm: SoftHSM) -> None:
         pool = SessionPool(
             softhsm.module, softhsm.token_label, softhsm.pin, max_sessions=1, acquire_timeout=5
         )
-        async with pool.session():
+        async with pool.session() as held:
+            held.find_key(key_label="ec-key")  # found once: later look-ups need no session
             waiting = pool.session()
+            entered = asyncio.Event()
 
             async def enter() -> None:
-                async with waiting:
-                    pass  # pragma: no cover - cancelled before
+                # No session is free: the block is entered with none, and its first call
+                # waits for one (with the pool's other callers).
+                async with waiting as s:
+                    entered.set()
+                    await s.find_key(key_label="ec-key").sign_async("ES256", b"waits")
+                    raise AssertionError("cancelled before")  # pragma: no cover
 
             task = asyncio.create_task(enter())
+            await asyncio.wait_for(entered.wait(), 5)
             await asyncio.sleep(0.1)
+            assert pool.stats()["in_use"] == 1
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-        # The cancelled waiter gets the session once it is free, and hands it straight back.
+        # The cancelled call borrowed nothing; its block has ended.
         for _ in range(100):
             if pool.stats()["in_use"] == 0:
                 break

@@ -1,6 +1,6 @@
 //! `Session`: a session borrowed from a pool, as a context manager.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyType};
@@ -10,7 +10,7 @@ use crate::core::key::KeyQuery;
 use crate::core::keygen::{Import, KeySpec};
 use crate::core::module::lock;
 use crate::core::pool::{Lease, Pool};
-use crate::core::session::{SessionSlot, SlotState};
+use crate::core::session::SessionSlot;
 use crate::python::args::{key_query, opt_bytes, opt_count};
 use crate::python::asyncio::Gate;
 use crate::python::gil::{detach, detach_interruptible};
@@ -31,13 +31,7 @@ pub struct PySession {
 impl PySession {
     pub fn new(pool: Arc<Pool>, rw: bool, lease: Option<Lease>) -> Self {
         PySession {
-            slot: Arc::new(SessionSlot {
-                pool,
-                state: Mutex::new(SlotState {
-                    lease,
-                    closed: false,
-                }),
-            }),
+            slot: Arc::new(SessionSlot::new(pool, lease)),
             rw,
         }
     }
@@ -78,6 +72,17 @@ impl PySession {
         key_id: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<PyKey> {
         let query: KeyQuery = key_query(key_label, key_id)?;
+        // A key found before in this login epoch, in a block that is open: no PKCS#11 call,
+        // no session needed (a deferred block borrows none for it), no GIL-free section.
+        if self.slot.try_entered() == Some(true) {
+            if let Some(entry) = self.slot.pool.cached_key(&query) {
+                return Ok(PyKey::new(
+                    self.slot.pool.clone(),
+                    Binding::Session(self.slot.clone()),
+                    entry,
+                ));
+            }
+        }
         let slot = self.slot.clone();
         let entry = detach(py, move || {
             slot.with_lease(|lease| slot.pool.find_key(lease, &query))
@@ -201,8 +206,11 @@ impl PySession {
         detach(py, move || slot.close());
     }
 
-    /// ``async with pool.session() as session:`` borrows the session on a worker thread;
-    /// a task cancelled while it waits leaves nothing borrowed.
+    /// ``async with pool.session() as session:`` on a warm pool takes a free session at
+    /// once, or, when none is free, enters with none: the block's first call that needs the
+    /// session borrows it (waiting as entering would have). On a pool not connected yet, it
+    /// connects and borrows the session on a worker thread; a task cancelled while it waits
+    /// leaves nothing borrowed.
     fn __aenter__<'py>(slf: Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         let me = slf.clone().into_any().unbind();
@@ -210,12 +218,17 @@ impl PySession {
         let rw = slf.get().rw;
         let pool = slot.pool.clone();
         {
-            // A warm idle session: taken here, at once (no PKCS#11 call, no worker).
+            // No PKCS#11 call, no worker, no future: a warm idle session, or none yet.
             let mut st = lock(&slot.state);
-            if st.lease.is_none() && !st.closed {
+            if st.lease.is_none() && !st.closed && st.deferred.is_none() {
                 st.lease = pool.try_acquire_idle(rw);
+                if st.lease.is_none() && pool.is_connected() {
+                    drop(st);
+                    slot.defer(rw);
+                    st = lock(&slot.state);
+                }
             }
-            if st.lease.is_some() {
+            if st.lease.is_some() || st.deferred.is_some() {
                 drop(st);
                 return crate::python::asyncio::ready(py, slf.into_any());
             }

@@ -38,6 +38,18 @@ impl KeyCache {
 }
 
 impl Pool {
+    /// The entry for `query` if it was found in the current login epoch (no session, no
+    /// PKCS#11 call), else None.
+    pub fn cached_key(&self, query: &KeyQuery) -> Option<Arc<KeyEntry>> {
+        let epoch = {
+            let mut st = lock(&self.state);
+            self.current(&mut st).ok()??.token.epoch()
+        };
+        let entry = self.keys.map().get(query)?.clone();
+        let fresh = lock(&entry.handle).0 == epoch;
+        fresh.then_some(entry)
+    }
+
     /// The key entry for `query`: from the cache when found in this login epoch, else found
     /// (and its public half read) through `lease`.
     pub fn find_key(&self, lease: &mut Lease, query: &KeyQuery) -> Result<Arc<KeyEntry>> {

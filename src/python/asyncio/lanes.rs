@@ -190,6 +190,14 @@ impl Gate<'_> {
                 lock(&POOL_LANES).get(pool, || Lane::new(pool.cfg.max_sessions, pool)),
                 Arc::clone(pool),
             )),
+            // The first call of a block entered with no session borrows it: it waits with
+            // the pool's callers, so a session is never held by a call that only waits.
+            Gate::Session(slot) if slot.take_first_call() => Some((
+                lock(&POOL_LANES).get(&slot.pool, || {
+                    Lane::new(slot.pool.cfg.max_sessions, &slot.pool)
+                }),
+                slot.pool.clone(),
+            )),
             Gate::Session(slot) => Some((
                 lock(&SESSION_LANES).get(slot, || Lane::new(1, &slot.pool)),
                 slot.pool.clone(),
