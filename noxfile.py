@@ -44,7 +44,9 @@ MYPY = "mypy>=1.11,<2"
 TEST_EXTRAS = ".[test]"
 # The client libraries hsmkey.adapters and the recipes are tested against (docs/clients.rst).
 CLIENT_DEPS = ["joserfc", "Authlib", "josepy", "acme", "signxml", "securesystemslib", "tuf"]
-TEST_DEPS = ["hypothesis", *CLIENT_DEPS]  # beyond the [test] extra
+# The monitoring libraries hsmkey.metrics exports to (PoolGroup metrics, docs/groups.rst).
+METRICS_DEPS = ["opentelemetry-api", "opentelemetry-sdk", "prometheus-client"]
+TEST_DEPS = ["hypothesis", *CLIENT_DEPS, *METRICS_DEPS]  # beyond the [test] extra
 LINT_PATHS = ["python", "tests", "noxfile.py", "bench", "docs"]
 
 # command -> Debian package that provides it
@@ -206,8 +208,11 @@ def stress(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     """mypy --strict over python/ (the package, its stubs), with the package installed, and
     mypy.stubtest of the Rust core's stubs against the compiled module."""
-    # hsmkey.adapters imports joserfc, Authlib and josepy: mypy checks it against them.
-    session.install(".", MYPY, "joserfc", "Authlib", "josepy")
+    # hsmkey.adapters imports joserfc, Authlib and josepy, hsmkey.metrics the monitoring
+    # libraries: mypy checks them against those.
+    session.install(
+        ".", MYPY, "joserfc", "Authlib", "josepy", "opentelemetry-api", "prometheus-client"
+    )
     session.run("mypy", "--strict", "python/")
     # The docs' examples, the way users write them (jwcrypto has no type information).
     session.install("PyJWT", "joserfc", "pytest")

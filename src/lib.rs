@@ -16,6 +16,7 @@ use pyo3::prelude::*;
 fn _hsmkey(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     python::logging::install();
+    python::args::async_threads_env()?;
     python::asyncio::configure_runtime();
     m.add("DEFAULT_MAX_SESSIONS", core::pool::DEFAULT_MAX_SESSIONS)?;
     m.add_class::<python::pool::PyPool>()?;

@@ -166,3 +166,23 @@ def test_zero_timeout_fails_at_once_when_busy(softhsm: SoftHSM) -> None:
 
 def test_pool_still_usable_after_everything(pool: SessionPool) -> None:
     still_usable(pool)
+
+
+def test_misspelled_keyword_names_the_class_and_the_close_match(softhsm: SoftHSM) -> None:
+    with pytest.raises(TypeError) as raised:
+        SessionPool(softhsm.module, softhsm.token_label, softhsm.pin, max_session=4)  # type: ignore[call-arg]
+    message = str(raised.value)
+    assert message.startswith("SessionPool() got an unexpected keyword argument 'max_session'")
+    assert message.endswith("did you mean 'max_sessions'?")
+    assert "__new__" not in message
+    with pytest.raises(TypeError, match=r"did you mean 'acquire_timeout'\?"):
+        SessionPool(softhsm.module, softhsm.token_label, softhsm.pin, aquire_timeout=1)  # type: ignore[call-arg]
+    # No suggestion when nothing is close; the other TypeErrors name SessionPool too.
+    with pytest.raises(TypeError) as raised:
+        SessionPool(softhsm.module, softhsm.token_label, softhsm.pin, colour="red")  # type: ignore[call-arg]
+    assert "did you mean" not in str(raised.value) and "SessionPool()" in str(raised.value)
+    with pytest.raises(TypeError, match=r"^SessionPool\(\)"):
+        SessionPool(softhsm.module, softhsm.token_label, softhsm.pin, 4, 5, 6)  # type: ignore[call-arg]
+    # from_env goes through the same check.
+    with pytest.raises(TypeError, match=r"did you mean 'max_sessions'\?"):
+        SessionPool.from_env(max_session=4)

@@ -25,7 +25,7 @@ from typing import Any
 import hsmkey
 import hsmkey._hsmkey
 import pytest
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from helpers.softhsm import SoftHSM
 from hsmkey import HSMJWK, SessionPool
@@ -144,7 +144,17 @@ def test_no_command_prints_help_and_fails() -> None:
         (["generate", "--type", "RSA", "--label", "x", "--bits", "1024"], "--bits must be"),
         (["generate", "--type", "RSA", "--label", "x", "--curve", "P-256"], "--curve is for EC"),
         (["generate", "--type", "EC", "--label", "x", "--bits", "2048"], "--bits is for RSA"),
-        (["generate", "--type", "Ed25519", "--label", "x", "--curve", "P-256"], "own curve"),
+        (["generate", "--type", "Ed25519", "--label", "x", "--curve", "P-256"], "does not fit"),
+        (["generate", "--type", "EC", "--label", "x", "--curve", "Ed25519"], "EC_EDWARDS"),
+        (["generate", "--type", "EC_EDWARDS", "--label", "x", "--curve", "P-256"], "Ed25519"),
+        (["generate", "--type", "EC", "--label", "x", "--curve", "brainpool"], "unknown curve"),
+        (["generate", "--type", "EC", "--label", ""], "a key needs a label"),
+        (["generate", "--type", "EC", "--label", "  "], "a key needs a label"),
+        (["import", "key.pem", "--label", ""], "a key needs a label"),
+        (["csr", "--label", "ec-key", "--subject", "garbage"], "'garbage' is not ATTRIBUTE=value"),
+        (["csr", "--label", "ec-key", "--subject", "FOO=bar"], "unknown attribute 'FOO'"),
+        (["csr", "--label", "ec-key", "--subject", "CN=a,"], "is not ATTRIBUTE=value"),
+        (["csr", "--label", "ec-key", "--subject", "CN="], "CN has an empty value"),
         (["generate", "--type", "EC", "--label", "x", "--id", "xyz"], "--id takes hex"),
         (["keys", "--slot", "first"], "not a slot id"),
         (["delete", "--yes"], "--label and/or --id"),
@@ -667,3 +677,187 @@ def test_demo_command() -> None:
     assert re.search(r"^ES256\s+EC P-256\s+yes\s+yes$", result.stdout, re.M), result.stdout
     # (Only the table: the JWT printed below it may contain "NO" in its base64url.)
     assert not re.search(r"\sNO$", result.stdout, re.M), result.stdout
+
+
+# -- what a new user meets first (issue 26) --------------------------------------------------
+
+
+def test_uninitialized_slot_says_how_to_initialize_it(softhsm: SoftHSM) -> None:
+    slots = ok("tokens", "--json").json()
+    free = [s for s in slots if "CKF_TOKEN_INITIALIZED" not in s.get("flags", ())]
+    assert free, slots  # SoftHSM2 always shows one free slot after its tokens
+    slot = str(free[0]["slot_id"])
+    result = run("keys", "--slot", slot, unset=["HSM_TOKEN"])
+    assert_error(result, 1, f"slot id {slot}", "is not initialized", "initialize it first")
+    assert f"softhsm2-util --init-token --slot {slot} --label LABEL" in result.stderr
+    assert "CKR_TOKEN_NOT_RECOGNIZED" not in result.stderr
+
+
+@pytest.mark.parametrize("command", ["tokens", "keys"])
+def test_module_that_is_a_directory(command: str, tmp_path: Path) -> None:
+    result = run(command, "--module", str(tmp_path))
+    assert_error(result, 1, f"PKCS#11 module {tmp_path} is a directory, not a shared library")
+    # The library says the same.
+    with pytest.raises(hsmkey.HSMModuleError, match="is a directory, not a shared library"):
+        SessionPool(str(tmp_path), "t", "1")
+
+
+def test_csr_subject_names_users_write() -> None:
+    """Lower-case attribute names and OpenSSL's emailAddress work; the CSR has them."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    pem = ok("csr", "--label", "ec-key", "--subject", "cn=svc.example,emailAddress=a@b.example")
+    csr = x509.load_pem_x509_csr(pem.stdout.encode())
+    assert csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "svc.example"
+    assert csr.subject.get_attributes_for_oid(NameOID.EMAIL_ADDRESS)[0].value == "a@b.example"
+    slashed = ok("csr", "--label", "ec-key", "--subject", "/O=Example/CN=svc")
+    assert (
+        x509.load_pem_x509_csr(slashed.stdout.encode()).subject.rfc4514_string()
+        == "CN=svc,O=Example"
+    )
+
+
+def test_softhsm2_configuration_missing_is_named(tmp_path: Path) -> None:
+    module = find_softhsm2_module()
+    conf = tmp_path / "nowhere" / "softhsm2.conf"
+    result = run("keys", "--module", module, env={"SOFTHSM2_CONF": str(conf)})
+    assert_error(
+        result,
+        1,
+        "C_Initialize returned CKR_GENERAL_ERROR",
+        f"SoftHSM2 cannot read its configuration file {conf} (named by SOFTHSM2_CONF)",
+    )
+    # A configuration whose token directory is missing: the message names the directory.
+    conf = tmp_path / "softhsm2.conf"
+    conf.write_text(f"directories.tokendir = {tmp_path / 'no-tokens'}\n")
+    result = run("tokens", "--module", module, env={"SOFTHSM2_CONF": str(conf)})
+    assert_error(result, 1, f"the token directory {tmp_path / 'no-tokens'}", str(conf))
+    # The library's exception carries the same words (this process has SoftHSM2 loaded
+    # already, so ask a fresh one).
+    code = (
+        "import sys\n"
+        "from hsmkey import SessionPool, HSMModuleError\n"
+        "try:\n"
+        "    SessionPool(sys.argv[1], 't', '1').check()\n"
+        "except HSMModuleError as e:\n"
+        "    print(e.rv, e)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, module],
+        env={**os.environ, "SOFTHSM2_CONF": "/nonexistent/softhsm2.conf"},
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert proc.stdout.startswith("CKR_GENERAL_ERROR "), proc
+    assert "configuration file /nonexistent/softhsm2.conf (named by SOFTHSM2_CONF)" in proc.stdout
+
+
+def test_import_refuses_what_is_not_an_importable_key(tmp_path: Path) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import dsa, x25519
+    from cryptography.x509.oid import NameOID
+
+    def pem(key: Any) -> bytes:
+        return bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+
+    x = tmp_path / "x25519.pem"
+    x.write_bytes(pem(x25519.X25519PrivateKey.generate()))
+    result = run("import", str(x), "--label", "x")
+    assert_error(result, 1, f"{x} holds a key of type X25519", "hsmkey cannot import")
+    assert "import_private_key" not in result.stderr and "PrivateKey" not in result.stderr
+    d = tmp_path / "dsa.pem"
+    d.write_bytes(pem(dsa.generate_private_key(2048)))
+    assert_error(run("import", str(d), "--label", "x"), 1, "holds a key of type DSA", "RSA, EC")
+    brainpool = tmp_path / "bp.pem"
+    brainpool.write_bytes(pem(ec.generate_private_key(ec.BrainpoolP256R1())))
+    assert_error(run("import", str(brainpool), "--label", "x"), 1, "brainpoolP256r1")
+    # Files that are no private key at all.
+    text = tmp_path / "passwd"
+    text.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    result = run("import", str(text), "--label", "x")
+    assert_error(result, 1, f"{text} is a text file, not a private key file", "PEM", "DER")
+    key = ec.generate_private_key(ec.SECP256R1())
+    public = tmp_path / "public.pem"
+    public.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    assert_error(run("import", str(public), "--label", "x"), 1, "holds a public key")
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "c")])
+    csr = x509.CertificateSigningRequestBuilder().subject_name(name).sign(key, hashes.SHA256())
+    request = tmp_path / "req.pem"
+    request.write_bytes(csr.public_bytes(serialization.Encoding.PEM))
+    assert_error(run("import", str(request), "--label", "x"), 1, "certificate signing request")
+    empty = tmp_path / "empty.pem"
+    empty.write_text("")
+    assert_error(run("import", str(empty), "--label", "x"), 1, "is empty")
+
+
+@pytest.mark.parametrize(
+    ("curve", "shown"),
+    [("prime256v1", "P-256"), ("secp384r1", "P-384"), ("p521", "P-521")],
+)
+def test_generate_takes_openssl_curve_names(curve: str, shown: str, pool: SessionPool) -> None:
+    label = unique("curve")
+    rows = table(ok("generate", "--type", "EC", "--curve", curve, "--label", label).stdout)
+    try:
+        assert rows[1][2:4] == ["EC", shown]
+        assert pool.find_key(key_label=label).curve == shown
+    finally:
+        ok("delete", "--label", label, "--yes")
+
+
+def test_key_types_are_named_as_hsmkey_keys_shows_them(pool: SessionPool) -> None:
+    """The TYPE column (Key.key_type) is what generate --type takes, and the old names stay."""
+    for key_type, options in (("EC_EDWARDS", []), ("ec_edwards", ["--curve", "Ed25519"])):
+        label = unique("edwards")
+        rows = table(ok("generate", "--type", key_type, *options, "--label", label).stdout)
+        try:
+            assert rows[1][2:4] == ["EC_EDWARDS", "Ed25519"]
+            key = pool.find_key(key_label=label)
+            assert (key.key_type, key.curve) == ("EC_EDWARDS", "Ed25519")
+            # What the listing shows, generate takes back.
+            again = run("generate", "--type", rows[1][2], "--curve", rows[1][3], "--label", "")
+            assert_error(again, 2, "a key needs a label")
+        finally:
+            ok("delete", "--label", label, "--yes")
+    help_text = ok("generate", "--help").stdout
+    assert "EC_EDWARDS" in help_text and "prime256v1" in help_text
+
+
+def test_delete_with_several_matches_needs_id_or_all(pool: SessionPool) -> None:
+    # The fixture's dup-key names two keys: nothing is deleted without --id or --all.
+    result = run("delete", "--label", "dup-key", "--yes")
+    assert_error(result, 1, "2 keys have label 'dup-key'", "07", "08", "--id", "--all")
+    assert sorted(k.id for k in pool.list_keys() if k.label == "dup-key") == [b"\x07", b"\x08"]
+    # Two keys of one label made elsewhere: --all deletes both.
+    label = unique("pair")
+    with pool.session(rw=True) as session:
+        session.generate_key_pair("EC", label=label, key_id=b"\xe1")
+        session.generate_key_pair("EC", label=label, key_id=b"\xe2")
+    assert_error(run("delete", "--label", label, "--yes"), 1, "e1, e2", "--all")
+    out = ok("delete", "--label", label, "--yes", "--all", "--json").json()
+    assert out["deleted_objects"] == 4 and sorted(k["id"] for k in out["keys"]) == ["e1", "e2"]
+    assert label not in ok("keys").stdout
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-5", "1.5"])
+def test_async_threads_variable_is_checked(value: str) -> None:
+    result = run("--version", env={"HSMKEY_ASYNC_THREADS": value})
+    assert result.returncode != 0
+    assert f'HSMKEY_ASYNC_THREADS="{value}" is not a number of threads' in result.stderr
+    assert result.stderr.rstrip().splitlines()[-1].startswith("ValueError: ")
+
+
+@pytest.mark.parametrize("value", ["4", " 16 ", ""])
+def test_async_threads_variable_accepts_counts(value: str) -> None:
+    assert ok("--version", env={"HSMKEY_ASYNC_THREADS": value}).stdout.startswith("hsmkey ")

@@ -440,14 +440,16 @@ def test_a_key_without_raw_rsa_still_rejects_implicitly(
     ]
 
 
-def test_a_key_that_allows_neither_raw_nor_signing_falls_back_to_a_process_secret(
+def test_a_key_that_allows_neither_raw_nor_signing_fails_closed(
     pool: SessionPool, faultmod: FaultModule, softhsm: SoftHSM, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The last resort, for a key whose token refuses both ways of deriving the secret (made
+    """A key whose token refuses both ways of deriving the implicit-rejection secret (made
     here by the fault module answering the raw C_DecryptInit and the C_SignInit as such a
-    token would): v1.5 still never raises and stays deterministic within the process, the
-    token removes the padding, and the log says why synthetic messages may differ between
-    processes."""
+    token would) has no secret that is the same in every process: a per-process one would give
+    a bad ciphertext different plaintexts in two workers, which tells bad padding from good.
+    PKCS#1 v1.5 decryption is refused, before any decryption and the same for every
+    ciphertext, with an error naming what the key lacks; ``allow_process_secret=True`` is the
+    documented opt-in (then v1.5 never raises and stays deterministic within the process)."""
     sw = rsa.generate_private_key(65537, 2048)
     label = "v15-no-raw-no-sign"
     with pool.session(rw=True) as s:
@@ -459,16 +461,37 @@ def test_a_key_that_allows_neither_raw_nor_signing_falls_back_to_a_process_secre
         good = pub.encrypt(b"k" * 16, padding.PKCS1v15())
         faultmod.fail("C_DecryptInit", "CKR_MECHANISM_INVALID", nth=1, mode="before")
         faultmod.fail("C_SignInit", "CKR_KEY_FUNCTION_NOT_PERMITTED", nth=1, mode="before")
+        messages = set()
+        decrypts = faultmod.count("C_Decrypt")
         with caplog.at_level("WARNING", logger="hsmkey"):
-            assert key.decrypt("RSA_PKCS", good) == b"k" * 16
+            for ct in [good, *bad_v15_ciphertexts(pub).values()]:
+                with pytest.raises(HSMMechanismError) as info:
+                    key.decrypt("RSA_PKCS", ct)
+                messages.add(str(info.value))
         assert faultmod.injected("C_DecryptInit") == 1
         assert faultmod.injected("C_SignInit") == 1
+        assert faultmod.count("C_Decrypt") == decrypts  # refused before any decryption
+        assert len(messages) == 1, messages
+        message = messages.pop()
+        for needed in ("CKM_RSA_X_509", "CKA_SIGN", "allow_process_secret=True"):
+            assert needed in message, message
         assert any("allows neither raw RSA nor signing" in r.getMessage() for r in caplog.records)
+        # Through the cryptography interface (what jwcrypto's RSA1_5 calls), likewise.
+        obj = private_key_for(key)
+        assert isinstance(obj, HSMRSAPrivateKey)
+        with pytest.raises(HSMMechanismError, match="allow_process_secret"):
+            obj.decrypt(good, padding.PKCS1v15())
+        # The opt-in: the token removes the padding; bad ciphertexts still never raise.
+        assert key.decrypt("RSA_PKCS", good, allow_process_secret=True) == b"k" * 16
+        assert obj.decrypt(good, padding.PKCS1v15(), allow_process_secret=True) == b"k" * 16
         before = fpool.stats()["discarded"]
         for what, ct in bad_v15_ciphertexts(pub).items():
-            assert key.decrypt("RSA_PKCS", ct) == key.decrypt("RSA_PKCS", ct), what
+            first = key.decrypt("RSA_PKCS", ct, allow_process_secret=True)
+            assert key.decrypt("RSA_PKCS", ct, allow_process_secret=True) == first, what
         assert fpool.stats()["discarded"] == before
         assert faultmod.count("C_SignInit") == 1  # derived once, then cached
+        # OAEP is unaffected (it needs no rejection secret).
+        assert key.decrypt("RSA_OAEP", pub.encrypt(b"o", oaep(SHA1))) == b"o"
     finally:
         fpool.close()
         with pool.session(rw=True) as s:

@@ -8,8 +8,14 @@ How the examples are found and run (keep the docs to these rules):
   ``.. highlight:: python``. Shell commands, configuration files and output use other
   languages (``bash``, ``console``, ``ini``, ``yaml``, ``text``) and are not run; any other
   language is an error here, so that a typo (``pyhton``) cannot hide an example.
-- The blocks of one page run in order, in one namespace, in a fresh interpreter
-  (``python -W error``): a later block may use what an earlier one defined.
+- The blocks of one page run in order, in a fresh interpreter (``python -W error``), each in a
+  fresh namespace: a reader may copy any one block and run it alone. A block that goes on
+  from the one before it (using its names) says so with a comment line right above it,
+  invisible in the rendered page::
+
+      .. docs-test: continues
+
+  and then runs in the namespace of the block before it.
 - Before the first block, the prelude makes a SoftHSM2 token labelled ``my-token`` with user
   PIN ``123456`` (:func:`hsmkey.testing.softhsm2_token`), sets ``SOFTHSM2_CONF``,
   ``HSM_MODULE``, ``HSM_TOKEN`` and ``HSM_PIN``, and generates with hsmkey the keys the page
@@ -24,6 +30,12 @@ How the examples are found and run (keep the docs to these rules):
   class of that name in its MRO (``# raises HSMPinError``, ``# raises HSMError``); the page
   then goes on with the next block. Any other exception fails the page, naming the page and
   the line of the block in the ``.rst`` file.
+- On a page with the comment line ``.. docs-test: check-output``, a ``print(...)`` line with a
+  comment (``print(e)  # no private key with label ...``) must print what the comment says,
+  where ``...`` stands for any text: the messages the docs quote are the code's.
+- A ``console`` block right under the comment line ``.. docs-test: run`` is run: each
+  ``$ command`` line runs in bash with the page's token (``hsmkey`` on ``PATH``), and what it
+  prints on stdout and stderr must be the lines under it (``...`` stands for any text).
 - A Python block with ``:caption: test_<name>.py`` is a pytest module: besides running with
   its page (which only defines its tests), it is written to that file name in an empty
   directory and run by pytest in a fresh process, with the hsmkey plugin's fixtures.
@@ -52,6 +64,9 @@ _DIRECTIVE = re.compile(r"^(\s*)\.\.\s+code-block::\s*(\S*)\s*$")
 _HIGHLIGHT = re.compile(r"^\.\.\s+highlight::\s*(\S+)\s*$")
 _KEYS = re.compile(r"^\.\.\s+docs-test:\s+keys\b(.*)$")
 _RAISES = re.compile(r"^#\s*raises\s+([A-Za-z_][A-Za-z0-9_.]*)\s*$")
+_MARK = re.compile(r"^\.\.\s+docs-test:\s+(continues|run|check-output)\s*$")
+# print(...)  # what it prints  (the comment after the last "  # " of the line)
+_PRINT_COMMENT = re.compile(r"^\s*print\(.*\)\s+#\s(.*)$")
 
 
 @dataclass
@@ -61,6 +76,8 @@ class Block:
     language: str
     code: str
     caption: str = ""
+    continues: bool = False  # runs in the namespace of the block before it
+    run: bool = False  # a console block whose commands run and whose output is checked
 
     @property
     def raises(self) -> str | None:
@@ -112,9 +129,16 @@ def extract(path: Path) -> tuple[list[Block], list[str]]:
     blocks: list[Block] = []
     keys: list[str] = []
     highlight = "text"
+    marks: set[str] = set()  # docs-test marks for the next block
     i = 0
     while i < len(lines):
         line = lines[i]
+        m = _MARK.match(line)
+        if m:
+            if m.group(1) != "check-output":
+                marks.add(m.group(1))
+            i += 1
+            continue
         m = _KEYS.match(line)
         if m:
             keys.extend(m.group(1).split())
@@ -131,16 +155,51 @@ def extract(path: Path) -> tuple[list[Block], list[str]]:
             options: dict[str, str] = {}
             first, body, i = _body(lines, i + 1, _indent(line), options)
             code = "\n".join(body) + "\n"
-            blocks.append(Block(path.name, first, lang, code, options.get("caption", "")))
+            caption = options.get("caption", "")
+            blocks.append(Block(path.name, first, lang, code, caption, **_flags(marks)))
+            marks = set()
             continue
         stripped = line.rstrip()
         if stripped.endswith("::") and not stripped.lstrip().startswith(".."):
             first, body, i = _body(lines, i + 1, _indent(line))
             if body:
-                blocks.append(Block(path.name, first, highlight, "\n".join(body) + "\n"))
+                code = "\n".join(body) + "\n"
+                blocks.append(Block(path.name, first, highlight, code, **_flags(marks)))
+                marks = set()
             continue
         i += 1
     return blocks, keys
+
+
+def _flags(marks: set[str]) -> dict[str, bool]:
+    return {"continues": "continues" in marks, "run": "run" in marks}
+
+
+def checks_output(path: Path) -> bool:
+    """Whether the page asks for its print comments to be checked (``check-output``)."""
+    text = path.read_text(encoding="utf-8")
+    return re.search(r"^\.\.\s+docs-test:\s+check-output\s*$", text, re.M) is not None
+
+
+def expected_prints(block: Block) -> dict[int, str]:
+    """``print(...)  # comment`` lines of a block: .rst line number -> the comment."""
+    found = {}
+    for n, line in enumerate(block.code.splitlines()):
+        m = _PRINT_COMMENT.match(line)
+        if m:
+            found[block.line + n] = m.group(1).strip()
+    return found
+
+
+def console_commands(block: Block) -> list[tuple[str, list[str]]]:
+    """The ``$ command`` lines of a console block, each with the output lines under it."""
+    commands: list[tuple[str, list[str]]] = []
+    for line in block.code.splitlines():
+        if line.startswith("$ "):
+            commands.append((line[2:], []))
+        elif commands:
+            commands[-1][1].append(line)
+    return commands
 
 
 def pages() -> list[Path]:
@@ -148,11 +207,11 @@ def pages() -> list[Path]:
 
 
 def runnable(path: Path) -> bool:
-    return any(b.language in PYTHON_LANGS for b in extract(path)[0])
+    return any(b.language in PYTHON_LANGS or b.run for b in extract(path)[0])
 
 
 RUNNER = r"""
-import json, os, sys, traceback
+import json, os, re, subprocess, sys, traceback
 from pathlib import Path
 
 from hsmkey.testing import softhsm2_token
@@ -178,24 +237,62 @@ with softhsm2_token(label="my-token", pin="123456", directory=directory) as toke
                         session.generate_key_pair("EC", label=label, curve=arg or "P-256")
                     else:
                         session.generate_key_pair(kind, label=label)
-    namespace = {"__name__": "__main__"}
+    os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]
+    namespace = {}
+    printed = {}  # .rst line of a print() call in a block -> what it printed
+
+    def recording_print(*args, sep=" ", end="\n", file=None, flush=False):
+        print(*args, sep=sep, end=end, file=file, flush=flush)
+        caller = sys._getframe(1)
+        if file is None and caller.f_code.co_filename == block["page"]:
+            text = sep.join(str(a) for a in args)
+            printed.setdefault(caller.f_lineno, []).append(text)
+
+    def matches(pattern, text):
+        parts = [re.escape(p) for p in pattern.split("...")]
+        return re.fullmatch(".*".join(parts), text, re.S) is not None
+
+    def fail(message):
+        print(f"\nFAILED: {message}", file=sys.stderr)
+        sys.exit(1)
+
     for block in page["blocks"]:
         where = f"{block['page']}:{block['line']}"
+        if block["console"]:
+            for command, expected in block["commands"]:
+                proc = subprocess.run(
+                    ["bash", "-c", command], capture_output=True, text=True, timeout=60
+                )
+                got = (proc.stdout + proc.stderr).splitlines()
+                if len(got) != len(expected) or not all(map(matches, expected, got)):
+                    fail(
+                        f"the console block at {where}: `{command}` printed\n"
+                        + "\n".join(got) + "\nnot\n" + "\n".join(expected)
+                    )
+            continue
+        if not block["continues"]:
+            namespace = {"__name__": "__main__", "print": recording_print}
         source = "\n" * (block["line"] - 1) + block["code"]
         code = compile(source, block["page"], "exec")
         expected = block["raises"]
+        printed.clear()
         try:
             exec(code, namespace)
         except BaseException as exc:
             names = [cls.__name__ for cls in type(exc).__mro__]
-            if expected and expected in names:
-                continue
-            print(f"\nFAILED: the block at {where} raised {type(exc).__name__}", file=sys.stderr)
-            traceback.print_exc()
-            sys.exit(1)
-        if expected:
-            print(f"\nFAILED: the block at {where} should raise {expected}", file=sys.stderr)
-            sys.exit(1)
+            if not (expected and expected in names):
+                traceback.print_exc()
+                fail(f"the block at {where} raised {type(exc).__name__}")
+        else:
+            if expected:
+                fail(f"the block at {where} should raise {expected}")
+        for line, comment in block["prints"].items():
+            outputs = printed.get(int(line), [])
+            if not outputs or not all(matches(comment, out) for out in outputs):
+                fail(
+                    f"{block['page']}:{line} printed {outputs!r}, but its comment says "
+                    f"{comment!r} (... stands for any text)"
+                )
 print("page ran", len(page["blocks"]), "blocks")
 """
 
@@ -207,6 +304,7 @@ def test_page_examples_run(path: Path, tmp_path: Path) -> None:
     except SoftHSM2NotFound as e:
         pytest.skip(str(e))
     blocks, keys = extract(path)
+    check = checks_output(path)
     page = {
         "keys": keys,
         "blocks": [
@@ -215,9 +313,13 @@ def test_page_examples_run(path: Path, tmp_path: Path) -> None:
                 "line": b.line,
                 "code": b.code.replace(DOC_SOFTHSM2_PATH, module),
                 "raises": b.raises,
+                "continues": b.continues,
+                "prints": expected_prints(b) if check else {},
+                "console": b.run,
+                "commands": console_commands(b) if b.run else [],
             }
             for b in blocks
-            if b.language in PYTHON_LANGS
+            if b.language in PYTHON_LANGS or b.run
         ],
     }
     spec = tmp_path / "page.json"
@@ -315,3 +417,59 @@ def test_extractor_understands_the_rules(tmp_path: Path) -> None:
         ("python", "z = 3\n# raises ValueError\n", "ValueError"),
     ]
     assert blocks[1].line == 13
+
+
+def test_extractor_understands_the_marks(tmp_path: Path) -> None:
+    page = tmp_path / "marks.rst"
+    page.write_text(
+        "Title\n=====\n\n"
+        ".. docs-test: check-output\n\n"
+        ".. code-block:: python\n\n    x = 1\n    print(x)  # 1\n\n"
+        ".. docs-test: continues\n\n"
+        ".. code-block:: python\n\n    print(x + 1)  # ...2\n\n"
+        ".. code-block:: python\n\n    y = 3\n\n"
+        ".. docs-test: run\n\n"
+        ".. code-block:: console\n\n    $ echo a\n    a\n    $ true\n\n"
+        ".. code-block:: console\n\n    $ not run\n",
+        encoding="utf-8",
+    )
+    blocks, _ = extract(page)
+    assert [(b.language, b.continues, b.run) for b in blocks] == [
+        ("python", False, False),
+        ("python", True, False),
+        ("python", False, False),
+        ("console", False, True),
+        ("console", False, False),
+    ]
+    assert checks_output(page) and not checks_output(DOCS / "index.rst")
+    assert expected_prints(blocks[0]) == {blocks[0].line + 1: "1"}
+    assert expected_prints(blocks[1]) == {blocks[1].line: "...2"}
+    assert console_commands(blocks[3]) == [("echo a", ["a"]), ("true", [])]
+
+
+def test_blocks_run_alone_unless_marked(tmp_path: Path) -> None:
+    """A block that uses a name of the block before it fails unless it says it continues;
+    a print comment that the output does not match fails a check-output page."""
+    try:
+        find_softhsm2_module()
+    except SoftHSM2NotFound as e:
+        pytest.skip(str(e))
+    cases = {
+        "alone.rst": ("x = 1\n", "print(x)\n", False, "NameError"),
+        "continued.rst": ("x = 1\n", "print(x)\n", True, None),
+        "prints.rst": ("x = 1\n", "print(x)  # 2\n", True, "printed ['1']"),
+    }
+    for name, (first, second, continues, failure) in cases.items():
+        page = tmp_path / name
+        text = "T\n=\n\n.. docs-test: check-output\n\n.. code-block:: python\n\n    " + first
+        if continues:
+            text += "\n.. docs-test: continues\n"
+        text += "\n.. code-block:: python\n\n    " + second
+        page.write_text(text, encoding="utf-8")
+        run_dir = tmp_path / f"run-{page.stem}"
+        run_dir.mkdir()
+        if failure is None:
+            test_page_examples_run(page, run_dir)
+        else:
+            with pytest.raises(AssertionError, match=re.escape(failure)):
+                test_page_examples_run(page, run_dir)

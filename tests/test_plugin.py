@@ -131,8 +131,23 @@ def test_nothing_happens_unless_a_fixture_is_requested(
     assert "throwaway SoftHSM2 token" in text
 
 
-def test_skip_message_without_softhsm2(pytester: pytest.Pytester, clean_env: None) -> None:
-    # SoftHSM2 is installed here: make the plugin look in places where it is not.
+WITHOUT_SOFTHSM2 = """
+def test_one(hsm_pool):
+    raise AssertionError("not reached")
+
+
+def test_two(hsm_token):
+    raise AssertionError("not reached")
+
+
+def test_three():
+    pass
+"""
+
+
+@pytest.fixture
+def no_softhsm2(pytester: pytest.Pytester, clean_env: None) -> None:
+    """SoftHSM2 is installed here: make the plugin look in places where it is not."""
     pytester.makeconftest(
         """
         import hsmkey.testing
@@ -140,24 +155,102 @@ def test_skip_message_without_softhsm2(pytester: pytest.Pytester, clean_env: Non
         hsmkey.testing.SOFTHSM2_MODULE_PATHS = ("/nonexistent/libsofthsm2.so",)
         """
     )
-    pytester.makepyfile(
-        test_skip="""
-        def test_one(hsm_pool):
-            raise AssertionError("not reached")
+    pytester.makepyfile(test_without=WITHOUT_SOFTHSM2)
 
 
-        def test_two(hsm_token):
-            raise AssertionError("not reached")
+def test_without_softhsm2_the_tests_fail(pytester: pytest.Pytester, no_softhsm2: None) -> None:
+    # A CI image that lacks SoftHSM2 must not pass by skipping every test.
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, errors=2)
+    result.stdout.fnmatch_lines(["*a SoftHSM2 test token needs SoftHSM2*not installed*"])
+    text = result.stdout.str()
+    assert "apt-get install softhsm2" in text and "--hsmkey-skip-without-softhsm2" in text
+    assert "Traceback" not in text
 
 
-        def test_three():
-            pass
-        """
-    )
-    result = pytester.runpytest_subprocess("-rs", "-p", "no:cacheprovider")
+@pytest.mark.parametrize(
+    "ask",
+    [
+        ["--hsmkey-skip-without-softhsm2"],
+        ["-o", "hsmkey_skip_without_softhsm2=true"],
+    ],
+)
+def test_skip_without_softhsm2_when_asked(
+    pytester: pytest.Pytester, no_softhsm2: None, ask: list[str]
+) -> None:
+    result = pytester.runpytest_subprocess("-rs", "-p", "no:cacheprovider", *ask)
     result.assert_outcomes(passed=1, skipped=2)
     result.stdout.fnmatch_lines(["*SKIPPED*a SoftHSM2 test token needs SoftHSM2*not installed*"])
     assert "apt-get install softhsm2" in result.stdout.str()
+
+
+def test_skip_setting_in_the_ini_file(pytester: pytest.Pytester, no_softhsm2: None) -> None:
+    pytester.makeini("[pytest]\nhsmkey_skip_without_softhsm2 = true\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, skipped=2)
+    # The option is documented in pytest's help.
+    help_text = pytester.runpytest_subprocess("--help").stdout.str()
+    assert "--hsmkey-skip-without-softhsm2" in help_text
+    assert "hsmkey_skip_without_softhsm2" in help_text
+
+
+def test_a_wrong_softhsm2_module_fails_even_when_skipping_is_asked(
+    pytester: pytest.Pytester, clean_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SOFTHSM2_MODULE", "/opt/typo/libsofthsm2.so")
+    pytester.makepyfile(test_without=WITHOUT_SOFTHSM2)
+    for ask in ([], ["--hsmkey-skip-without-softhsm2"]):
+        result = pytester.runpytest_subprocess("-p", "no:cacheprovider", *ask)
+        result.assert_outcomes(passed=1, errors=2)
+        result.stdout.fnmatch_lines(["*SOFTHSM2_MODULE=/opt/typo/libsofthsm2.so does not exist*"])
+
+
+def test_keys_of_one_test_with_hsm_key_label(pytester: pytest.Pytester, clean_env: None) -> None:
+    pytester.makepyfile(
+        test_labels="""
+        LABELS = []
+
+
+        def test_first(hsm_pool, hsm_key_label):
+            assert hsm_key_label.startswith("test-test_first-")
+            with hsm_pool.session(rw=True) as session:
+                session.generate_key_pair("EC", label=hsm_key_label)
+            assert hsm_pool.find_key(key_label=hsm_key_label).label == hsm_key_label
+            LABELS.append(hsm_key_label)
+
+
+        def test_second(hsm_pool, hsm_key_label):
+            assert hsm_key_label != LABELS[0]
+            # The first test's key went away with it; the token's own keys stay.
+            labels = {k.label for k in hsm_pool.list_keys()}
+            assert LABELS[0] not in labels
+            assert labels == {"rsa", "ec256", "ec384", "ec521", "ed25519"}
+
+
+        def test_the_token_attributes(hsm_token):
+            assert hsm_token.module_path.endswith("libsofthsm2.so")
+            assert (hsm_token.label, hsm_token.pin, hsm_token.so_pin) == (
+                "hsmkey-pytest", "123456", "12345678"
+            )
+            assert hsm_token.conf_path.parent == hsm_token.directory
+            assert set(hsm_token.env) == {"SOFTHSM2_CONF", "HSM_MODULE", "HSM_TOKEN", "HSM_PIN"}
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=3)
+
+
+def test_the_documented_token_attributes_exist() -> None:
+    """docs/testing.rst's table of SoftHSM2Token attributes is the class's."""
+    import dataclasses
+    import re
+
+    from hsmkey.testing import SoftHSM2Token
+
+    page = (Path(__file__).parent.parent / "docs" / "testing.rst").read_text()
+    documented = set(re.findall(r"^``(\w+)(?:\(\*\*kwargs\))?``  ", page, re.M))
+    actual = {f.name for f in dataclasses.fields(SoftHSM2Token)} | {"env", "pool"}
+    assert documented == actual
 
 
 def test_softhsm2_loaded_too_early_is_explained(pytester: pytest.Pytester, clean_env: None) -> None:

@@ -94,3 +94,58 @@ class SimulatedNetwork:
             raise RuntimeError("hsmkey_fault_dump() failed")
         data = json.loads(self.counts_file.read_text())
         return {name: n for name, n in data["calls"].items() if n}
+
+
+class SimulatedHSM:
+    """One of several simulated network HSMs in this process: a *copy* of the fault module
+    (another library to the loader, so another instance with its own settings, given through
+    ``hsmkey_fault_configure`` since all copies see one environment) in front of its own copy
+    of SoftHSM2 (its own sessions and login; the token files are the bench token's, so every
+    member holds the same keys). ``round_trip`` seconds before every call; :meth:`set_reachable`
+    switches it off (every call fails with ``CKR_DEVICE_ERROR``, its sessions are gone) and on.
+    """
+
+    def __init__(self, work: Path, name: str, softhsm_module: str, round_trip: float) -> None:
+        self.name = name
+        home = work / name
+        home.mkdir(parents=True, exist_ok=True)
+        self.path = str(home / "libhsmkey_faultmod.so")
+        shutil.copy2(build_faultmod(), self.path)
+        target = home / "libsofthsm2-member.so"
+        shutil.copy2(softhsm_module, target)
+        self.control = home / "control"
+        self.counts_file = home / "counts.json"
+        self.round_trip = round_trip
+        self.reachable = True
+        self._write()
+        self._dll: Any = ctypes.CDLL(self.path)
+        self._dll.hsmkey_fault_configure.restype = ctypes.c_int
+        self._dll.hsmkey_fault_configure.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+        self._dll.hsmkey_fault_reload.restype = ctypes.c_int
+        self._dll.hsmkey_fault_count.restype = ctypes.c_uint64
+        self._dll.hsmkey_fault_count.argtypes = [ctypes.c_char_p]
+        for env, value in (
+            ("HSMKEY_FAULT_TARGET", str(target)),
+            ("HSMKEY_FAULT_CONTROL", str(self.control)),
+            ("HSMKEY_FAULT_COUNTS", str(self.counts_file)),
+            ("HSMKEY_FAULT_LATENCY", ""),
+        ):
+            if self._dll.hsmkey_fault_configure(env.encode(), value.encode()) != 0:
+                raise RuntimeError(f"{self.path}: hsmkey_fault_configure({env}) failed")
+
+    def _write(self) -> None:
+        lines = [f"latency * {round(self.round_trip * 1e6)}us"] if self.round_trip > 0 else []
+        if not self.reachable:
+            lines.append("unreachable")
+        tmp = self.control.with_suffix(".tmp")
+        tmp.write_text("".join(line + "\n" for line in lines))
+        tmp.replace(self.control)
+
+    def set_reachable(self, reachable: bool) -> None:
+        self.reachable = reachable
+        self._write()
+        self._dll.hsmkey_fault_reload()
+
+    def signs(self) -> int:
+        """``C_Sign`` calls through this member so far."""
+        return int(self._dll.hsmkey_fault_count(b"C_Sign"))

@@ -1,7 +1,8 @@
 """hsmkey: sign and decrypt with private keys that never leave a PKCS#11 token.
 
 ``SessionPool`` keeps logged-in sessions warm and heals lost sessions and logins;
-``HSMJWK`` is a jwcrypto JWK whose private operations run in the token.
+``HSMJWK`` is a jwcrypto JWK whose private operations run in the token; ``PoolGroup`` spreads
+keys held by several HSMs over them, with failover.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from . import exceptions
 from ._hsmkey import Key, Session, __version__, _close_all_pools
 from .exceptions import (
     HSMError,
+    HSMKeyChangedError,
     HSMKeyNotFoundError,
     HSMMechanismError,
     HSMModuleError,
@@ -20,13 +22,17 @@ from .exceptions import (
     HSMPoolExhaustedError,
     HSMSessionError,
     HSMTokenNotFoundError,
+    HSMUnavailableError,
 )
+from .group import GroupKey, PoolGroup
 from .jwk import HSMJWK, jwks
 from .pool import SessionPool, hsm_session
 
 __all__ = [
     "HSMJWK",
+    "GroupKey",
     "HSMError",
+    "HSMKeyChangedError",
     "HSMKeyNotFoundError",
     "HSMMechanismError",
     "HSMModuleError",
@@ -35,7 +41,9 @@ __all__ = [
     "HSMPoolExhaustedError",
     "HSMSessionError",
     "HSMTokenNotFoundError",
+    "HSMUnavailableError",
     "Key",
+    "PoolGroup",
     "Session",
     "SessionPool",
     "__version__",

@@ -44,6 +44,8 @@ class Pool:
         acquire_timeout: float = 30.0,
         max_idle: float | None = 300.0,
         allow_final_pin_try: bool = False,
+        key_cache_ttl: float | None = 60.0,
+        verify_signatures: bool = False,
     ) -> Pool: ...
     @property
     def module_path(self) -> str:
@@ -57,6 +59,15 @@ class Pool:
     @property
     def max_sessions(self) -> int:
         """The most sessions lent out at once."""
+    @property
+    def verify_signatures(self) -> bool:
+        """True if every signature is verified in software before it is returned."""
+    @property
+    def key_cache_ttl(self) -> float:
+        """Seconds a key lookup by label or id is trusted before it is searched again."""
+    def refresh(self) -> None:
+        """Forget every cached key lookup: the next ``from_hsm``, ``find_key``,
+        ``list_keys`` or ``jwks()`` sees the token as it is now."""
     def session(self, rw: bool = False) -> Session:
         """A context manager that borrows a warm session on entry and returns it on exit."""
     def open_session(self, rw: bool = False) -> Session:
@@ -103,7 +114,9 @@ class Session:
     ) -> Key:
         """Generate a key pair in the token (read-write sessions only); the private key is
         sensitive and not extractable. ``key_id`` defaults to 16 random bytes."""
-    def import_private_key(self, key: object, *, label: str, key_id: bytes | None = None) -> Key:
+    def import_private_key(
+        self, key: object, *, label: str, key_id: bytes | None = None, allow_weak: bool = False
+    ) -> Key:
         """Store a pyca/cryptography private key (RSA, EC, Ed25519, Ed448) as a sensitive,
         non-extractable token object, with its public key beside it."""
     def list_keys(self) -> list[Key]:
@@ -191,6 +204,7 @@ class Key:
         mgf_hash: _Hash | None = None,
         label: bytes | None = None,
         allow_raw: bool = False,
+        allow_process_secret: bool = False,
     ) -> bytes:
         """Decrypt with the RSA private key.
 
@@ -202,10 +216,14 @@ class Key:
         hsmkey removes the padding in constant time.
         RSA_X_509: raw ``c^d mod n``, a private-key oracle: refused unless ``allow_raw=True``.
         A ciphertext that is not below the modulus raises ``ValueError`` first.
+        RSA_PKCS with a key that allows neither raw RSA nor signing raises
+        ``HSMMechanismError`` unless ``allow_process_secret=True`` (its implicit-rejection
+        secret could only be drawn per process). RSA_OAEP with a label on a key that refuses
+        raw RSA raises ``HSMMechanismError`` where the token's OAEP ignores labels.
         """
     def ecdh(self, peer_point: bytes) -> bytes:
         """ECDH with the EC private key: the shared secret with the peer's uncompressed
-        public point."""
+        public point, which is checked on the key's curve first (``ValueError`` if not)."""
 
 def _close_all_pools() -> None:
     """Close every live pool of this process (registered with ``atexit``)."""

@@ -20,12 +20,40 @@ def _int_bytes(n: int, length: int | None = None) -> bytes:
     return n.to_bytes(length or max(1, (n.bit_length() + 7) // 8), "big")
 
 
-def key_components(key: Any) -> tuple[str, str | None, dict[str, bytes]]:
+# The weakest RSA key imported without ``allow_weak=True``: NIST SP 800-131A disallows
+# smaller moduli, and a public exponent below 65537 (3, 17) is what the broadcast and
+# low-exponent attacks on badly padded RSA need.
+MIN_RSA_BITS = 2048
+MIN_RSA_EXPONENT = 65537
+
+
+def check_rsa_strength(bits: int, e: int, opt_in: str = "allow_weak=True") -> None:
+    """Raise ``ValueError`` for an RSA key hsmkey does not import without ``allow_weak``
+    (``opt_in`` names the way to ask for it in the message)."""
+    problems = []
+    if bits < MIN_RSA_BITS:
+        problems.append(f"a {bits}-bit modulus (at least {MIN_RSA_BITS} bits are required)")
+    if e % 2 == 0:
+        problems.append(f"an even public exponent ({e}): not an RSA key")
+    elif e < MIN_RSA_EXPONENT:
+        problems.append(f"public exponent {e} (at least {MIN_RSA_EXPONENT} is required)")
+    if problems:
+        raise ValueError(
+            "refusing to import a weak RSA key: it has "
+            + " and ".join(problems)
+            + f". Pass {opt_in} to import a legacy key anyway"
+        )
+
+
+def key_components(key: Any, allow_weak: bool = False) -> tuple[str, str | None, dict[str, bytes]]:
     """``(key_type, curve, components)`` for a private key: RSA numbers, or the EC private
-    value and public point, or the raw Edwards keys."""
+    value and public point, or the raw Edwards keys. Weak RSA keys raise ``ValueError``
+    unless ``allow_weak``."""
     if isinstance(key, rsa.RSAPrivateKey):
         n = key.private_numbers()
         pub = n.public_numbers
+        if not allow_weak:
+            check_rsa_strength(key.key_size, pub.e)
         return (
             "RSA",
             None,

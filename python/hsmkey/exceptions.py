@@ -10,6 +10,7 @@ from __future__ import annotations
 
 __all__ = [
     "HSMError",
+    "HSMKeyChangedError",
     "HSMKeyNotFoundError",
     "HSMMechanismError",
     "HSMModuleError",
@@ -18,6 +19,7 @@ __all__ = [
     "HSMPoolExhaustedError",
     "HSMSessionError",
     "HSMTokenNotFoundError",
+    "HSMUnavailableError",
 ]
 
 
@@ -63,6 +65,12 @@ class HSMPoolExhaustedError(HSMSessionError):
     """No session became free within ``acquire_timeout`` seconds."""
 
 
+class HSMUnavailableError(HSMSessionError):
+    """No member of a :class:`~hsmkey.PoolGroup` could serve the call: every member that holds
+    the key is down (or failed during this call). Raised at once, without waiting; the group
+    takes members back as soon as they answer a probe."""
+
+
 class HSMPinError(HSMError):
     """Login failed because of the PIN: incorrect, locked, expired, or a pool whose PIN
     differs from the one this process is logged in with. hsmkey never retries a PIN."""
@@ -74,3 +82,10 @@ class HSMKeyNotFoundError(HSMError, LookupError):
 
 class HSMMechanismError(HSMError):
     """The algorithm is not supported for this key, or the token lacks the mechanism."""
+
+
+class HSMKeyChangedError(HSMError):
+    """The key under this key object's label or id is not the key the object was made with
+    any more: it was deleted and another key took its label or id (or the token now answers
+    for its handle with another key). Nothing was signed or decrypted with the other key.
+    Load the key again (``HSMJWK.from_hsm``, ``find_key``) to use, and publish, the new one."""

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
     from ._hsmkey import Key, Pool, Session
+    from .group import GroupKey, PoolGroup
 
 __all__ = ["HSMJWK", "jwks"]
 
@@ -115,7 +116,9 @@ def _thumbprint(key: Key) -> str:
     return (info.jwk or _jwk_info(key, info)).thumbprint
 
 
-def _find_by_kid(source: Session | Pool, kid: str) -> Key:
+def _find_by_kid(source: Session | Pool | PoolGroup, kid: str) -> Key:
+    # A group's keys have the interface of a token key (duck typing): typed as Key here.
+    source = cast("Session | Pool", source)
     hint = _KID_HINTS.get(kid)
     if hint is not None:
         try:
@@ -137,7 +140,7 @@ def _find_by_kid(source: Session | Pool, kid: str) -> Key:
 
 
 def _find_key(
-    source: Session | Pool,
+    source: Session | Pool | PoolGroup,
     key_label: str | None,
     key_id: bytes | str | None,
     kid: str | None,
@@ -146,16 +149,23 @@ def _find_key(
         if kid is None:
             raise TypeError("from_hsm() needs key_label=, key_id= or kid=")
         return _find_by_kid(source, kid)
-    return source.find_key(key_label=key_label, key_id=key_id)
+    return cast("Session | Pool", source).find_key(key_label=key_label, key_id=key_id)
 
 
-def jwks(source: Session | Pool) -> dict[str, list[dict[str, Any]]]:
+def jwks(source: Session | Pool | PoolGroup) -> dict[str, list[dict[str, Any]]]:
     """The public JWK Set (RFC 7517) of every key in the token that hsmkey can use, each
-    with its RFC 7638 thumbprint as ``kid``: what a service publishes at its JWKS URL."""
+    with its RFC 7638 thumbprint as ``kid``: what a service publishes at its JWKS URL.
+
+    A public key held by several key objects (the same key imported under two labels) is
+    published once."""
     keys = []
-    for key in source.list_keys():
+    seen: set[str] = set()
+    for key in cast("Session | Pool", source).list_keys():
         info = _key_info(key)
         jinfo = info.jwk or _jwk_info(key, info)
+        if jinfo.thumbprint in seen:
+            continue
+        seen.add(jinfo.thumbprint)
         member = dict(jinfo.items)
         member["kid"] = jinfo.thumbprint
         keys.append(member)
@@ -184,7 +194,7 @@ class HSMJWK(JWK):  # type: ignore[misc]
     @classmethod
     def from_hsm(
         cls: type[_T],
-        source: Session | Pool | Key,
+        source: Session | Pool | PoolGroup | Key | GroupKey,
         *,
         key_label: str | None = None,
         key_id: bytes | str | None = None,
@@ -194,21 +204,23 @@ class HSMJWK(JWK):  # type: ignore[misc]
 
         :param source: a session (the key is valid while the session is open), a pool
             (each operation borrows a session from it: usable from any thread, any time),
-            or a key found before.
+            a :class:`~hsmkey.PoolGroup` (each operation runs on one of its members, with
+            failover), or a key found before.
         :param kid: the JWK's ``kid``; the RFC 7638 SHA-256 thumbprint by default.
         :raises HSMKeyNotFoundError: no private key (or more than one) matches.
         """
         if kid is not None and not isinstance(kid, str):
             raise TypeError(f"kid must be a str, not {type(kid).__name__}")
         if hasattr(source, "find_key"):
-            key = _find_key(cast("Session | Pool", source), key_label, key_id, kid)
+            key = _find_key(cast("Session | Pool | PoolGroup", source), key_label, key_id, kid)
         elif hasattr(source, "sign_raw"):
             if key_label is not None or key_id is not None:
                 raise TypeError("key_label= and key_id= do not apply when source is a Key")
-            key = source
+            key = cast("Key", cast(object, source))  # a Key, or a GroupKey (the same interface)
         else:
             raise TypeError(
-                f"source must be an hsmkey Session, SessionPool or Key, not {type(source).__name__}"
+                "source must be an hsmkey Session, SessionPool, PoolGroup or Key, not "
+                f"{type(source).__name__}"
             )
         return cls._from_key(key, kid)
 

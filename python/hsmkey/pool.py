@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import difflib
+import inspect
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+import re
+from contextlib import AbstractContextManager
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
 from ._hsmkey import Pool, Session
 
@@ -36,7 +40,28 @@ class SessionPool(Pool):
     :param allow_final_pin_try: log in even when the token reports that one more wrong PIN
         locks it (``CKF_USER_PIN_FINAL_TRY``); by default hsmkey refuses and raises
         :class:`~hsmkey.exceptions.HSMPinError` without trying the PIN.
+    :param key_cache_ttl: seconds a key lookup by label or id (``from_hsm``, ``find_key``)
+        is trusted before the next lookup searches the token again (default 60; 0: search
+        every time; ``None``: until :meth:`refresh` or a re-login). Within it a lookup
+        costs no PKCS#11 call; after it, one search. Only freshness depends on it: a key
+        object never signs with another key (see :class:`~hsmkey.exceptions.HSMKeyChangedError`).
+    :param verify_signatures: verify every signature in software against the key's public
+        key before returning it (a guard against tokens that reuse object handles and
+        against token faults); costs a software verification per signature.
     """
+
+    if not TYPE_CHECKING:  # type checkers see the constructor's signature in the stubs
+
+        def __new__(cls, *args: Any, **kwargs: Any) -> SessionPool:
+            # `args`/`kwargs` hold the PIN: deleted before any exception leaves this frame
+            # (tracebacks with locals would record it).
+            try:
+                return super().__new__(cls, *args, **kwargs)
+            except TypeError as exc:
+                error = _argument_error(cls, exc)
+            finally:
+                del args, kwargs
+            raise error from None
 
     async def __aenter__(self) -> SessionPool:
         """``async with SessionPool(...) as pool:`` (the pool connects lazily, as always)."""
@@ -48,7 +73,8 @@ class SessionPool(Pool):
 
     @classmethod
     def from_env(cls, **kwargs: object) -> SessionPool:
-        """A pool configured by ``HSM_MODULE``, ``HSM_TOKEN`` and ``HSM_PIN``.
+        """A pool configured by ``HSM_MODULE``, ``HSM_TOKEN`` and ``HSM_PIN`` (and
+        ``HSM_KEY_CACHE_TTL``, seconds, if set).
 
         Keyword arguments are passed on to the constructor (``max_sessions=...``).
         """
@@ -59,6 +85,14 @@ class SessionPool(Pool):
                 + ", ".join(missing)
                 + " (module path, token label, user PIN)"
             )
+        ttl = os.environ.get("HSM_KEY_CACHE_TTL")
+        if ttl and "key_cache_ttl" not in kwargs:
+            try:
+                kwargs["key_cache_ttl"] = float(ttl)
+            except ValueError:
+                raise ValueError(
+                    f"HSM_KEY_CACHE_TTL must be a number of seconds, not {ttl!r}"
+                ) from None
         return cls(
             os.environ["HSM_MODULE"],
             os.environ["HSM_TOKEN"],
@@ -67,7 +101,26 @@ class SessionPool(Pool):
         )
 
 
-@contextmanager
+def _parameters() -> list[str]:
+    """The keyword arguments the pool takes (from the Rust class's signature)."""
+    try:
+        return list(inspect.signature(Pool).parameters)
+    except (TypeError, ValueError):  # pragma: no cover - the signature is always there
+        return []
+
+
+def _argument_error(cls: type, exc: TypeError) -> TypeError:
+    """The Rust constructor's ``TypeError`` in the words the caller used (``SessionPool()``,
+    not ``Pool.__new__()``), with the closest argument name for a misspelled one."""
+    message = str(exc).replace("Pool.__new__()", f"{cls.__name__}()")
+    unexpected = re.search(r"unexpected keyword argument '([^']*)'", message)
+    if unexpected:
+        close = difflib.get_close_matches(unexpected.group(1), _parameters(), n=1)
+        if close:
+            message += f"; did you mean {close[0]!r}?"
+    return TypeError(message)
+
+
 def hsm_session(
     module_path: str | os.PathLike[str],
     token_label: str,
@@ -76,17 +129,57 @@ def hsm_session(
     *,
     token_serial: str | None = None,
     slot_id: int | None = None,
-) -> Iterator[Session]:
+) -> AbstractContextManager[Session]:
     """Open one logged-in session for the length of a ``with`` block.
 
     On exit the session is closed, and the token is logged out unless another pool of this
-    process still uses that token's login.
+    process still uses that token's login. The PIN goes straight into the pool's wiped
+    memory: no frame of this function or of the block's exit holds it when an exception
+    leaves (error reporters record the locals of every frame of a traceback).
     """
-    pool = SessionPool(
-        module_path, token_label, pin, token_serial=token_serial, slot_id=slot_id, max_sessions=1
-    )
     try:
-        with pool.session(rw=rw) as session:
-            yield session
+        pool = SessionPool(
+            module_path,
+            token_label,
+            pin,
+            token_serial=token_serial,
+            slot_id=slot_id,
+            max_sessions=1,
+        )
     finally:
-        pool.close()
+        del pin
+    return _OneShot(pool, rw)
+
+
+class _OneShot:
+    """The context manager of :func:`hsm_session`: a pool of one session, closed on exit."""
+
+    __slots__ = ("_block", "_pool", "_rw")
+
+    def __init__(self, pool: SessionPool, rw: bool) -> None:
+        self._pool = pool
+        self._rw = rw
+        self._block: Session | None = None
+
+    def __enter__(self) -> Session:
+        try:
+            block = self._pool.session(rw=self._rw)
+            session = block.__enter__()
+        except BaseException:
+            self._pool.close()
+            raise
+        self._block = block
+        return session
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        block, self._block = self._block, None
+        try:
+            if block is not None:
+                block.__exit__(exc_type, exc, tb)
+        finally:
+            self._pool.close()

@@ -14,14 +14,23 @@ entry point ``hsmkey``) offers these fixtures:
 ``hsm_token`` (session scope)
     A :class:`SoftHSM2Token` made by :func:`softhsm2_test_token`: a fresh token in a
     temporary directory holding the keys of :data:`TEST_KEYS`, removed after the session.
-    Tests that request it are skipped, with a message saying what to install, where SoftHSM2
-    is not installed.
+    One token serves the whole session: keys that one test creates in it are seen by the
+    tests that run after it (use ``hsm_key_label`` for keys of one test). Where SoftHSM2 is
+    not installed, or ``SOFTHSM2_MODULE`` names a file that does not exist, the tests that
+    request it fail with a message saying what to install; with the command-line option
+    ``--hsmkey-skip-without-softhsm2`` (or ``hsmkey_skip_without_softhsm2 = true`` in the
+    ini file) they are skipped instead where SoftHSM2 is not installed (a wrong
+    ``SOFTHSM2_MODULE`` fails all the same).
 ``hsm_pool`` (session scope)
     A :class:`~hsmkey.SessionPool` logged in to that token, closed after the session.
 ``hsm_key_labels`` (session scope)
     The labels of the keys in the token, mapped to the JOSE algorithm each signs with:
     ``{"rsa": "RS256", "ec256": "ES256", "ec384": "ES384", "ec521": "ES512",
     "ed25519": "EdDSA"}`` (the same as :data:`TEST_KEYS`, which ``parametrize`` can use).
+``hsm_key_label`` (function scope)
+    A key label of this test's own (``test-<test name>-<random>``), for keys the test
+    generates or imports; every object with that label is deleted after the test, so later
+    tests do not see them.
 ``hsm_env`` (function scope)
     Sets ``HSM_MODULE``, ``HSM_TOKEN`` and ``HSM_PIN`` for the test, for code that calls
     :meth:`~hsmkey.SessionPool.from_env`.
@@ -56,7 +65,9 @@ if TYPE_CHECKING:
 __all__ = [
     "TEST_KEYS",
     "SoftHSM2AlreadyLoaded",
+    "SoftHSM2ModuleMissing",
     "SoftHSM2NotFound",
+    "SoftHSM2SetupError",
     "SoftHSM2Token",
     "find_softhsm2_module",
     "find_softhsm2_util",
@@ -102,6 +113,15 @@ class SoftHSM2NotFound(RuntimeError):
     """SoftHSM2 (its module or ``softhsm2-util``) is not installed."""
 
 
+class SoftHSM2SetupError(RuntimeError):
+    """``softhsm2-util`` could not make the token (the message has its output, no PIN)."""
+
+
+class SoftHSM2ModuleMissing(SoftHSM2NotFound):
+    """``SOFTHSM2_MODULE`` names a file that does not exist (a configuration error: the
+    pytest plugin fails on it even where it is told to skip without SoftHSM2)."""
+
+
 class SoftHSM2AlreadyLoaded(RuntimeError):
     """SoftHSM2 was loaded in this process before the token was created, so it would not
     see the new token."""
@@ -112,7 +132,11 @@ def find_softhsm2_module() -> str:
     env = os.environ.get("SOFTHSM2_MODULE")
     if env:
         if not Path(env).is_file():
-            raise SoftHSM2NotFound(f"SOFTHSM2_MODULE={env} does not exist")
+            what = "is a directory" if Path(env).is_dir() else "does not exist"
+            raise SoftHSM2ModuleMissing(
+                f"SOFTHSM2_MODULE={env} {what}; set it to the path of libsofthsm2.so "
+                f"(such as {SOFTHSM2_MODULE_PATHS[0]}) or unset it to search the usual places"
+            )
         return env
     for path in SOFTHSM2_MODULE_PATHS:
         if Path(path).is_file():
@@ -152,12 +176,17 @@ def softhsm2_loaded(module_path: str | None = None) -> bool:
 class SoftHSM2Token:
     """A SoftHSM2 token made by :func:`softhsm2_token` or :func:`softhsm2_test_token`."""
 
+    #: the path of ``libsofthsm2.so`` (the ``module_path`` of :class:`~hsmkey.SessionPool`)
     module_path: str
+    #: the token label
     label: str
-    #: the user PIN and the security officer's PIN (not shown by ``repr``)
+    #: the user PIN (not shown by ``repr``)
     pin: str = field(repr=False)
+    #: the security officer's PIN (not shown by ``repr``)
     so_pin: str = field(repr=False)
+    #: the temporary directory holding the configuration file and the token's files
     directory: Path
+    #: the SoftHSM2 configuration file (what ``SOFTHSM2_CONF`` names)
     conf_path: Path
     #: label -> JOSE algorithm of each key in the token (empty for :func:`softhsm2_token`)
     keys: Mapping[str, str] = field(default_factory=dict)
@@ -206,14 +235,27 @@ def softhsm2_token(
     previous = os.environ.get("SOFTHSM2_CONF")
     os.environ["SOFTHSM2_CONF"] = str(conf)
     try:
-        subprocess.run(
-            [util, "--init-token", "--free", "--label", label, "--so-pin", so_pin, "--pin", pin],
-            check=True,
+        token = SoftHSM2Token(module, label, pin, so_pin, root, conf)
+        # From here on the PINs live in the token object (whose repr hides them), not in this
+        # frame's locals (tracebacks with locals would record them).
+        del pin, so_pin
+        argv = [util, "--init-token", "--free", "--label", label, "--so-pin", token.so_pin]
+        argv += ["--pin", token.pin]
+        init = subprocess.run(
+            argv,
+            check=False,
             capture_output=True,
             text=True,
             env={**os.environ, "SOFTHSM2_CONF": str(conf)},
         )
-        yield SoftHSM2Token(module, label, pin, so_pin, root, conf)
+        del argv
+        if init.returncode != 0:
+            # Not CalledProcessError: its cmd (in the traceback) would carry the PINs.
+            raise SoftHSM2SetupError(
+                f"softhsm2-util --init-token failed ({init.returncode}): {init.stderr.strip()}"
+            )
+        del init
+        yield token
     finally:
         if previous is None:
             os.environ.pop("SOFTHSM2_CONF", None)
@@ -248,7 +290,9 @@ def softhsm2_test_token(
         )
     from .pool import SessionPool
 
-    with softhsm2_token(label, pin, so_pin, directory, keep) as token:
+    made = softhsm2_token(label, pin, so_pin, directory, keep)
+    del pin, so_pin  # in the token object from here on, not in this frame
+    with made as token:
         with (
             SessionPool(token.module_path, token.label, token.pin) as pool,
             pool.session(rw=True) as session,
@@ -276,20 +320,50 @@ def _fixture(scope: str = "function") -> Callable[[_F], _F]:
     return cast("Callable[[_F], _F]", _pytest.fixture(scope=scope))
 
 
+SKIP_OPTION = "--hsmkey-skip-without-softhsm2"
+SKIP_INI = "hsmkey_skip_without_softhsm2"
+
+
+def pytest_addoption(parser: Any) -> None:
+    """The plugin's option: skip, instead of failing, where SoftHSM2 is not installed."""
+    help = (
+        "skip the tests that use hsmkey's SoftHSM2 fixtures where SoftHSM2 is not installed "
+        "(by default they fail, so that a test run without SoftHSM2 is not taken for a pass)"
+    )
+    parser.addoption(SKIP_OPTION, action="store_true", default=False, help=help)
+    parser.addini(SKIP_INI, help=help, type="bool", default=False)
+
+
+def _skip_without_softhsm2(config: Any) -> bool:
+    return bool(config.getoption(SKIP_OPTION) or config.getini(SKIP_INI))
+
+
 if _pytest is not None:
 
     @_fixture(scope="session")
-    def hsm_token() -> Iterator[SoftHSM2Token]:
+    def hsm_token(pytestconfig: Any) -> Iterator[SoftHSM2Token]:
         """A throwaway SoftHSM2 token with an RSA 2048, a P-256, a P-384, a P-521 and an
         Ed25519 key (labels ``rsa``, ``ec256``, ``ec384``, ``ec521``, ``ed25519``), created
         on first use in a temporary directory; ``SOFTHSM2_CONF`` points at it until the end
-        of the session. Skips the test when SoftHSM2 is not installed."""
+        of the session. One token for the whole session: keys a test makes stay for later
+        tests (see ``hsm_key_label``). Fails where SoftHSM2 is not installed, unless
+        ``--hsmkey-skip-without-softhsm2`` (or the ini setting
+        ``hsmkey_skip_without_softhsm2``) asks to skip."""
         with ExitStack() as stack:
             try:
                 token = stack.enter_context(softhsm2_test_token())
+            except SoftHSM2ModuleMissing as exc:
+                _pytest.fail(f"hsmkey: {exc}", pytrace=False)
+                raise  # not reached: fail() raises
             except SoftHSM2NotFound as exc:
-                _pytest.skip(f"hsmkey: a SoftHSM2 test token needs SoftHSM2: {exc}")
-                raise  # not reached: skip() raises
+                message = f"hsmkey: a SoftHSM2 test token needs SoftHSM2: {exc}"
+                if _skip_without_softhsm2(pytestconfig):
+                    _pytest.skip(message)
+                _pytest.fail(
+                    f"{message} (or pass {SKIP_OPTION} to skip these tests without it)",
+                    pytrace=False,
+                )
+                raise
             except SoftHSM2AlreadyLoaded as exc:
                 _pytest.fail(f"hsmkey: {exc}", pytrace=False)
                 raise
@@ -317,6 +391,19 @@ if _pytest is not None:
         """The labels of the ``hsm_token`` keys, each mapped to the JOSE algorithm it signs
         with (``{"rsa": "RS256", "ec256": "ES256", ...}``)."""
         return hsm_token.keys
+
+    @_fixture()
+    def hsm_key_label(hsm_pool: SessionPool, request: Any) -> Iterator[str]:
+        """A key label of this test's own (``test-<test name>-<random>``): the objects with
+        that label, such as keys the test generates under it, are deleted after the test."""
+        import re
+        import uuid
+
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "-", request.node.name).strip("-")[:40]
+        label = f"test-{name}-{uuid.uuid4().hex[:8]}"
+        yield label
+        with hsm_pool.session(rw=True) as session:
+            session.delete_key(key_label=label)
 
     @_fixture()
     def hsm_env(hsm_token: SoftHSM2Token, monkeypatch: Any) -> dict[str, str]:

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use cryptoki::object::ObjectHandle;
 use cryptoki::session::Session;
 
-use crate::core::error::Result;
+use crate::core::error::{Error, Kind, Result};
 use crate::core::key;
 use crate::core::mechanism::Scheme;
 use crate::core::pool::{KeyEntry, Lease, Pool};
@@ -63,7 +63,7 @@ impl KeyRef {
             for data in inputs {
                 out.push(pool.run(lease, |session, token, refind| {
                     let handle = pool.key_handle(session, token, entry, refind)?;
-                    key::sign(
+                    let sig = key::sign(
                         session,
                         handle,
                         &scheme,
@@ -71,7 +71,11 @@ impl KeyRef {
                         token,
                         token.module.raw.as_ref(),
                         data,
-                    )
+                    )?;
+                    if pool.cfg.verify_signatures {
+                        check_signature(entry, &scheme, data, &sig, token)?;
+                    }
+                    Ok(sig)
                 })?);
             }
             Ok(out)
@@ -92,4 +96,28 @@ impl KeyRef {
             })
         })
     }
+}
+
+/// `verify_signatures=True`: a signature that does not verify against the key's public key
+/// is never returned (a token that reuses a handle for another key, or a faulty token).
+fn check_signature(
+    entry: &KeyEntry,
+    scheme: &Scheme,
+    data: &[u8],
+    sig: &[u8],
+    token: &TokenState,
+) -> Result<()> {
+    if key::verify::verify(&entry.info, scheme, data, sig)? {
+        return Ok(());
+    }
+    Err(Error::new(
+        Kind::KeyChanged,
+        format!(
+            "the signature made by the key with {} on {} does not verify against the key's \
+             public key (verify_signatures=True), so it was not returned: the handle names \
+             another key now, or the token is faulty",
+            entry.query.describe(),
+            token.describe()
+        ),
+    ))
 }

@@ -26,6 +26,8 @@ pub enum Kind {
     KeyNotFound,
     /// `HSMMechanismError`.
     Mechanism,
+    /// `HSMKeyChangedError`: the key under a key object's label or id is another key now.
+    KeyChanged,
     /// `ValueError`: a wrong value from the caller.
     Value,
     /// `TypeError`: a wrong type from the caller.

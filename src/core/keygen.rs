@@ -8,7 +8,7 @@ use cryptoki::session::Session;
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::core::error::{Context, Error, Result};
-use crate::core::key::KeyQuery;
+use crate::core::key::{KeyInfo, KeyQuery};
 use crate::core::mechanism::{Curve, KeyKind};
 
 /// What to generate.
@@ -153,6 +153,37 @@ pub struct Import {
     /// (attribute name, value): RSA numbers, or `value` and `ec_point` for EC/Edwards.
     /// Wiped when dropped.
     pub components: Vec<(String, Zeroizing<Vec<u8>>)>,
+}
+
+impl Import {
+    /// The public half of the key to import (to refuse a key the token holds already).
+    pub fn public_info(&self) -> Result<KeyInfo> {
+        let get = |name: &str| {
+            self.components
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.to_vec())
+        };
+        let (modulus, public_exponent, ec_point) = match self.kind {
+            KeyKind::Rsa => (
+                get("modulus").map(crate::core::key::strip_leading_zeros),
+                get("public_exponent").map(crate::core::key::strip_leading_zeros),
+                None,
+            ),
+            _ => (None, None, get("ec_point")),
+        };
+        Ok(KeyInfo {
+            kind: self.kind,
+            curve: self.curve,
+            bits: 0,
+            label: Some(self.label.clone()),
+            id: self.id.clone(),
+            modulus,
+            public_exponent,
+            ec_point,
+            unique_id: None,
+        })
+    }
 }
 
 /// Stores a private key (sensitive, never extractable) and its public key in the token;

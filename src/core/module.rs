@@ -225,6 +225,9 @@ fn open(path: &Path, pid: u32, forked: bool, expected: &[String]) -> Result<Modu
         Err(e) => {
             let mut err = Error::from_cryptoki(e, &format!("initializing {}", path.display()));
             err.kind = Kind::Module;
+            if let Some(hint) = softhsm2_hint(path) {
+                err.message = format!("{}; {hint}", err.message);
+            }
             return Err(err);
         }
     }
@@ -243,6 +246,53 @@ fn open(path: &Path, pid: u32, forked: bool, expected: &[String]) -> Result<Modu
         raw: crate::core::raw::RawFunctions::load(path),
         lost: std::sync::atomic::AtomicBool::new(false),
         generation: std::sync::atomic::AtomicU64::new(0),
+    })
+}
+
+/// What SoftHSM2's failed `C_Initialize` most likely means (it answers `CKR_GENERAL_ERROR`
+/// whether its configuration file or its token directory is missing): the files it tried, as
+/// SoftHSM2 chooses them (`SOFTHSM2_CONF`, else `~/.config/softhsm2/softhsm2.conf`, else the
+/// built-in default). None for other modules.
+fn softhsm2_hint(module: &Path) -> Option<String> {
+    if !module.to_string_lossy().contains("softhsm2") {
+        return None;
+    }
+    let user = std::env::var_os("HOME")
+        .map(|home| PathBuf::from(home).join(".config/softhsm2/softhsm2.conf"))
+        .filter(|p| p.is_file());
+    let (conf, source) = match std::env::var_os("SOFTHSM2_CONF") {
+        Some(conf) => (PathBuf::from(conf), "named by SOFTHSM2_CONF"),
+        None => match user {
+            Some(conf) => (conf, "the user's, as SOFTHSM2_CONF is not set"),
+            None => (
+                PathBuf::from("/etc/softhsm/softhsm2.conf"),
+                "the default, as SOFTHSM2_CONF is not set",
+            ),
+        },
+    };
+    let text = match std::fs::read_to_string(&conf) {
+        Err(e) => {
+            return Some(format!(
+                "SoftHSM2 cannot read its configuration file {} ({source}): {e}",
+                conf.display()
+            ))
+        }
+        Ok(text) => text,
+    };
+    let tokendir = text.lines().find_map(|line| {
+        let (key, value) = line.split_once('=')?;
+        (key.trim() == "directories.tokendir").then(|| PathBuf::from(value.trim()))
+    });
+    Some(match tokendir {
+        Some(dir) if !dir.is_dir() => format!(
+            "the token directory {} of SoftHSM2's configuration file {} ({source}) does not exist",
+            dir.display(),
+            conf.display()
+        ),
+        _ => format!(
+            "check SoftHSM2's configuration file {} ({source}) and its token directory",
+            conf.display()
+        ),
     })
 }
 

@@ -1,6 +1,8 @@
 //! Calls made through the module's own function list where cryptoki would make more of them:
 //! `Session::sign` asks `C_Sign` for the signature's length before asking for the signature,
 //! one round trip too many on a network HSM. hsmkey knows the length from the key.
+//! `Session::get_attributes` reads a secret attribute into buffers it drops unwiped; hsmkey
+//! reads the ECDH shared secret with one `C_GetAttributeValue` into zeroizing memory.
 //! Used only where the module's function list reaches the instance cryptoki initialized
 //! ([`RawFunctions::reaches`]).
 
@@ -14,8 +16,10 @@ use cryptoki::object::ObjectHandle;
 use cryptoki::session::Session;
 use cryptoki_sys::{
     CKR_BUFFER_TOO_SMALL, CKR_CRYPTOKI_NOT_INITIALIZED, CKR_OK, CKR_SESSION_HANDLE_INVALID,
-    CK_FUNCTION_LIST, CK_MECHANISM, CK_RV, CK_SESSION_INFO, CK_ULONG,
+    CK_ATTRIBUTE, CK_ATTRIBUTE_TYPE, CK_FUNCTION_LIST, CK_MECHANISM, CK_RV, CK_SESSION_INFO,
+    CK_ULONG,
 };
+use zeroize::Zeroizing;
 
 /// The function list of a loaded module.
 pub struct RawFunctions {
@@ -144,6 +148,42 @@ impl RawFunctions {
         }
         Rv::from(rv).into_result(Function::Sign)?;
         out.truncate(usize::try_from(len)?);
+        Ok(out)
+    }
+
+    /// One attribute of at most `max_len` bytes, read with one `C_GetAttributeValue` straight
+    /// into zeroizing memory (for secrets: nothing else ever holds the value). A value longer
+    /// than `max_len` is an error (`CKR_BUFFER_TOO_SMALL`), not a second call.
+    pub fn secret_attribute(
+        &self,
+        session: &Session,
+        object: ObjectHandle,
+        attribute: CK_ATTRIBUTE_TYPE,
+        max_len: usize,
+    ) -> cryptoki::error::Result<Zeroizing<Vec<u8>>> {
+        // SAFETY: `list` is valid for the life of `self` (see the Send impl).
+        let list = unsafe { &*self.list };
+        let Some(get) = list.C_GetAttributeValue else {
+            return Err(CkError::NullFunctionPointer);
+        };
+        let mut out = Zeroizing::new(vec![0u8; max_len.max(1)]);
+        let mut template = CK_ATTRIBUTE {
+            type_: attribute,
+            pValue: out.as_mut_ptr().cast(),
+            ulValueLen: max_len.try_into()?,
+        };
+        // SAFETY: one live CK_ATTRIBUTE whose buffer `out` has room for `ulValueLen` bytes
+        // (the module writes at most that many); the handles are plain numbers.
+        let rv = unsafe { get(session.handle(), object.handle(), &mut template, 1) };
+        Rv::from(rv).into_result(Function::GetAttributeValue)?;
+        let len = usize::try_from(template.ulValueLen)?;
+        if len > max_len {
+            return Err(CkError::Pkcs11(
+                cryptoki::error::RvError::BufferTooSmall,
+                Function::GetAttributeValue,
+            ));
+        }
+        out.truncate(len);
         Ok(out)
     }
 }

@@ -241,3 +241,21 @@ pub fn max_sessions_arg(max_sessions: Option<&Bound<'_, PyAny>>) -> PyResult<usi
         }
     })
 }
+
+/// Checks `HSMKEY_ASYNC_THREADS` when the module is imported: a value that is not a whole
+/// number of threads from 1 up is refused with a `ValueError` naming it, instead of being
+/// ignored (the runtime reads the variable once, at import).
+pub fn async_threads_env() -> PyResult<()> {
+    let Some(raw) = std::env::var_os("HSMKEY_ASYNC_THREADS") else {
+        return Ok(());
+    };
+    let text = raw.to_string_lossy();
+    match text.trim().parse::<usize>() {
+        Ok(n) if n > 0 => Ok(()),
+        _ if text.trim().is_empty() => Ok(()), // set but empty: as if unset
+        _ => Err(value_error(format!(
+            "HSMKEY_ASYNC_THREADS={text:?} is not a number of threads: set a whole number from \
+             1 up (the most worker threads of asyncio calls) or unset it for the default"
+        ))),
+    }
+}

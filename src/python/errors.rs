@@ -16,6 +16,7 @@ pyo3::import_exception!(hsmkey.exceptions, HSMPoolExhaustedError);
 pyo3::import_exception!(hsmkey.exceptions, HSMPinError);
 pyo3::import_exception!(hsmkey.exceptions, HSMKeyNotFoundError);
 pyo3::import_exception!(hsmkey.exceptions, HSMMechanismError);
+pyo3::import_exception!(hsmkey.exceptions, HSMKeyChangedError);
 
 impl From<Error> for PyErr {
     fn from(err: Error) -> PyErr {
@@ -30,6 +31,7 @@ impl From<Error> for PyErr {
             Kind::Pin => HSMPinError::new_err(args),
             Kind::KeyNotFound => HSMKeyNotFoundError::new_err(args),
             Kind::Mechanism => HSMMechanismError::new_err(args),
+            Kind::KeyChanged => HSMKeyChangedError::new_err(args),
             Kind::Value => PyValueError::new_err(err.message),
             Kind::Type => PyTypeError::new_err(err.message),
         }

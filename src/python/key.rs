@@ -246,7 +246,9 @@ impl PyKey {
     /// optional ``label``; every failure raises the same ``HSMError``) or ``"RSA_X_509"``
     /// (raw ``c^d mod n``, a private-key oracle: only with ``allow_raw=True``).
     /// A ciphertext not below the modulus raises ``ValueError`` before the token sees it.
-    #[pyo3(signature = (mechanism, data, *, hash=None, mgf_hash=None, label=None, allow_raw=false))]
+    /// ``allow_process_secret=True``: v1.5 with a key that allows neither raw RSA nor signing
+    /// (refused otherwise: its implicit-rejection secret could only be drawn per process).
+    #[pyo3(signature = (mechanism, data, *, hash=None, mgf_hash=None, label=None, allow_raw=false, allow_process_secret=false))]
     #[allow(clippy::too_many_arguments)]
     fn decrypt<'py>(
         &self,
@@ -257,9 +259,12 @@ impl PyKey {
         mgf_hash: Option<&str>,
         label: Option<&[u8]>,
         allow_raw: bool,
+        allow_process_secret: bool,
     ) -> PyResult<Bound<'py, PyBytes>> {
         let how = match mechanism {
-            "RSA_PKCS" => Decryption::Pkcs1v15,
+            "RSA_PKCS" => Decryption::Pkcs1v15 {
+                allow_process_secret,
+            },
             "RSA_X_509" if allow_raw => Decryption::Raw,
             "RSA_X_509" => {
                 return Err(Error::mechanism(

@@ -39,6 +39,8 @@ impl PyPool {
         acquire_timeout=30.0,
         max_idle=300.0,
         allow_final_pin_try=false,
+        key_cache_ttl=60.0,
+        verify_signatures=false,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -51,6 +53,8 @@ impl PyPool {
         acquire_timeout: f64,
         max_idle: Option<f64>,
         allow_final_pin_try: bool,
+        key_cache_ttl: Option<f64>,
+        verify_signatures: bool,
     ) -> PyResult<Self> {
         let path = path_arg(module_path)?;
         if path.as_os_str().is_empty() {
@@ -77,6 +81,10 @@ impl PyPool {
             None => Duration::from_secs(3_200_000_000),
             Some(v) => seconds("max_idle", v, false)?,
         };
+        let key_cache_ttl = match key_cache_ttl {
+            None => Duration::from_secs(3_200_000_000),
+            Some(v) => seconds("key_cache_ttl", v, true)?,
+        };
         let pool = Arc::new(Pool::new(PoolConfig {
             module_path: path.clone(),
             criteria: TokenCriteria {
@@ -91,6 +99,8 @@ impl PyPool {
             pin_policy: PinPolicy {
                 allow_final_try: allow_final_pin_try,
             },
+            key_cache_ttl,
+            verify_signatures,
         }));
         pool::register(&pool);
         Ok(PyPool {
@@ -134,6 +144,25 @@ impl PyPool {
     #[pyo3(signature = (rw=false))]
     fn open_session(&self, py: Python<'_>, rw: bool) -> PyResult<PySession> {
         open_now(py, self.pool.clone(), rw)
+    }
+
+    /// True if every signature is verified in software before it is returned.
+    #[getter]
+    fn verify_signatures(&self) -> bool {
+        self.pool.cfg.verify_signatures
+    }
+
+    /// Seconds a key lookup by label or id is trusted before it is searched again.
+    #[getter]
+    fn key_cache_ttl(&self) -> f64 {
+        self.pool.cfg.key_cache_ttl.as_secs_f64()
+    }
+
+    /// Forgets every cached key lookup: the next ``from_hsm``, ``find_key``, ``list_keys``
+    /// or ``jwks()`` sees the token as it is now. No PKCS#11 call.
+    fn refresh(&self, py: Python<'_>) {
+        let pool = &self.pool;
+        py.detach(|| pool.refresh());
     }
 
     /// Connects and logs in now, raising what the first block would raise.

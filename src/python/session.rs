@@ -124,19 +124,22 @@ impl PySession {
 
     /// Stores a pyca/cryptography private key (RSA, EC, Ed25519, Ed448) in the token as a
     /// sensitive, non-extractable key object, with its public key beside it (read-write
-    /// sessions only): the way to move keys from PEM files into an HSM.
-    #[pyo3(signature = (key, *, label, key_id=None))]
+    /// sessions only): the way to move keys from PEM files into an HSM. RSA keys below 2048
+    /// bits or with a public exponent below 65537 raise ``ValueError`` unless
+    /// ``allow_weak=True``.
+    #[pyo3(signature = (key, *, label, key_id=None, allow_weak=false))]
     fn import_private_key(
         &self,
         py: Python<'_>,
         key: &Bound<'_, PyAny>,
         label: &str,
         key_id: Option<&Bound<'_, PyAny>>,
+        allow_weak: bool,
     ) -> PyResult<PyKey> {
         let key_id = opt_bytes("key_id", key_id)?;
         let (key_type, curve, parts): ImportedParts = py
             .import("hsmkey._import")?
-            .call_method1("key_components", (key,))?
+            .call_method1("key_components", (key, allow_weak))?
             .extract()?;
         // Each value is copied into zeroizing memory and its bytes object (made for this
         // import, held by `parts` alone) wiped.

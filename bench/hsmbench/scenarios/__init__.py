@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import layers, memory, remote, scale, seed, session, spinner, threads
+from . import group, layers, memory, remote, scale, seed, session, spinner, threads, verify
 
 # In the order of the report.
 SCENARIOS = {
@@ -14,4 +14,6 @@ SCENARIOS = {
     "memory": memory,
     "scale": scale,
     "remote": remote,
+    "verify": verify,
+    "group": group,
 }

@@ -186,7 +186,11 @@ def module_path(args: argparse.Namespace) -> str:
     module = args.module or os.environ.get("HSM_MODULE")
     if not module:
         raise UsageError("no PKCS#11 module: pass --module PATH or set HSM_MODULE")
-    if not Path(module).is_file():
+    path = Path(module)
+    # The same words as the library's (hsmkey.SessionPool checks the path the same way).
+    if path.is_dir():
+        raise CLIError(f"PKCS#11 module {module} is a directory, not a shared library")
+    if not path.exists():
         raise CLIError(f"PKCS#11 module {module} does not exist")
     return str(module)
 
@@ -229,8 +233,15 @@ def open_pool(args: argparse.Namespace) -> SessionPool:
 
     module = module_path(args)
     label, serial, slot = token_selection(args)
-    pin = user_pin(describe_token(label, serial, slot))
-    pool = SessionPool(module, label, pin, token_serial=serial, slot_id=slot)
+    # The PIN goes straight into the pool (wiped memory): no local of this frame holds it when
+    # the login fails (tracebacks with locals would record it).
+    pool = SessionPool(
+        module,
+        label,
+        user_pin(describe_token(label, serial, slot)),
+        token_serial=serial,
+        slot_id=slot,
+    )
     pool.check()
     return pool
 
@@ -311,8 +322,17 @@ def find_key(pool: Pool, label: str | None, key_id: bytes | None, command: str) 
         raise UsageError(f"{command} needs --label and/or --id")
     try:
         return pool.find_key(key_label=label, key_id=key_id)
-    except HSMKeyNotFoundError:
+    except HSMKeyNotFoundError as exc:
         matches = matching_keys(pool, label, key_id)
+        if not matches:
+            # Say which keys there are, as a person would look next ('hsmkey keys').
+            labels = sorted({k.label for k in pool.list_keys() if k.label})
+            shown = ", ".join(repr(lb) for lb in labels[:10]) + (
+                ", ..." if len(labels) > 10 else ""
+            )
+            raise CLIError(
+                f"{exc}; the token's keys: {shown or 'none'} (see 'hsmkey keys')"
+            ) from None
         if len(matches) < 2:
             raise
         ids = ", ".join(k.id.hex() for k in matches)

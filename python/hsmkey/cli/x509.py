@@ -171,23 +171,88 @@ def _serial(text: str) -> int:
     return value
 
 
+NAME_EXAMPLE = (
+    "write it as CN=service.example,O=Example (RFC 4514) or /O=Example/CN=service.example"
+)
+
+
+def _name_overrides() -> dict[str, x509.ObjectIdentifier]:
+    """OpenSSL's attribute names that RFC 4514 lacks (emailAddress, serialNumber, ...)."""
+    from cryptography.x509.oid import NameOID
+
+    return {
+        "emailAddress": NameOID.EMAIL_ADDRESS,
+        "serialNumber": NameOID.SERIAL_NUMBER,
+        "GN": NameOID.GIVEN_NAME,
+        "givenName": NameOID.GIVEN_NAME,
+        "SN": NameOID.SURNAME,
+        "title": NameOID.TITLE,
+        "businessCategory": NameOID.BUSINESS_CATEGORY,
+        "organizationIdentifier": NameOID.ORGANIZATION_IDENTIFIER,
+    }
+
+
+def _name_problem(text: str, overrides: dict[str, Any]) -> str | None:
+    """Why ``text`` is not an RFC 4514 name, or None when its attributes look right."""
+    import re
+
+    from cryptography.x509 import name as x509_name
+
+    known = {n.upper() for n in (*x509_name._NAME_TO_NAMEOID, *overrides)}  # any case
+    # Split on the commas and plus signs that are not escaped with a backslash.
+    for part in re.split(r"(?<!\\)[,+]", text):
+        attribute, sep, value = part.partition("=")
+        attribute = attribute.strip()
+        if not sep or not attribute:
+            return f"{part.strip()!r} is not ATTRIBUTE=value"
+        if not re.fullmatch(r"[0-9]+(\.[0-9]+)+", attribute) and attribute.upper() not in known:
+            names = ", ".join(sorted({*x509_name._NAME_TO_NAMEOID, *overrides}))
+            return f"unknown attribute {attribute!r} (known: {names}, or a dotted OID)"
+        if not value.strip():
+            return f"{attribute} has an empty value"
+    return None
+
+
+def _canonical_attributes(text: str, overrides: dict[str, Any]) -> str:
+    """``cn=a,o=b`` -> ``CN=a,O=b``: cryptography knows the names in one spelling only."""
+    import re
+
+    from cryptography.x509 import name as x509_name
+
+    spelling = {n.upper(): n for n in (*x509_name._NAME_TO_NAMEOID, *overrides)}
+
+    def fix(m: re.Match[str]) -> str:
+        return m.group(1) + spelling.get(m.group(2).upper(), m.group(2)) + "="
+
+    return re.sub(r"(^|(?<!\\)[,+])\s*([A-Za-z][A-Za-z0-9-]*)\s*=", fix, text)
+
+
 def parse_name(text: str) -> x509.Name:
     """An X.509 name from RFC 4514 (``CN=a,O=b``: the most specific first) or OpenSSL's
     ``/O=b/CN=a`` (the most specific last)."""
     from cryptography import x509
 
+    original = text
     text = text.strip()
+    if not text:
+        raise UsageError("the subject name is empty: " + NAME_EXAMPLE)
     if text.startswith("/"):
         parts = [part for part in text[1:].split("/") if part]
         if not parts or any("=" not in part for part in parts):
-            raise UsageError(f"cannot read the name {text!r}: use /O=Example/CN=service.example")
+            raise UsageError(f"cannot read the name {original!r}: {NAME_EXAMPLE}")
         text = ",".join(part.replace(",", "\\,") for part in reversed(parts))
+    overrides = _name_overrides()
+    problem = _name_problem(text, overrides)
+    if problem is not None:
+        raise UsageError(f"cannot read the name {original!r}: {problem}; {NAME_EXAMPLE}")
+    text = _canonical_attributes(text, overrides)
     try:
-        name = x509.Name.from_rfc4514_string(text)
+        name = x509.Name.from_rfc4514_string(text, overrides)
     except ValueError as exc:
-        raise UsageError(f"cannot read the name {text!r}: {exc}") from None
+        reason = str(exc) or "not an RFC 4514 name"
+        raise UsageError(f"cannot read the name {original!r}: {reason}; {NAME_EXAMPLE}") from None
     if not list(name):
-        raise UsageError("the subject name is empty")
+        raise UsageError("the subject name is empty: " + NAME_EXAMPLE)
     return name
 
 

@@ -8,6 +8,13 @@
 //! visible only to this logged-in application), extractable, read once, destroyed at once.
 //! If `C_DestroyObject` fails, the lease's session is closed and replaced (closing a session
 //! destroys its session objects), so no secret object stays behind in a pooled session.
+//!
+//! The secret is read with one raw `C_GetAttributeValue` into zeroizing memory (cryptoki's
+//! reader would leave copies in buffers it frees unwiped); only where the module's function
+//! list does not reach cryptoki's instance (p11-kit-client) is cryptoki's reader used.
+//! The peer's point is checked in software first (uncompressed, the key's curve, on the
+//! curve): the token never sees a point that is not a valid public key, so no token has to be
+//! trusted to reject invalid-curve or small-subgroup points itself.
 
 use std::cell::Cell;
 
@@ -22,7 +29,37 @@ use crate::core::bound_key::KeyRef;
 use crate::core::error::{Context, Error, Kind, Result};
 use crate::core::key::KeyInfo;
 use crate::core::log;
-use crate::core::mechanism::{KeyKind, MechanismSet};
+use crate::core::mechanism::{Curve, KeyKind, MechanismSet};
+use crate::core::raw::RawFunctions;
+
+/// Checks the peer's public point in software: the uncompressed SEC1 encoding
+/// (`04 || x || y`) of a point on `curve` (coordinates below the field prime, the curve
+/// equation holds; the identity has no such encoding). The curves hsmkey does ECDH on all have
+/// cofactor 1, so such a point generates the whole group: no small-subgroup point passes.
+pub fn check_peer_point(curve: Curve, point: &[u8]) -> Result<()> {
+    if point.len() != curve.public_len() || point.first() != Some(&0x04) {
+        return Err(Error::value(format!(
+            "the peer key must be an uncompressed {} point ({} bytes)",
+            curve.name(),
+            curve.public_len()
+        )));
+    }
+    let on_curve = match curve {
+        Curve::P256 => p256::PublicKey::from_sec1_bytes(point).is_ok(),
+        Curve::P384 => p384::PublicKey::from_sec1_bytes(point).is_ok(),
+        Curve::P521 => p521::PublicKey::from_sec1_bytes(point).is_ok(),
+        Curve::Secp256k1 => k256::PublicKey::from_sec1_bytes(point).is_ok(),
+        Curve::Ed25519 | Curve::Ed448 => false,
+    };
+    if !on_curve {
+        return Err(Error::value(format!(
+            "the peer key is not a point on {}: refused before the token sees it (an \
+             invalid-curve point can leak the private key through a token that does not check)",
+            curve.name()
+        )));
+    }
+    Ok(())
+}
 
 /// ECDH: the shared secret (the x coordinate) with the peer's public point (uncompressed).
 /// `leftover` is set when the derived object could not be destroyed (the caller must then
@@ -32,26 +69,24 @@ pub fn ecdh(
     handle: ObjectHandle,
     info: &KeyInfo,
     token: &dyn MechanismSet,
+    raw: Option<&RawFunctions>,
     peer_point: &[u8],
     leftover: &Cell<bool>,
 ) -> Result<Zeroizing<Vec<u8>>> {
-    let Some(curve) = info.curve.filter(|_| info.kind == KeyKind::Ec) else {
+    let Some(curve) = info
+        .curve
+        .filter(|c| info.kind == KeyKind::Ec && !c.is_edwards())
+    else {
         return Err(Error::mechanism(format!(
             "ECDH needs an EC key on a Weierstrass curve, but {}",
             info.describe()
         )));
     };
+    check_peer_point(curve, peer_point)?;
     if !token.has(MechanismType::ECDH1_DERIVE) {
         return Err(Error::mechanism(
             "the token does not offer CKM_ECDH1_DERIVE",
         ));
-    }
-    if peer_point.len() != curve.public_len() || peer_point.first() != Some(&0x04) {
-        return Err(Error::value(format!(
-            "the peer key must be an uncompressed {} point ({} bytes)",
-            curve.name(),
-            curve.public_len()
-        )));
     }
     let field = (curve.public_len() - 1) / 2;
     let template = [
@@ -73,7 +108,7 @@ pub fn ecdh(
             }
             err
         })?;
-    let value = session.get_attributes(derived, &[AttributeType::Value]);
+    let value = read_secret(session, derived, raw, field);
     if let Err(e) = session.destroy_object(derived) {
         leftover.set(true);
         log::log(
@@ -84,16 +119,36 @@ pub fn ecdh(
             ),
         );
     }
-    for a in value.context("reading the ECDH shared secret")? {
+    let secret = value?;
+    if secret.len() != field {
+        return Err(Error::mechanism(format!(
+            "the token derived {} bytes of ECDH secret, not {field}",
+            secret.len()
+        )));
+    }
+    Ok(secret)
+}
+
+/// The derived secret's CKA_VALUE (`field` bytes expected), in zeroizing memory.
+fn read_secret(
+    session: &Session,
+    derived: ObjectHandle,
+    raw: Option<&RawFunctions>,
+    field: usize,
+) -> Result<Zeroizing<Vec<u8>>> {
+    if let Some(raw) = raw.filter(|r| r.reaches(session)) {
+        return raw
+            .secret_attribute(session, derived, cryptoki_sys::CKA_VALUE, field)
+            .context("reading the ECDH shared secret");
+    }
+    // A module whose function list is not cryptoki's instance: cryptoki's reader (its own
+    // buffers are not wiped; the returned value is).
+    for a in session
+        .get_attributes(derived, &[AttributeType::Value])
+        .context("reading the ECDH shared secret")?
+    {
         if let Attribute::Value(v) = a {
-            let secret = Zeroizing::new(v);
-            if secret.len() != field {
-                return Err(Error::mechanism(format!(
-                    "the token derived {} bytes of ECDH secret, not {field}",
-                    secret.len()
-                )));
-            }
-            return Ok(secret);
+            return Ok(Zeroizing::new(v));
         }
     }
     Err(Error::mechanism(
@@ -113,11 +168,72 @@ pub fn ecdh_blocking(
         let leftover = Cell::new(false);
         let result = pool.run(lease, |session, token, refind| {
             let handle = pool.key_handle(session, token, entry, refind)?;
-            ecdh(session, handle, &entry.info, token, peer_point, &leftover)
+            let raw = token.module.raw.as_ref();
+            ecdh(session, handle, &entry.info, token, raw, peer_point, &leftover)
         });
         if leftover.get() {
             pool.discard_session(lease, "a derived ECDH secret could not be destroyed");
         }
         result
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unhex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .filter_map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
+            .collect()
+    }
+
+    const P256_G: &str = "046b17d1f2e12c4247f8bce6e563a440f277037d812deb33a0f4a13945d898c296\
+                          4fe342e2fe1a7f9b8ee7eb4a7c0f9e162bce33576b315ececbb6406837bf51f5";
+    const K256_G: &str = "0479be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798\
+                          483ada7726a3c4655da4fbfc0e1108a8fd17b448a68554199c47d08ffb10d4b8";
+
+    #[test]
+    fn points_on_the_curve_pass() {
+        assert!(check_peer_point(Curve::P256, &unhex(P256_G)).is_ok());
+        assert!(check_peer_point(Curve::Secp256k1, &unhex(K256_G)).is_ok());
+    }
+
+    #[test]
+    fn invalid_points_are_refused() {
+        let g = unhex(P256_G);
+        let mut off = g.clone();
+        off[64] ^= 1; // y changed: off the curve
+        let zeros = {
+            let mut z = vec![0u8; 65];
+            z[0] = 4;
+            z
+        };
+        let mut big = vec![0xffu8; 65]; // coordinates above the field prime
+        big[0] = 4;
+        for (what, p) in [
+            ("off the curve", off),
+            ("all zero", zeros),
+            ("not reduced", big),
+            ("compressed", g[..33].to_vec()),
+            ("too short", g[..64].to_vec()),
+            ("P-256 point for secp256k1", g.clone()),
+        ] {
+            let curve = if what.contains("secp256k1") {
+                Curve::Secp256k1
+            } else {
+                Curve::P256
+            };
+            let err = check_peer_point(curve, &p).err();
+            assert!(err.is_some(), "{what}");
+            assert_eq!(
+                err.map(|e| e.kind),
+                Some(crate::core::error::Kind::Value),
+                "{what}"
+            );
+        }
+        // The secp256k1 generator is not on P-256.
+        assert!(check_peer_point(Curve::P256, &unhex(K256_G)).is_err());
+    }
 }

@@ -31,6 +31,7 @@ use crate::core::token::TokenState;
 
 pub mod ct;
 mod ecdh;
+mod label_probe;
 pub mod oaep;
 pub mod pkcs1v15;
 pub mod rejection;
@@ -41,7 +42,10 @@ pub use ecdh::{ecdh, ecdh_blocking};
 #[derive(Debug, Clone)]
 pub enum Decryption {
     /// PKCS#1 v1.5 with implicit rejection: never fails on bad padding.
-    Pkcs1v15,
+    /// `allow_process_secret`: decrypt even with a key from which no implicit-rejection secret
+    /// can be derived (neither raw RSA nor signing allowed); refused otherwise (see
+    /// `rejection`).
+    Pkcs1v15 { allow_process_secret: bool },
     Oaep {
         hash: HashAlg,
         mgf_hash: HashAlg,
@@ -123,14 +127,21 @@ pub fn decrypt(
         }
     }
     match how {
-        Decryption::Pkcs1v15 => {
+        Decryption::Pkcs1v15 {
+            allow_process_secret,
+        } => {
             let n = n.ok_or_else(|| {
                 Error::mechanism(format!(
                     "{} has no readable modulus (CKA_MODULUS)",
                     info.describe()
                 ))
             })?;
-            pkcs1v15_decrypt(session, handle, info, token, &n, data, k)
+            let key = rejection::get(session, handle, info, token, &n, k)?;
+            if key.source == rejection::Source::Process && !allow_process_secret {
+                // Before any decryption, whatever the ciphertext: no oracle.
+                return Err(rejection::no_secret_error(info));
+            }
+            pkcs1v15_decrypt(session, handle, &key, data, k)
         }
         Decryption::Raw => raw(session, handle, data, k),
         Decryption::Oaep {
@@ -142,6 +153,7 @@ pub fn decrypt(
             handle,
             token,
             n.as_deref(),
+            info.public_exponent.as_deref(),
             *hash,
             *mgf_hash,
             label,
@@ -166,17 +178,15 @@ fn raw(
         .ok_or_else(|| Error::mechanism("the token's raw RSA result is longer than the modulus"))
 }
 
+/// `key`: the key's rejection secret, got before the decryption whatever the ciphertext
+/// (derived once per key and process).
 fn pkcs1v15_decrypt(
     session: &Session,
     handle: ObjectHandle,
-    info: &KeyInfo,
-    token: &TokenState,
-    n: &[u8],
+    key: &rejection::RejectionKey,
     data: &[u8],
     k: usize,
 ) -> Result<Zeroizing<Vec<u8>>> {
-    // Before the decryption, whatever the ciphertext: derived once per key and process.
-    let key = rejection::get(session, handle, info, token, n, k)?;
     let reject = Choice::from(u8::from(key.is_derivation_input(data)));
     let em = match key.source {
         rejection::Source::Raw => raw(session, handle, data, k)?,
@@ -240,7 +250,8 @@ fn oaep_init_refused(err: &CkError) -> bool {
 
 /// OAEP: the token's own where it takes these parameters and no label is given (SoftHSM2
 /// ignores labels, so a label means software unpadding wherever raw RSA is allowed); raw RSA
-/// and software unpadding otherwise. Fallbacks happen only on `C_DecryptInit` refusals
+/// and software unpadding otherwise; with a label on a key that refuses raw RSA, the token's
+/// OAEP only where it is known to honour labels (`label_probe`). Fallbacks happen only on `C_DecryptInit` refusals
 /// (which do not depend on the ciphertext), never on `C_Decrypt` errors.
 #[allow(clippy::too_many_arguments)]
 fn oaep_decrypt(
@@ -248,6 +259,7 @@ fn oaep_decrypt(
     handle: ObjectHandle,
     token: &TokenState,
     n: Option<&[u8]>,
+    exponent: Option<&[u8]>,
     hash: HashAlg,
     mgf_hash: HashAlg,
     label: &[u8],
@@ -281,13 +293,18 @@ fn oaep_decrypt(
                 })?;
                 return oaep::decode(hash, mgf_hash, label, &em);
             }
-            // The key refuses raw RSA: only the token's OAEP is left (with the label: tokens
-            // other than SoftHSM2 honour it).
+            // The key refuses raw RSA: only the token's OAEP is left (with a label: only if
+            // the token honours labels, see `label_probe`).
             Err(e) if has_oaep && rejection::refused(&e, Function::DecryptInit) => {}
             Err(e) => return Err(decrypt_error(e, "decrypting (raw RSA for OAEP)")),
         }
     }
     if has_oaep {
+        if !label.is_empty() {
+            label_probe::require_labels(
+                session, handle, token, n, exponent, hash, mgf_hash, k,
+            )?;
+        }
         return token_oaep(session, handle, hash, mgf_hash, label, data)
             .map_err(|e| decrypt_error(e, "decrypting (RSA-OAEP)"));
     }

@@ -16,8 +16,11 @@
 //! A token-derived secret is the same in every process, costs one private-key operation per
 //! key per process (cached in zeroizing memory here, keyed by token and public key), and is
 //! computed before the first decryption whatever the ciphertext is, so it is no oracle.
-//! Only when the key allows neither raw RSA nor signing does hsmkey fall back to a secret
-//! drawn per process, with a warning in the log.
+//! When the key allows neither raw RSA nor signing, the only secret left is one drawn per
+//! process, which brings back the oracle across processes (workers, replicas, restarts):
+//! PKCS#1 v1.5 decryption with such a key is refused ([`no_secret_error`]) unless the caller
+//! opts in (`allow_process_secret=True`, for a key that only ever one process uses), and the
+//! log says so once.
 //!
 //! The one ciphertext whose raw decryption *is* `s` (`X`, or the signature block) always gets
 //! the synthetic message (see `reject`), so `s` does not come back through the v1.5 path;
@@ -54,7 +57,8 @@ pub enum Source {
     /// A `CKM_RSA_PKCS` signature in the token; the key refuses raw RSA, so the token removes
     /// the v1.5 padding itself.
     Signature,
-    /// Neither was allowed: a secret drawn once per process.
+    /// Neither was allowed: a secret drawn once per process (used only on the caller's
+    /// opt-in).
     Process,
 }
 
@@ -174,6 +178,20 @@ fn process_secret() -> &'static Zeroizing<[u8; 32]> {
     })
 }
 
+/// The error of a PKCS#1 v1.5 decryption with a key that allows neither raw RSA nor signing,
+/// without the opt-in: names what the key lacks and the ways out.
+pub fn no_secret_error(info: &KeyInfo) -> Error {
+    Error::mechanism(format!(
+        "{} allows neither raw RSA decryption (CKM_RSA_X_509 in CKA_ALLOWED_MECHANISMS) nor \
+         signing (CKA_SIGN with CKM_RSA_PKCS), so hsmkey cannot derive the secret of its \
+         PKCS#1 v1.5 implicit rejection from the key; a secret drawn per process would give a \
+         bad ciphertext different plaintexts in different processes (a padding oracle across \
+         workers). Allow one of them on the key, use RSA-OAEP, or pass \
+         allow_process_secret=True if only one process ever decrypts with this key",
+        info.describe()
+    ))
+}
+
 /// The rejection key of `handle` (an RSA key of `k`-byte modulus `n`), from the cache or
 /// derived now in the token.
 pub fn get(
@@ -266,8 +284,9 @@ fn derive(
     log::log(
         log::WARNING,
         &format!(
-            "{} allows neither raw RSA nor signing: its PKCS#1 v1.5 synthetic messages use a \
-             secret of this process, so they differ between processes",
+            "{} allows neither raw RSA nor signing: PKCS#1 v1.5 decryption with it is refused \
+             unless allow_process_secret=True, and then its synthetic messages use a secret of \
+             this process, so they differ between processes",
             info.describe()
         ),
     );

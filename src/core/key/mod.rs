@@ -1,19 +1,34 @@
 //! Private keys in the token: how one is asked for (`KeyQuery`) and what is known of it
-//! without a secret (`KeyInfo`). `find` looks keys up, `public` reads their public halves,
-//! `sign` makes one signature.
+//! without a secret (`KeyInfo`). `find` looks keys up, `public` reads their public halves
+//! (from proven sources only), `identity` tells whether a handle found again is still the
+//! same key, `sign` makes one signature and `verify` checks one in software.
 
 use cryptoki::object::{Attribute, ObjectClass};
 
 use crate::core::error::{Error, Kind, Result};
-use crate::core::mechanism::{hex, Curve, KeyKind};
+use crate::core::mechanism::{hex, Curve, KeyKind, MechanismSet};
+use crate::core::raw::RawFunctions;
 
 mod find;
+mod identity;
 mod public;
 mod sign;
+pub mod verify;
 
-pub use find::{find_private_key, list_private_keys};
-pub use public::read_info;
+pub use find::{
+    find_private_key, list_private_keys, refuse_same_public_key, refuse_taken_names, Listed,
+};
+pub use identity::{changed_error, same_key, Identity};
+pub use public::{read_info, strip_leading_zeros};
 pub use sign::sign;
+
+/// What making a signature in the token needs besides a session and a handle: the token's
+/// mechanisms and its raw function list (probe signatures use it).
+#[derive(Clone, Copy)]
+pub struct Signer<'a> {
+    pub mechanisms: &'a dyn MechanismSet,
+    pub raw: Option<&'a RawFunctions>,
+}
 
 /// How a key was asked for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -70,9 +85,20 @@ pub struct KeyInfo {
     pub public_exponent: Option<Vec<u8>>,
     /// Uncompressed point (Weierstrass) or raw public key (Edwards).
     pub ec_point: Option<Vec<u8>>,
+    /// CKA_UNIQUE_ID (PKCS#11 3.0) where the token gives one: a cheap identity check.
+    pub unique_id: Option<Vec<u8>>,
 }
 
 impl KeyInfo {
+    /// True if both describe the same public key.
+    pub fn same_public_key(&self, other: &KeyInfo) -> bool {
+        self.kind == other.kind
+            && self.curve == other.curve
+            && self.modulus == other.modulus
+            && self.public_exponent == other.public_exponent
+            && self.ec_point == other.ec_point
+    }
+
     pub fn describe(&self) -> String {
         let name = match &self.label {
             Some(l) => format!("key {l:?}"),

@@ -1,23 +1,34 @@
-//! The public half of a private key: its type, size and public numbers, read from the private
-//! object or, where it lacks them, from the public-key object beside it.
+//! The public half of a private key: its type, size and public numbers, read only from sources
+//! proven to belong to it. RSA: the private object's modulus and exponent. EC and Edwards:
+//! the private object's own CKA_PUBLIC_KEY_INFO or CKA_EC_POINT where it has them, else a
+//! public-key object with the key's id or label whose point verifies a probe signature made
+//! by the private key in the token (anyone with a read-write public session can create a
+//! public-key object, with any label and id, without the PIN).
 
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 
-use super::{KeyInfo, KeyQuery};
-use crate::core::error::{Context, Error, Result};
-use crate::core::mechanism::{Curve, KeyKind};
+use super::verify::{probe_scheme, verify};
+use super::{KeyInfo, KeyQuery, Signer};
+use crate::core::error::{Context, Error, Kind, Result};
+use crate::core::mechanism::{der_tlv, Curve, KeyKind};
 
-/// Reads the key's type and public half (from the private object, or from the public-key
-/// object beside it where the private object does not carry the point).
-///
-/// `public` is the public-key object when the caller knows it (it just made the pair).
-pub fn read_info(
-    session: &Session,
-    handle: ObjectHandle,
-    public: Option<ObjectHandle>,
-    query: &KeyQuery,
-) -> Result<KeyInfo> {
+/// What the private object says of itself (no public-key object consulted).
+pub struct OwnAttributes {
+    pub kind: Option<KeyType>,
+    pub label: Option<String>,
+    pub id: Vec<u8>,
+    pub unique_id: Option<Vec<u8>>,
+    pub modulus: Option<Vec<u8>>,
+    pub exponent: Option<Vec<u8>>,
+    pub params: Option<Vec<u8>>,
+    /// CKA_EC_POINT, or the point inside a non-empty CKA_PUBLIC_KEY_INFO (not unwrapped).
+    pub point: Option<Vec<u8>>,
+    pub spki: Option<Vec<u8>>,
+}
+
+/// Reads the private object's own attributes in one call.
+pub fn own_attributes(session: &Session, handle: ObjectHandle) -> Result<OwnAttributes> {
     let attrs = session
         .get_attributes(
             handle,
@@ -25,33 +36,92 @@ pub fn read_info(
                 AttributeType::KeyType,
                 AttributeType::Label,
                 AttributeType::Id,
+                AttributeType::UniqueId,
                 AttributeType::Modulus,
                 AttributeType::PublicExponent,
                 AttributeType::EcParams,
                 AttributeType::EcPoint,
+                AttributeType::PublicKeyInfo,
             ],
         )
         .context("reading the key's attributes")?;
-    let mut key_type = None;
-    let mut label = None;
-    let mut id = Vec::new();
-    let mut modulus = None;
-    let mut exponent = None;
-    let mut params = None;
-    let mut point = None;
+    let mut own = OwnAttributes {
+        kind: None,
+        label: None,
+        id: Vec::new(),
+        unique_id: None,
+        modulus: None,
+        exponent: None,
+        params: None,
+        point: None,
+        spki: None,
+    };
     for a in attrs {
         match a {
-            Attribute::KeyType(t) => key_type = Some(t),
-            Attribute::Label(l) => label = Some(String::from_utf8_lossy(&l).into_owned()),
-            Attribute::Id(i) => id = i,
-            Attribute::Modulus(m) => modulus = Some(m),
-            Attribute::PublicExponent(e) => exponent = Some(e),
-            Attribute::EcParams(p) => params = Some(p),
-            Attribute::EcPoint(p) => point = Some(p),
+            Attribute::KeyType(t) => own.kind = Some(t),
+            Attribute::Label(l) => own.label = Some(String::from_utf8_lossy(&l).into_owned()),
+            Attribute::Id(i) => own.id = i,
+            Attribute::UniqueId(u) if !u.is_empty() => own.unique_id = Some(u),
+            Attribute::Modulus(m) => own.modulus = Some(strip_leading_zeros(m)),
+            Attribute::PublicExponent(e) => own.exponent = Some(strip_leading_zeros(e)),
+            Attribute::EcParams(p) => own.params = Some(p),
+            Attribute::EcPoint(p) if !p.is_empty() => own.point = Some(p),
+            Attribute::PublicKeyInfo(p) if !p.is_empty() => own.spki = Some(p),
             _ => {}
         }
     }
-    let kind = match key_type {
+    Ok(own)
+}
+
+impl OwnAttributes {
+    /// The public point the private object carries itself, unwrapped, if any.
+    pub fn own_point(&self, curve: Curve) -> Result<Option<Vec<u8>>> {
+        if let Some(spki) = &self.spki {
+            if let Some(p) = point_from_spki(curve, spki) {
+                return Ok(Some(p));
+            }
+        }
+        match &self.point {
+            Some(p) => curve.unwrap_point(p).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+/// The subjectPublicKey of an SPKI (the BIT STRING at its end) for a curve whose public key
+/// has a known length.
+fn point_from_spki(curve: Curve, spki: &[u8]) -> Option<Vec<u8>> {
+    let (0x30, body) = der_tlv(spki)? else {
+        return None;
+    };
+    let want = curve.public_len();
+    let start = body.len().checked_sub(want)?;
+    // BIT STRING: tag 03, length want + 1 (short or 0x81 form), zero unused bits, the key.
+    let header: &[u8] = if want + 1 < 0x80 {
+        &[0x03, (want + 1) as u8, 0]
+    } else {
+        &[0x03, 0x81, (want + 1) as u8, 0]
+    };
+    if start < header.len() || &body[start - header.len()..start] != header {
+        return None;
+    }
+    Some(body[start..].to_vec())
+}
+
+/// Reads the key's type and public half.
+///
+/// `public` is the public-key object when the caller knows it is genuine (it just made the
+/// pair in this session); otherwise an EC or Edwards key without its own point gets it from
+/// a public-key object that a probe signature proves.
+pub fn read_info(
+    session: &Session,
+    handle: ObjectHandle,
+    public: Option<ObjectHandle>,
+    query: &KeyQuery,
+    signer: Signer<'_>,
+) -> Result<KeyInfo> {
+    let own = own_attributes(session, handle)?;
+    let kind = match own.kind {
         Some(KeyType::RSA) => KeyKind::Rsa,
         Some(KeyType::EC) => KeyKind::Ec,
         Some(KeyType::EC_EDWARDS) => KeyKind::Edwards,
@@ -66,33 +136,33 @@ pub fn read_info(
         kind,
         curve: None,
         bits: 0,
-        label,
-        id,
+        label: own.label.clone(),
+        id: own.id.clone(),
         modulus: None,
         public_exponent: None,
         ec_point: None,
+        unique_id: own.unique_id.clone(),
     };
     match kind {
         KeyKind::Rsa => {
-            let (Some(n), Some(e)) = (modulus, exponent) else {
+            let (Some(n), Some(e)) = (own.modulus, own.exponent) else {
                 return Err(Error::mechanism(format!(
                     "the RSA key with {} does not show its modulus and public exponent",
                     query.describe()
                 )));
             };
-            let n = strip_leading_zeros(n);
             info.bits = bit_length(&n);
             info.modulus = Some(n);
-            info.public_exponent = Some(strip_leading_zeros(e));
+            info.public_exponent = Some(e);
         }
         KeyKind::Ec | KeyKind::Edwards => {
-            let params = params.ok_or_else(|| {
+            let params = own.params.as_deref().ok_or_else(|| {
                 Error::mechanism(format!(
                     "the EC key with {} has no CKA_EC_PARAMS",
                     query.describe()
                 ))
             })?;
-            let curve = Curve::from_ec_params(&params)?;
+            let curve = Curve::from_ec_params(params)?;
             if curve.is_edwards() != (kind == KeyKind::Edwards) {
                 return Err(Error::mechanism(format!(
                     "the key with {} has key type {} but curve {}",
@@ -101,15 +171,18 @@ pub fn read_info(
                     curve.name()
                 )));
             }
-            let raw = match (point, public) {
-                (Some(p), _) if !p.is_empty() => p,
-                (_, Some(h)) => read_point(session, h)?
-                    .ok_or_else(|| Error::mechanism("the new public key has no CKA_EC_POINT"))?,
-                _ => public_point(session, &info, query)?,
-            };
-            info.ec_point = Some(curve.unwrap_point(&raw)?);
             info.curve = Some(curve);
             info.bits = curve.bits();
+            let point = match (own.own_point(curve)?, public) {
+                (Some(p), _) => p,
+                (None, Some(h)) => {
+                    curve.unwrap_point(&read_point(session, h)?.ok_or_else(|| {
+                        Error::mechanism("the new public key has no CKA_EC_POINT")
+                    })?)?
+                }
+                (None, None) => proven_point(session, handle, &info, query, signer)?,
+            };
+            info.ec_point = Some(point);
         }
     }
     Ok(info)
@@ -121,53 +194,133 @@ fn read_point(session: &Session, handle: ObjectHandle) -> Result<Option<Vec<u8>>
         .get_attributes(handle, &[AttributeType::EcPoint])
         .context("reading CKA_EC_POINT")?;
     Ok(attrs.into_iter().find_map(|a| match a {
-        Attribute::EcPoint(p) => Some(p),
+        Attribute::EcPoint(p) if !p.is_empty() => Some(p),
         _ => None,
     }))
 }
 
-/// The public point from the public-key object with the same CKA_ID (or label).
-fn public_point(session: &Session, info: &KeyInfo, query: &KeyQuery) -> Result<Vec<u8>> {
-    // Most specific first: a label and id that both match beat either alone.
-    let mut candidates = Vec::new();
-    if let (false, Some(l)) = (info.id.is_empty(), &info.label) {
-        candidates.push(KeyQuery {
-            label: Some(l.clone()),
-            id: Some(info.id.clone()),
-        });
-    }
+/// A probe signature made by the private key in the token: (message, signature).
+pub fn probe(
+    session: &Session,
+    handle: ObjectHandle,
+    info: &KeyInfo,
+    signer: Signer<'_>,
+) -> Result<(Vec<u8>, Vec<u8>)> {
+    let mut message = b"hsmkey: proof that a public key belongs to this private key ".to_vec();
+    let mut nonce = [0u8; 16];
+    getrandom::fill(&mut nonce)
+        .map_err(|e| Error::new(Kind::General, format!("no random bytes for a probe: {e}")))?;
+    message.extend_from_slice(&nonce);
+    let sig = super::sign(
+        session,
+        handle,
+        &probe_scheme(info),
+        info,
+        signer.mechanisms,
+        signer.raw,
+        &message,
+    )
+    .map_err(|mut e| {
+        e.message = format!(
+            "a probe signature with the private key (to prove which public key is its own) \
+             failed: {}",
+            e.message
+        );
+        e
+    })?;
+    Ok((message, sig))
+}
+
+/// The point of the public-key object (same CKA_ID, else same label) that a probe signature
+/// of the private key proves; planted twins are skipped.
+fn proven_point(
+    session: &Session,
+    handle: ObjectHandle,
+    info: &KeyInfo,
+    query: &KeyQuery,
+    signer: Signer<'_>,
+) -> Result<Vec<u8>> {
+    let Some(curve) = info.curve else {
+        return Err(Error::mechanism("an EC key without a curve"));
+    };
+    let mut searches = Vec::new();
     if !info.id.is_empty() {
-        candidates.push(KeyQuery {
+        searches.push(KeyQuery {
             label: None,
             id: Some(info.id.clone()),
         });
     }
-    if let Some(l) = &info.label {
-        candidates.push(KeyQuery {
+    if let Some(l) = info.label.as_ref().filter(|l| !l.is_empty()) {
+        searches.push(KeyQuery {
             label: Some(l.clone()),
             id: None,
         });
     }
-    for q in candidates {
+    let mut seen_objects = Vec::new();
+    let mut tried: Vec<Vec<u8>> = Vec::new();
+    let mut probe_sig: Option<(Vec<u8>, Vec<u8>)> = None;
+    for q in searches {
         let found = session
             .find_objects(&q.template(ObjectClass::PUBLIC_KEY))
             .context("searching for the public key beside the private key")?;
-        if found.len() != 1 {
-            continue;
-        }
-        if let Some(point) = read_point(session, found[0])? {
-            return Ok(point);
+        for object in found {
+            if seen_objects.contains(&object) {
+                continue;
+            }
+            seen_objects.push(object);
+            let Some(raw) = read_point(session, object)? else {
+                continue;
+            };
+            let Ok(point) = curve.unwrap_point(&raw) else {
+                continue;
+            };
+            if tried.contains(&point) {
+                continue;
+            }
+            tried.push(point.clone());
+            if probe_sig.is_none() {
+                probe_sig = Some(probe(session, handle, info, signer)?);
+            }
+            let Some((message, sig)) = &probe_sig else {
+                continue;
+            };
+            let candidate = KeyInfo {
+                ec_point: Some(point.clone()),
+                ..info.clone()
+            };
+            if verify(&candidate, &probe_scheme(info), message, sig)? {
+                return Ok(point);
+            }
         }
     }
-    Err(Error::mechanism(format!(
-        "the EC private key with {} has no public key beside it (no public-key object with the \
-         same CKA_ID or label, and no CKA_EC_POINT on the private key): import its public key \
-         as well",
-        query.describe()
-    )))
+    if tried.is_empty() {
+        return Err(Error::new(
+            Kind::KeyNotFound,
+            format!(
+                "the {} private key with {} has no public key hsmkey can use: it does not \
+                 carry its point (CKA_EC_POINT, CKA_PUBLIC_KEY_INFO) and there is no \
+                 public-key object with the same CKA_ID or label; import its public key as \
+                 well",
+                curve.name(),
+                query.describe()
+            ),
+        ));
+    }
+    Err(Error::new(
+        Kind::KeyNotFound,
+        format!(
+            "no public key proven to belong to the {} private key with {}: {} public-key \
+             object(s) with its CKA_ID or label carry a point that does not verify a signature \
+             made by the private key (a public-key object can be created without the PIN); \
+             delete them and import the key's genuine public key",
+            curve.name(),
+            query.describe(),
+            tried.len()
+        ),
+    ))
 }
 
-fn strip_leading_zeros(mut v: Vec<u8>) -> Vec<u8> {
+pub fn strip_leading_zeros(mut v: Vec<u8>) -> Vec<u8> {
     let zeros = v.iter().take_while(|b| **b == 0).count();
     if zeros == v.len() {
         return vec![0];

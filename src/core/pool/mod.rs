@@ -4,7 +4,8 @@
 //!
 //! This file holds the pool's state and its connection to the token; the rest is one file a
 //! concern: `lease` (lending and returning sessions), `heal` (diagnosing a failed operation
-//! and the one retry), `key_cache` (keys found once per login epoch), `stats`, `fork`
+//! and the one retry), `key_cache` (keys found once per login epoch, their identity, expiry
+//! and refresh), `stats`, `fork`
 //! (forgetting the parent's state in a child) and `registry` (every live pool, closed at
 //! exit).
 
@@ -46,6 +47,10 @@ pub struct PoolConfig {
     pub acquire_timeout: Duration,
     pub max_idle: Duration,
     pub pin_policy: PinPolicy,
+    /// How long a key lookup by label or id is trusted before the next lookup searches again.
+    pub key_cache_ttl: Duration,
+    /// Verify every signature in software before returning it.
+    pub verify_signatures: bool,
 }
 
 static CONNECTIONS: AtomicU64 = AtomicU64::new(1);

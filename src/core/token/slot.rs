@@ -63,7 +63,8 @@ pub fn find_slot(module: &Module, criteria: &TokenCriteria) -> Result<(Slot, Tok
     match matches.len() {
         1 => matches
             .pop()
-            .ok_or_else(|| Error::new(Kind::TokenNotFound, "no token")),
+            .filter(|(_, info)| info.token_initialized())
+            .ok_or_else(|| not_initialized(module, criteria)),
         0 => Err(Error::new(
             Kind::TokenNotFound,
             format!(
@@ -94,6 +95,32 @@ pub fn find_slot(module: &Module, criteria: &TokenCriteria) -> Result<(Slot, Tok
             ),
         )),
     }
+}
+
+/// The token a pool names (by slot id or serial) has never been initialized: it has no label,
+/// no PIN and no keys yet, and the module refuses sessions on it (`CKR_TOKEN_NOT_RECOGNIZED`).
+fn not_initialized(module: &Module, criteria: &TokenCriteria) -> Error {
+    let slot = criteria
+        .slot_id
+        .map_or_else(|| "SLOT".to_string(), |id| id.to_string());
+    let softhsm = module.path.to_string_lossy().contains("softhsm2");
+    let how = if softhsm {
+        format!("softhsm2-util --init-token --slot {slot} --label LABEL")
+    } else {
+        format!(
+            "pkcs11-tool --module {} --init-token --slot {slot} --label LABEL, then --init-pin",
+            module.path.display()
+        )
+    };
+    Error::new(
+        Kind::TokenNotFound,
+        format!(
+            "the token with {} in {} is not initialized (no label, PIN or keys yet): \
+             initialize it first, e.g. with `{how}`",
+            criteria.describe(),
+            module.path.display()
+        ),
+    )
 }
 
 /// `C_GetTokenInfo`, tried again a few times on `CKR_GENERAL_ERROR`/`CKR_FUNCTION_FAILED`:

@@ -95,6 +95,10 @@ pub struct Config {
     pub dump: bool,
     /// `trace PATH`: append one line per call to PATH.
     pub trace: Option<PathBuf>,
+    /// `unreachable [code=CKR_...] [delay=DURATION]`: every call (but C_Initialize,
+    /// C_Finalize, C_GetFunctionList and C_GetInfo) returns the code (default CKR_DEVICE_ERROR) after the
+    /// delay, without reaching the real module.
+    pub unreachable: Option<(CK_RV, Duration)>,
     /// One message per line that could not be used (the line is ignored).
     pub errors: Vec<String>,
 }
@@ -317,6 +321,21 @@ pub fn parse(text: &str) -> Config {
                     };
                     cfg.trace = Some(PathBuf::from(path));
                 }
+                "unreachable" => {
+                    let mut code = cryptoki_sys::CKR_DEVICE_ERROR;
+                    let mut delay = Duration::ZERO;
+                    for arg in args {
+                        match arg.split_once('=') {
+                            Some(("code", v)) => {
+                                code = rv::parse_rv(v)
+                                    .ok_or_else(|| format!("unknown return code {v:?}"))?;
+                            }
+                            Some(("delay", v)) => delay = parse_duration(v)?,
+                            _ => return Err(format!("unreachable: unknown option {arg:?}")),
+                        }
+                    }
+                    cfg.unreachable = Some((code, delay));
+                }
                 _ => return Err(format!("unknown directive {verb:?}")),
             }
             Ok(())
@@ -455,5 +474,21 @@ mod tests {
         assert_eq!(parse_duration("250ns"), Ok(Duration::from_nanos(250)));
         assert!(parse_duration("2h").is_err());
         assert!(parse_duration("-1ms").is_err());
+    }
+
+    #[test]
+    fn unreachable() {
+        assert_eq!(parse("").unreachable, None);
+        assert_eq!(
+            parse("unreachable").unreachable,
+            Some((CKR_DEVICE_ERROR, Duration::ZERO))
+        );
+        assert_eq!(
+            parse("unreachable code=CKR_DEVICE_REMOVED delay=20ms").unreachable,
+            Some((CKR_DEVICE_REMOVED, Duration::from_millis(20)))
+        );
+        let bad = parse("unreachable code=CKR_NOPE\nunreachable when=now");
+        assert_eq!(bad.unreachable, None);
+        assert_eq!(bad.errors.len(), 2);
     }
 }

@@ -27,24 +27,57 @@ pub struct Env {
     pub latency: Vec<(config::Target, Duration)>,
 }
 
+static ENV: OnceLock<Env> = OnceLock::new();
+
+/// Values set through `hsmkey_fault_configure` before the first call: they take the place of
+/// the environment variables of the same names for this copy of the module only (several
+/// copies in one process, each in front of its own token, read one environment).
+static OVERRIDES: Mutex<Vec<(String, std::ffi::OsString)>> = Mutex::new(Vec::new());
+
+/// The names `configure` accepts.
+pub const ENV_NAMES: [&str; 4] = [
+    "HSMKEY_FAULT_TARGET",
+    "HSMKEY_FAULT_CONTROL",
+    "HSMKEY_FAULT_COUNTS",
+    "HSMKEY_FAULT_LATENCY",
+];
+
+/// Sets one of `ENV_NAMES` for this copy of the module: 0 done, 1 too late (the module has
+/// read its settings already), 2 not a name it reads.
+pub fn configure(name: &str, value: std::ffi::OsString) -> i32 {
+    if !ENV_NAMES.contains(&name) {
+        return 2;
+    }
+    let mut overrides = OVERRIDES.lock().unwrap_or_else(|p| p.into_inner());
+    if ENV.get().is_some() {
+        return 1;
+    }
+    overrides.retain(|(n, _)| n != name);
+    overrides.push((name.to_string(), value));
+    0
+}
+
+fn var_os(name: &str) -> Option<std::ffi::OsString> {
+    let overrides = OVERRIDES.lock().unwrap_or_else(|p| p.into_inner());
+    match overrides.iter().find(|(n, _)| n == name) {
+        Some((_, v)) => Some(v.clone()),
+        None => std::env::var_os(name),
+    }
+}
+
 pub fn env() -> &'static Env {
-    static ENV: OnceLock<Env> = OnceLock::new();
     ENV.get_or_init(|| {
-        let path = |name: &str| {
-            std::env::var_os(name)
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-        };
+        let path = |name: &str| var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
         Env {
             target: path("HSMKEY_FAULT_TARGET").unwrap_or_else(|| DEFAULT_TARGET.into()),
             control: path("HSMKEY_FAULT_CONTROL"),
             counts: path("HSMKEY_FAULT_COUNTS"),
-            latency: match std::env::var("HSMKEY_FAULT_LATENCY") {
-                Ok(text) => config::parse_latency_env(&text).unwrap_or_else(|e| {
+            latency: match var_os("HSMKEY_FAULT_LATENCY").map(|v| v.into_string()) {
+                Some(Ok(text)) => config::parse_latency_env(&text).unwrap_or_else(|e| {
                     eprintln!("hsmkey-faultmod: HSMKEY_FAULT_LATENCY={text:?} ignored: {e}");
                     Vec::new()
                 }),
-                Err(_) => Vec::new(),
+                _ => Vec::new(),
             },
         }
     })
@@ -274,6 +307,10 @@ struct State {
     dead: HashMap<CK_SESSION_HANDLE, CK_SLOT_ID>,
     errors: usize,
     trace: Tracer,
+    /// `unreachable`: (code, delay) answered to every call while the line stays.
+    unreachable: Option<(CK_RV, Duration)>,
+    /// The module just became unreachable: its sessions are to be closed in the real module.
+    pending_cut: bool,
 }
 
 /// The state of this process. After a `fork()` the child gets a fresh one (and zeroed
@@ -344,6 +381,20 @@ impl State {
             }
         }
         self.resolve_removals();
+        self.cut();
+    }
+
+    /// The module became unreachable: what the real module held for us (sessions, and with
+    /// the last of them the login) is gone, as a network HSM forgets a client it lost.
+    fn cut(&mut self) {
+        if !self.pending_cut || self.unreachable.is_none() {
+            return;
+        }
+        self.pending_cut = false;
+        for (h, _) in self.sessions.drain() {
+            let _ = real!(C_CloseSession(h));
+        }
+        self.dead.clear();
     }
 
     fn apply(&mut self, cfg: Config) {
@@ -381,6 +432,10 @@ impl State {
                 self.pending_resolution = true;
             }
         }
+        if cfg.unreachable.is_some() && self.unreachable.is_none() {
+            self.pending_cut = true;
+        }
+        self.unreachable = cfg.unreachable;
         set_trace(&mut self.trace, cfg.trace.as_ref());
         if cfg.dump {
             let _ = write_counts(self.sessions.len() as u64);
@@ -530,7 +585,15 @@ pub fn enter(func: Func, scope: Scope) -> Entry {
         _ => None,
     };
     let mut inject = None;
-    if blocked.is_none() {
+    let mut delay = delay;
+    if let Some((rv, wait)) = st.unreachable {
+        // C_GetInfo is answered by a network HSM's client library itself.
+        if config::Target::All.matches(func) && func != Func::C_GetInfo {
+            inject = Some((rv, Mode::Before, Effect::None));
+            delay = delay.max(wait);
+        }
+    }
+    if blocked.is_none() && inject.is_none() {
         for armed in st.rules.iter_mut().filter(|r| r.rule.target.matches(func)) {
             if armed.fires() && inject.is_none() {
                 let mode = armed.rule.mode.unwrap_or(if func.fails_after_forwarding() {

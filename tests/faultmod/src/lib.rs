@@ -584,6 +584,31 @@ pub extern "C" fn hsmkey_fault_reset_counts() {
     engine::reset_counts();
 }
 
+/// Sets one of the module's settings for this copy of the library, in place of the
+/// environment variable of that name (`HSMKEY_FAULT_TARGET`, `HSMKEY_FAULT_CONTROL`,
+/// `HSMKEY_FAULT_COUNTS`, `HSMKEY_FAULT_LATENCY`): several copies of the module in one
+/// process can so each have their own target and control file. Call it before the copy's
+/// first PKCS#11 call. Returns 0 when set, 1 when too late (the settings were read already),
+/// 2 for a name the module does not read, 3 for a NULL or non-UTF-8 argument.
+///
+/// # Safety
+/// `name` and `value` must be NULL or point to NUL-terminated strings.
+#[no_mangle]
+pub unsafe extern "C" fn hsmkey_fault_configure(
+    name: *const c_char,
+    value: *const c_char,
+) -> c_int {
+    if name.is_null() || value.is_null() {
+        return 3;
+    }
+    // SAFETY: both are non-null NUL-terminated strings (the caller's contract).
+    let (name, value) = unsafe { (CStr::from_ptr(name), CStr::from_ptr(value)) };
+    let (Ok(name), Ok(value)) = (name.to_str(), value.to_str()) else {
+        return 3;
+    };
+    std::panic::catch_unwind(|| engine::configure(name, value.into())).unwrap_or(3)
+}
+
 /// Writes the counters as JSON to the file named by `HSMKEY_FAULT_COUNTS`: 0 when written,
 /// 1 when the variable is not set, 2 when the file cannot be written.
 #[no_mangle]
