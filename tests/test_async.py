@@ -115,3 +115,42 @@ def test_cancelled_wait_leaves_nothing_borrowed(softhsm: SoftHSM) -> None:
         pool.close()
 
     asyncio.run(main())
+
+
+def test_entering_and_leaving_a_block_on_a_warm_pool_never_suspends(softhsm: SoftHSM) -> None:
+    """On a warm pool, ``async with pool.session()`` is entered and left without a future,
+    a step of the loop or a worker thread, whether a session is free (it is taken at once) or
+    not (the block's first call borrows it): the coroutine runs to its end in one step."""
+
+    async def main() -> None:
+        pool = SessionPool(softhsm.module, softhsm.token_label, softhsm.pin, max_sessions=1)
+        key = pool.find_key(key_label="ec-key")  # connected, logged in, the key cached
+
+        async def block() -> bool:
+            async with pool.session() as s:
+                s.find_key(key_label="ec-key")
+                return s.closed
+
+        def one_step() -> bool:
+            coro = block()
+            try:
+                suspended_on = coro.send(None)
+            except StopIteration as done:
+                return bool(done.value)
+            coro.close()
+            raise AssertionError(f"the block suspended on {suspended_on!r}")
+
+        assert one_step() is False  # a free session: taken at once
+        async with pool.session() as held:  # the only session, lent out
+            assert one_step() is False  # none free: entered with none, left at once
+            await held.find_key(key_label="ec-key").sign_async("ES256", b"held")
+        assert pool.stats()["in_use"] == 0
+        # The deferred block's first call borrows the session, and its end returns it.
+        async with pool.session() as s:
+            await s.find_key(key_label="ec-key").sign_async("ES256", b"first call")
+            assert pool.stats()["in_use"] == 1
+        assert pool.stats()["in_use"] == 0
+        assert len(await key.sign_async("ES256", b"pool-bound")) == 64
+        pool.close()
+
+    asyncio.run(main())

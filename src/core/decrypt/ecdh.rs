@@ -169,7 +169,15 @@ pub fn ecdh_blocking(
         let result = pool.run(lease, |session, token, refind| {
             let handle = pool.key_handle(session, token, entry, refind)?;
             let raw = token.module.raw.as_ref();
-            ecdh(session, handle, &entry.info, token, raw, peer_point, &leftover)
+            ecdh(
+                session,
+                handle,
+                &entry.info,
+                token,
+                raw,
+                peer_point,
+                &leftover,
+            )
         });
         if leftover.get() {
             pool.discard_session(lease, "a derived ECDH secret could not be destroyed");

@@ -174,7 +174,10 @@ mod tests {
         for hash in [HashAlg::Sha1, HashAlg::Sha256] {
             let seed = vec![3u8; hash.len()];
             let em = super::encode(hash, hash, b"l", b"msg", 128, &seed);
-            assert_eq!(em.as_deref(), Some(encode(hash, b"l", b"msg", 128, &seed).as_slice()));
+            assert_eq!(
+                em.as_deref(),
+                Some(encode(hash, b"l", b"msg", 128, &seed).as_slice())
+            );
             let got = em.and_then(|em| decode(hash, hash, b"l", &em).ok());
             assert_eq!(got.as_deref().map(|v| v.as_slice()), Some(&b"msg"[..]));
         }
