@@ -4,6 +4,7 @@ ticking while the token works, and cancelled waits leave nothing borrowed."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import pytest
@@ -151,6 +152,28 @@ def test_entering_and_leaving_a_block_on_a_warm_pool_never_suspends(softhsm: Sof
             assert pool.stats()["in_use"] == 1
         assert pool.stats()["in_use"] == 0
         assert len(await key.sign_async("ES256", b"pool-bound")) == 64
+        pool.close()
+
+    asyncio.run(main())
+
+
+def test_synchronous_call_in_a_block_entered_with_no_session(softhsm: SoftHSM) -> None:
+    """A block entered while no session was free borrows one for its first synchronous call
+    that needs it (here ``list_keys``), there and then; the block keeps it until it ends."""
+
+    async def main() -> None:
+        pool = SessionPool(
+            softhsm.module, softhsm.token_label, softhsm.pin, max_sessions=1, acquire_timeout=5
+        )
+        pool.check()
+        held = pool.open_session()  # the only session, given back by a thread soon
+        threading.Timer(0.2, held.close).start()
+        async with pool.session() as s:
+            assert pool.stats()["in_use"] == 1  # still the held one: entered with none
+            assert "ec-key" in {k.label for k in s.list_keys()}
+            assert held.closed and pool.stats()["in_use"] == 1  # now the block's
+            await s.find_key(key_label="ec-key").sign_async("ES256", b"same session")
+        assert pool.stats()["in_use"] == 0
         pool.close()
 
     asyncio.run(main())
