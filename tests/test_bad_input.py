@@ -186,3 +186,12 @@ def test_misspelled_keyword_names_the_class_and_the_close_match(softhsm: SoftHSM
     # from_env goes through the same check.
     with pytest.raises(TypeError, match=r"did you mean 'max_sessions'\?"):
         SessionPool.from_env(max_session=4)
+
+
+def test_the_constructor_signature_is_shown() -> None:
+    """help(SessionPool) and Sphinx show the real arguments, not (*args, **kwargs)."""
+    import inspect
+
+    parameters = inspect.signature(SessionPool).parameters
+    assert list(parameters)[:3] == ["module_path", "token_label", "user_pin"]
+    assert "max_sessions" in parameters

@@ -146,7 +146,7 @@ def test_no_command_prints_help_and_fails() -> None:
         (["generate", "--type", "EC", "--label", "x", "--bits", "2048"], "--bits is for RSA"),
         (["generate", "--type", "Ed25519", "--label", "x", "--curve", "P-256"], "does not fit"),
         (["generate", "--type", "EC", "--label", "x", "--curve", "Ed25519"], "EC_EDWARDS"),
-        (["generate", "--type", "EC_EDWARDS", "--label", "x", "--curve", "P-256"], "Ed25519"),
+        (["generate", "--type", "EC_EDWARDS", "--label", "x", "--curve", "P-256"], "of EC_EDWARDS"),
         (["generate", "--type", "EC", "--label", "x", "--curve", "brainpool"], "unknown curve"),
         (["generate", "--type", "EC", "--label", ""], "a key needs a label"),
         (["generate", "--type", "EC", "--label", "  "], "a key needs a label"),
@@ -834,16 +834,19 @@ def test_key_types_are_named_as_hsmkey_keys_shows_them(pool: SessionPool) -> Non
     assert "EC_EDWARDS" in help_text and "prime256v1" in help_text
 
 
-def test_delete_with_several_matches_needs_id_or_all(pool: SessionPool) -> None:
+def test_delete_with_several_matches_needs_id_or_all(pool: SessionPool, softhsm: SoftHSM) -> None:
     # The fixture's dup-key names two keys: nothing is deleted without --id or --all.
     result = run("delete", "--label", "dup-key", "--yes")
     assert_error(result, 1, "2 keys have label 'dup-key'", "07", "08", "--id", "--all")
     assert sorted(k.id for k in pool.list_keys() if k.label == "dup-key") == [b"\x07", b"\x08"]
-    # Two keys of one label made elsewhere: --all deletes both.
+    # Two keys of one label made by another tool (hsmkey refuses to make them): --all
+    # deletes both.
     label = unique("pair")
-    with pool.session(rw=True) as session:
-        session.generate_key_pair("EC", label=label, key_id=b"\xe1")
-        session.generate_key_pair("EC", label=label, key_id=b"\xe2")
+    for key_id in ("e1", "e2"):
+        softhsm.pkcs11_tool(
+            "--keypairgen", "--key-type", "EC:prime256v1", "--label", label, "--id", key_id
+        )
+    pool.refresh()
     assert_error(run("delete", "--label", label, "--yes"), 1, "e1, e2", "--all")
     out = ok("delete", "--label", label, "--yes", "--all", "--json").json()
     assert out["deleted_objects"] == 4 and sorted(k["id"] for k in out["keys"]) == ["e1", "e2"]
@@ -861,3 +864,70 @@ def test_async_threads_variable_is_checked(value: str) -> None:
 @pytest.mark.parametrize("value", ["4", " 16 ", ""])
 def test_async_threads_variable_accepts_counts(value: str) -> None:
     assert ok("--version", env={"HSMKEY_ASYNC_THREADS": value}).stdout.startswith("hsmkey ")
+
+
+def test_missing_module_and_token_say_what_there_is(softhsm: SoftHSM) -> None:
+    result = run("keys", unset=["HSM_MODULE"])
+    assert_error(result, 2, "--module PATH", "HSM_MODULE", "(SoftHSM2 is ")
+    result = run("keys", unset=["HSM_TOKEN"])
+    assert_error(result, 2, "--token LABEL", "HSM_TOKEN", "the module's tokens: ")
+    assert f"'{softhsm.token_label}'" in result.stderr
+
+
+def test_sign_without_claims_says_how_to_give_them() -> None:
+    result = run("sign", "--label", "ec-key", input="")
+    assert_error(result, 1, "no claims on stdin", 'echo \'{"sub": "alice"}\' | hsmkey sign')
+
+
+def test_key_not_found_lists_the_labels() -> None:
+    result = run("sign", "--label", "no-such-key", input="{}")
+    assert_error(result, 1, "no-such-key", "the token's keys: ", "'ec-key'", "hsmkey keys")
+
+
+INIT_MY_TOKEN = ["softhsm2-util", "--init-token", "--free", "--label", "my-token"]
+
+
+def test_the_cli_page_walkthrough_runs(tmp_path: Path) -> None:
+    """docs/cli.rst's command sequence works as written on a fresh token (with --yes where
+    the page's delete would ask on the terminal)."""
+    page = (Path(__file__).parent.parent / "docs" / "cli.rst").read_text()
+    block = re.search(r"\.\. code-block:: bash\n\n((?:   .*\n|\n)+)", page)
+    assert block is not None
+    lines = [ln[3:] for ln in block.group(1).splitlines() if ln.strip()]
+    assert lines[0].startswith("export HSM_MODULE=")
+    # A token of its own, my-token as on the page (this process never sees it).
+    (tmp_path / "tokens").mkdir()
+    conf = tmp_path / "softhsm2.conf"
+    conf.write_text(f"directories.tokendir = {tmp_path / 'tokens'}\nobjectstore.backend = file\n")
+    scratch = {
+        "SOFTHSM2_CONF": str(conf),
+        "HSM_MODULE": find_softhsm2_module(),
+        "HSM_TOKEN": "my-token",
+        "HSM_PIN": "123456",
+    }
+    subprocess.run(
+        [*INIT_MY_TOKEN, "--so-pin", "12345678", "--pin", "123456"],
+        env={**os.environ, **scratch},
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    env = {**os.environ, **scratch}
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env["PATH"]
+    for line in lines[1:]:
+        command = line.split("   #")[0]
+        if command.startswith("hsmkey delete"):
+            command += " --yes"
+        proc = subprocess.run(
+            ["bash", "-c", command],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        assert proc.returncode == 0 and "error" not in proc.stderr, (line, proc)
+    assert (tmp_path / "service.pem").read_text().startswith("-----BEGIN CERTIFICATE-----")
+    labels = {k["label"] for k in ok("keys", "--json", env=scratch).json()}
+    assert labels == {"signing-key", "ca-key"}  # service-key was deleted

@@ -23,7 +23,13 @@ How the examples are found and run (keep the docs to these rules):
 
       .. docs-test: keys signing-key=EC:P-256 rsa-key=RSA:2048 ed-key=Ed25519
 
-  Key specs are ``EC:<curve>``, ``RSA:<bits>``, ``Ed25519`` and ``Ed448``.
+  Key specs are ``EC:<curve>``, ``RSA:<bits>``, ``Ed25519``, ``Ed448`` and (on a PQC page)
+  ``ML-DSA-44``, ``ML-DSA-65``, ``ML-DSA-87``.
+- A page with the comment line ``.. docs-test: pqc`` (post-quantum keys) runs against a
+  kryoptic token with PQC (``tests/helpers/kryoptic.py``: label ``my-token``, user PIN
+  ``12345678``) instead of SoftHSM2, with cryptography >= 51: in ``nox -s pqc``. Where
+  kryoptic or cryptography's ML-DSA is missing the page skips, saying why (a failure under
+  ``HSMKEY_REQUIRE_PQC=1``).
 - The literal SoftHSM2 path ``/usr/lib/softhsm/libsofthsm2.so`` in a block is replaced by the
   path of the SoftHSM2 module found on this machine (the same path on Debian and Ubuntu).
 - A block whose last non-blank line is ``# raises SomeError`` must raise an exception with a
@@ -175,6 +181,12 @@ def _flags(marks: set[str]) -> dict[str, bool]:
     return {"continues": "continues" in marks, "run": "run" in marks}
 
 
+def uses_pqc_token(path: Path) -> bool:
+    """Whether the page's examples run against the PQC token (``.. docs-test: pqc``)."""
+    text = path.read_text(encoding="utf-8")
+    return re.search(r"^\.\.\s+docs-test:\s+pqc\s*$", text, re.M) is not None
+
+
 def checks_output(path: Path) -> bool:
     """Whether the page asks for its print comments to be checked (``check-output``)."""
     text = path.read_text(encoding="utf-8")
@@ -223,10 +235,13 @@ with softhsm2_token(label="my-token", pin="123456", directory=directory) as toke
     os.environ["HSM_MODULE"] = token.module_path
     os.environ["HSM_TOKEN"] = token.label
     os.environ["HSM_PIN"] = token.pin
+    if page.get("pqc"):  # the kryoptic token the test made (.. docs-test: pqc)
+        os.environ.update(page["pqc"])
     if page["keys"]:
         from hsmkey import SessionPool
 
-        with SessionPool(token.module_path, token.label, token.pin) as setup:
+        env = os.environ
+        with SessionPool(env["HSM_MODULE"], env["HSM_TOKEN"], env["HSM_PIN"]) as setup:
             with setup.session(rw=True) as session:
                 for spec in page["keys"]:
                     label, _, kind = spec.partition("=")
@@ -297,6 +312,34 @@ print("page ran", len(page["blocks"]), "blocks")
 """
 
 
+def _pqc_token(directory: Path) -> dict[str, str]:
+    """A kryoptic token for a PQC page: the environment its examples run with."""
+    from helpers.kryoptic import KryopticMissing, build_kryoptic
+
+    def unavailable(reason: str) -> None:
+        if os.environ.get("HSMKEY_REQUIRE_PQC") == "1":
+            pytest.fail(f"HSMKEY_REQUIRE_PQC=1 but {reason}")
+        pytest.skip(reason)
+
+    try:
+        from cryptography.hazmat.primitives.asymmetric import mldsa  # noqa: F401
+    except ImportError:
+        unavailable("cryptography < 51 has no ML-DSA: PQC pages run in `nox -s pqc`")
+    try:
+        token = build_kryoptic(
+            directory, label="my-token", pin="12345678", external_keys=(), set_env=False
+        )
+    except KryopticMissing as exc:
+        unavailable(str(exc))
+        raise
+    return {
+        **token.env,
+        "HSM_MODULE": token.module,
+        "HSM_TOKEN": token.token_label,
+        "HSM_PIN": token.pin,
+    }
+
+
 @pytest.mark.parametrize("path", [p for p in pages() if runnable(p)], ids=lambda p: p.name)
 def test_page_examples_run(path: Path, tmp_path: Path) -> None:
     try:
@@ -305,7 +348,9 @@ def test_page_examples_run(path: Path, tmp_path: Path) -> None:
         pytest.skip(str(e))
     blocks, keys = extract(path)
     check = checks_output(path)
+    pqc = _pqc_token(tmp_path / "kryoptic") if uses_pqc_token(path) else None
     page = {
+        "pqc": pqc,
         "keys": keys,
         "blocks": [
             {
@@ -387,7 +432,9 @@ def test_code_blocks_name_a_known_language(path: Path) -> None:
     assert not unknown, f"docs/{path.name}: code blocks in an unknown language: {unknown}"
     for spec in keys:
         label, _, kind = spec.partition("=")
-        assert label and re.fullmatch(r"(RSA(:\d+)?|EC(:[\w-]+)?|Ed25519|Ed448)", kind), spec
+        assert label and re.fullmatch(
+            r"(RSA(:\d+)?|EC(:[\w-]+)?|Ed25519|Ed448|ML-DSA-(44|65|87))", kind
+        ), spec
 
 
 def test_bare_literal_blocks_are_text() -> None:

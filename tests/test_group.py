@@ -4,6 +4,7 @@ front of its own SoftHSM2 token, see helpers/cluster.py)."""
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import threading
 import time
@@ -33,18 +34,37 @@ from jwcrypto import jwk as jwcrypto_jwk
 from jwcrypto import jws
 
 OTHER_EC_KEY = ec.generate_private_key(ec.SECP256R1())
+# Keys of the exclusion tests (a token refuses a second copy of a key it holds already).
+ROTATING_KEY = ec.generate_private_key(ec.SECP256R1())
+HALF_KEY = ec.generate_private_key(ec.SECP256R1())
 
 
-def verify_es256(signature: bytes, data: bytes) -> None:
+def verify_es256(
+    signature: bytes, data: bytes, public: ec.EllipticCurvePublicKey | None = None
+) -> None:
     r = int.from_bytes(signature[:32], "big")
     s = int.from_bytes(signature[32:], "big")
     from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-    EC_KEY.public_key().verify(encode_dss_signature(r, s), data, ec.ECDSA(hashes.SHA256()))
+    (public or EC_KEY.public_key()).verify(
+        encode_dss_signature(r, s), data, ec.ECDSA(hashes.SHA256())
+    )
 
 
 def member(group: PoolGroup, name: str) -> dict[str, object]:
     return next(m for m in group.stats()["members"] if m["name"] == name)
+
+
+def signatures(group: PoolGroup) -> dict[str, int]:
+    """Signatures each member made for the group (its own key proofs not counted)."""
+    return {
+        m["name"]: sum(
+            sum(h["counts"])
+            for h in m["durations"]
+            if h["operation"] in ("sign", "sign_async", "sign_raw")
+        )
+        for m in group.stats()["members"]
+    }
 
 
 def wait_for(predicate: object, timeout: float = 10.0) -> None:
@@ -64,6 +84,10 @@ def test_hsmjwk_from_group_signs_on_every_member(cluster: Cluster, group: PoolGr
     assert isinstance(key.hsm_key, hsmkey.GroupKey)
     public = jwcrypto_jwk.JWK.from_pyca(EC_KEY.public_key())
     assert key.thumbprint() == public.thumbprint()
+    for _ in range(6):  # each member finds (and proves) the key once
+        key.hsm_key.sign("ES256", b"warm")
+    for m in cluster.members:
+        m.fault.reset_counts()
 
     def work() -> None:
         for _ in range(30):
@@ -244,6 +268,8 @@ def test_async_from_many_tasks(cluster: Cluster, group: PoolGroup) -> None:
     for m in cluster.members:
         m.latency(0.001)
     key = HSMJWK.from_hsm(group, key_label="sign-ec")
+    for m in cluster.members:
+        m.fault.reset_counts()
 
     async def main() -> list[str]:
         return await asyncio.gather(*(key.make_jwt_async({"n": i}) for i in range(96)))
@@ -251,7 +277,7 @@ def test_async_from_many_tasks(cluster: Cluster, group: PoolGroup) -> None:
     tokens = asyncio.run(main())
     for i, token in enumerate(tokens):
         assert jwt.decode(token, EC_KEY.public_key(), algorithms=["ES256"]) == {"n": i}
-    signs = [m.signs() for m in cluster.members]
+    signs = list(signatures(group).values())
     assert sum(signs) == 96 and all(n >= 10 for n in signs), signs
 
 
@@ -346,14 +372,15 @@ def test_all_members_down_fails_fast_then_recovers(cluster: Cluster, group: Pool
 def test_member_holding_a_different_key_is_excluded(
     cluster: Cluster, group: PoolGroup, caplog: pytest.LogCaptureFixture
 ) -> None:
-    cluster.import_key(EC_KEY, "rotating", b"\x10", members=[0, 1])
+    cluster.import_key(ROTATING_KEY, "rotating", b"\x10", members=[0, 1])
     cluster.import_key(OTHER_EC_KEY, "rotating", b"\x10", members=[2])
     try:
         caplog.set_level(logging.WARNING, logger="hsmkey.group")
         key = group.find_key(key_label="rotating")
         for _ in range(40):
-            verify_es256(key.sign("ES256", b"r"), b"r")  # never the other key
-        assert cluster[2].signs() == 0
+            # never the other key
+            verify_es256(key.sign("ES256", b"r"), b"r", ROTATING_KEY.public_key())
+        assert signatures(group)["hsm-c"] == 0
         c = member(group, "hsm-c")
         assert c["state"] == "up"
         assert c["excluded"] == [{"label": "rotating", "id": "10", "reason": "different key"}]
@@ -374,12 +401,12 @@ def test_member_holding_a_different_key_is_excluded(
 
 
 def test_member_missing_the_key_is_excluded(cluster: Cluster, group: PoolGroup) -> None:
-    cluster.import_key(EC_KEY, "half-done", b"\x11", members=[1])
+    cluster.import_key(HALF_KEY, "half-done", b"\x11", members=[1])
     try:
         key = group.find_key(key_label="half-done")  # found on b, the only holder
         for _ in range(20):
-            verify_es256(key.sign("ES256", b"h"), b"h")
-        assert cluster[1].signs() == 20
+            verify_es256(key.sign("ES256", b"h"), b"h", HALF_KEY.public_key())
+        assert signatures(group) == {"hsm-a": 0, "hsm-b": 20, "hsm-c": 0}
         states = {k["label"]: k["members"] for k in group.stats()["keys"]}
         assert states["half-done"]["hsm-b"] == "ok"
         assert {states["half-done"]["hsm-a"], states["half-done"]["hsm-c"]} <= {
@@ -387,7 +414,7 @@ def test_member_missing_the_key_is_excluded(cluster: Cluster, group: PoolGroup) 
             "unchecked",
         }
         # The replication completes; refresh() looks again at once.
-        cluster.import_key(EC_KEY, "half-done", b"\x11", members=[0, 2])
+        cluster.import_key(HALF_KEY, "half-done", b"\x11", members=[0, 2])
         group.refresh()
         key2 = group.find_key(key_label="half-done")
         for m in cluster.members:
@@ -439,3 +466,43 @@ def test_classify() -> None:
     assert classify(e.HSMPoolExhaustedError("x")) == "busy"
     assert classify(e.HSMKeyNotFoundError("x")) == "key"
     assert classify(ValueError("x")) == "fatal"
+
+
+def test_a_warm_group_signature_costs_two_calls(cluster: Cluster, group: PoolGroup) -> None:
+    key = group.find_key(key_label="sign-ec")
+    for _ in range(6):
+        key.sign("ES256", b"warm")  # every member has a session and the key's handle
+    for m in cluster.members:
+        m.fault.reset_counts()
+    for _ in range(30):
+        key.sign("ES256", b"counted")
+    calls: dict[str, int] = {}
+    for m in cluster.members:
+        for function, n in m.fault.counts().items():
+            calls[function] = calls.get(function, 0) + n
+    assert calls == {"C_SignInit": 30, "C_Sign": 30}
+
+
+def test_the_unreachable_switch(cluster: Cluster) -> None:
+    """The fault module's switch: calls fail while it is on; the module's sessions (and the
+    login) are gone when it comes back; C_GetInfo is answered throughout."""
+    from helpers.faultmod import CallError, Pkcs11Client
+
+    m = cluster[0]
+    client = Pkcs11Client(m.path)
+    slot = client.slot_list()[0]
+    handle = client.open_session(slot)
+    client.login(handle, PIN)
+    m.unreachable()
+    with pytest.raises(CallError) as info:
+        client.open_session(slot)
+    assert info.value.rv_name == "CKR_DEVICE_ERROR"
+    info_buffer = ctypes.create_string_buffer(256)  # room for a CK_INFO
+    assert client.call("C_GetInfo", info_buffer) == 0
+    m.reachable()
+    with pytest.raises(CallError) as info:
+        client.session_state(handle)
+    assert info.value.rv_name == "CKR_SESSION_HANDLE_INVALID"
+    fresh = client.open_session(slot)
+    assert client.session_state(fresh) == 0  # CKS_RO_PUBLIC_SESSION: nobody logged in
+    client.close_session(fresh)

@@ -535,18 +535,63 @@ def test_pin_failure_during_relogin_is_not_retried(
     assert faultmod.count("C_Login") == 1
 
 
-def test_login_general_error_is_never_tried_again(
+@pytest.mark.parametrize(
+    ("code", "exception"),
+    [
+        ("CKR_DEVICE_ERROR", HSMSessionError),
+        ("CKR_GENERAL_ERROR", HSMError),
+        ("CKR_FUNCTION_FAILED", HSMError),
+        ("CKR_PIN_EXPIRED", HSMPinError),
+    ],
+)
+def test_login_error_that_is_no_verdict_is_retried_by_the_next_use(
+    make_pool: Callable[..., SessionPool],
+    faultmod: FaultModule,
+    code: str,
+    exception: type[HSMError],
+) -> None:
+    """Issue 22.1: one C_Login failure that is not the token's verdict on the PIN (a device
+    or transport error, an expired PIN) is raised, not remembered: the same pool's next use,
+    and other pools, try the (right) PIN again."""
+    faultmod.fail("C_Login", code, nth=1)
+    pool = make_pool()
+    with pytest.raises(exception) as info:
+        pool.check()
+    assert info.value.rv == code
+    assert info.value.function == "C_Login"
+    assert faultmod.count("C_Login") == 1
+    pool.check()  # the next use logs in
+    check_es256(pool.find_key(key_label="ec-key"), b"after a device error")
+    assert faultmod.count("C_Login") == 2
+    other = make_pool()
+    other.check()  # shares the login
+    assert faultmod.count("C_Login") == 2
+    pool.close()
+    assert_closed_cleanly(other, faultmod)
+
+
+def test_device_error_on_login_does_not_lock_out_a_new_pool(
     make_pool: Callable[..., SessionPool], faultmod: FaultModule
 ) -> None:
-    # A token may count CKR_GENERAL_ERROR from C_Login as a wrong PIN: one try per process
-    # and PIN, whichever pool asks.
-    faultmod.fail("C_Login", "CKR_GENERAL_ERROR", nth=1)
+    faultmod.fail("C_Login", "CKR_DEVICE_ERROR", nth=1)
+    with pytest.raises(HSMSessionError):
+        make_pool().check()
+    make_pool().check()
+    assert faultmod.count("C_Login") == 2
+
+
+@pytest.mark.parametrize(
+    "code", ["CKR_PIN_INCORRECT", "CKR_PIN_INVALID", "CKR_PIN_LEN_RANGE", "CKR_PIN_LOCKED"]
+)
+def test_the_tokens_verdicts_on_the_pin_are_remembered(
+    make_pool: Callable[..., SessionPool], faultmod: FaultModule, code: str
+) -> None:
+    faultmod.fail("C_Login", code, nth=1)
     pool = make_pool()
     for p in (pool, pool, make_pool()):
-        with pytest.raises(HSMError) as info:
+        with pytest.raises(HSMPinError) as info:
             p.check()
-        assert info.value.rv == "CKR_GENERAL_ERROR"
-        assert info.value.function == "C_Login"
+        assert info.value.rv == code
     assert faultmod.count("C_Login") == 1
     _hsmkey._forget_failed_logins()  # what a process restart does
     fresh = make_pool()

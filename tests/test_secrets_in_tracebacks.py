@@ -66,10 +66,20 @@ def holds(value: Any, secret: str, depth: int = 3) -> bool:
 
 
 def assert_no_secret(exc: BaseException, secret: str) -> None:
-    formatted = "".join(
-        traceback.TracebackException.from_exception(exc, capture_locals=True).format()
+    # What Sentry and ``--showlocals`` record: the repr of every local of every frame.
+    te: traceback.TracebackException | None = traceback.TracebackException.from_exception(
+        exc, capture_locals=True
     )
-    assert secret not in formatted, formatted
+    summaries = 0
+    while te is not None:
+        for summary in te.stack:
+            if os.path.abspath(summary.filename) == HERE:
+                continue
+            summaries += 1
+            assert secret not in repr(summary.locals), (summary.filename, summary.name)
+        assert secret not in "".join(te.format_exception_only())
+        te = te.__cause__ or te.__context__
+    # The frames themselves, one level into containers and objects.
     frames = 0
     for tb in tracebacks(exc):
         frame = tb.tb_frame
@@ -78,6 +88,7 @@ def assert_no_secret(exc: BaseException, secret: str) -> None:
         frames += 1
         for name, value in frame.f_locals.items():
             assert not holds(value, secret), (frame.f_code.co_filename, frame.f_code.co_name, name)
+    assert frames == summaries
     assert secret not in repr(exc) and secret not in str(exc)
 
 

@@ -13,7 +13,14 @@ LIMIT_DIR = BENCH_DIR / "limit"
 LIMIT_BIN = LIMIT_DIR / "target" / "release" / "hsmkey-bench-limit"
 
 ALGS = ("RS256", "PS256", "ES256", "ES384", "EdDSA")
-KEY_FOR = {"RS256": "rsa", "PS256": "rsa", "ES256": "p256", "ES384": "p384", "EdDSA": "ed25519"}
+KEY_FOR = {
+    "RS256": "rsa",
+    "PS256": "rsa",
+    "ES256": "p256",
+    "ES384": "p384",
+    "EdDSA": "ed25519",
+    "ML-DSA-65": "mldsa65",  # on the kryoptic token of the pqc section
+}
 TOKEN_LABEL = "hsmkey-bench"
 PIN = "1234"
 # The payload of the raw layers: the same 200 bytes as bench/limit signs.

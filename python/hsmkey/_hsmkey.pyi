@@ -22,7 +22,8 @@ __all__ = [
 __version__: str
 DEFAULT_MAX_SESSIONS: int
 
-_Alg = str  # a JOSE algorithm name: RS256/384/512, PS256/384/512, ES256/384/512, ES256K, EdDSA
+_Alg = str  # a JOSE algorithm name: RS256/384/512, PS256/384/512, ES256/384/512, ES256K, EdDSA,
+# ML-DSA-44/65/87
 _Hash = Literal["sha1", "sha224", "sha256", "sha384", "sha512"]
 
 class Pool:
@@ -113,12 +114,13 @@ class Session:
         curve: str | None = None,
     ) -> Key:
         """Generate a key pair in the token (read-write sessions only); the private key is
-        sensitive and not extractable. ``key_id`` defaults to 16 random bytes."""
+        sensitive and not extractable. ``key_type``: RSA, EC, Ed25519, Ed448, ML-DSA-44,
+        ML-DSA-65 or ML-DSA-87. ``key_id`` defaults to 16 random bytes."""
     def import_private_key(
         self, key: object, *, label: str, key_id: bytes | None = None, allow_weak: bool = False
     ) -> Key:
-        """Store a pyca/cryptography private key (RSA, EC, Ed25519, Ed448) as a sensitive,
-        non-extractable token object, with its public key beside it."""
+        """Store a pyca/cryptography private key (RSA, EC, Ed25519, Ed448, ML-DSA by its
+        seed) as a sensitive, non-extractable token object, with its public key beside it."""
     def list_keys(self) -> list[Key]:
         """Every private key in the token that hsmkey can use."""
     def delete_key(self, *, key_label: str | None = None, key_id: bytes | str | None = None) -> int:
@@ -154,14 +156,14 @@ class Key:
     @property
     def id(self) -> bytes: ...
     @property
-    def key_type(self) -> Literal["RSA", "EC", "EC_EDWARDS"]: ...
+    def key_type(self) -> Literal["RSA", "EC", "EC_EDWARDS", "ML_DSA"]: ...
     @property
     def curve(self) -> str | None:
         """``"P-256"``, ``"P-384"``, ``"P-521"``, ``"secp256k1"``, ``"Ed25519"``,
         ``"Ed448"``, or None for RSA."""
     @property
     def key_size(self) -> int:
-        """Bits of the modulus (RSA) or of the curve's order."""
+        """Bits of the modulus (RSA) or of the curve's order; 0 for ML-DSA."""
     @property
     def modulus(self) -> bytes | None:
         """RSA modulus, big-endian."""
@@ -171,24 +173,38 @@ class Key:
     @property
     def ec_point(self) -> bytes | None:
         """EC public point, uncompressed (``04 || X || Y``); Edwards: the raw public key."""
-    def sign(self, alg: _Alg, data: bytes) -> bytes:
-        """Sign ``data`` for a JOSE algorithm; returns the JOSE signature (r||s for EC)."""
-    def sign_async(self, alg: _Alg, data: bytes) -> asyncio.Future[bytes]:
+    @property
+    def parameter_set(self) -> Literal["ML-DSA-44", "ML-DSA-65", "ML-DSA-87"] | None:
+        """The ML-DSA parameter set (CKA_PARAMETER_SET), or None for other keys."""
+    @property
+    def public_value(self) -> bytes | None:
+        """ML-DSA: the raw public key (FIPS 204 encoding; RFC 9964's ``pub``)."""
+    def sign(self, alg: _Alg, data: bytes, *, deterministic: bool = False) -> bytes:
+        """Sign ``data`` for a JOSE algorithm; returns the JOSE signature (r||s for EC).
+        ML-DSA signatures are hedged unless ``deterministic=True`` (FIPS 204's
+        deterministic variant); other algorithms refuse ``deterministic=True``."""
+    def sign_async(
+        self, alg: _Alg, data: bytes, *, deterministic: bool = False
+    ) -> asyncio.Future[bytes]:
         """Like :meth:`sign`, on a worker thread: the event loop keeps running. Returns an
         asyncio future of the running loop (await it, or pass it to ``asyncio.gather`` /
         ``asyncio.ensure_future``); cancelling it drops a call that still waits for its
         turn."""
-    def sign_many(self, alg: _Alg, payloads: list[bytes]) -> list[bytes]:
+    def sign_many(
+        self, alg: _Alg, payloads: list[bytes], *, deterministic: bool = False
+    ) -> list[bytes]:
         """Sign many payloads in one GIL-free section."""
     def sign_raw(
         self,
-        mechanism: Literal["RSA_PKCS", "RSA_PSS", "ECDSA", "EDDSA"],
+        mechanism: Literal["RSA_PKCS", "RSA_PSS", "ECDSA", "EDDSA", "ML_DSA"],
         data: bytes,
         *,
         hash: _Hash | None = None,
         prehashed: bool = False,
         salt_length: int | None = None,
         der: bool = False,
+        context: bytes | None = None,
+        deterministic: bool = False,
     ) -> bytes:
         """The low-level signer behind the cryptography interface.
 
@@ -197,6 +213,8 @@ class Key:
         ECDSA: over ``hash`` of ``data`` (or the digest itself); returns raw r||s, or the DER
         ``ECDSA-Sig-Value`` with ``der=True`` (what cryptography's keys return).
         EDDSA: pure Ed25519/Ed448.
+        ML_DSA: pure ML-DSA with ``context`` (at most 255 bytes), hedged unless
+        ``deterministic``.
         """
     def decrypt(
         self,

@@ -93,7 +93,34 @@ def key_components(key: Any, allow_weak: bool = False) -> tuple[str, str | None,
                 "ec_point": key.public_key().public_bytes(raw, serialization.PublicFormat.Raw),
             },
         )
+    mldsa = _mldsa_components(key)
+    if mldsa is not None:
+        return mldsa
     raise TypeError(
-        "import_private_key takes a cryptography RSA, EC, Ed25519 or Ed448 private key, "
+        "import_private_key takes a cryptography RSA, EC, Ed25519, Ed448 or ML-DSA private key, "
         f"not {type(key).__name__}"
     )
+
+
+def _mldsa_components(key: Any) -> tuple[str, str | None, dict[str, bytes]] | None:
+    """ML-DSA (cryptography >= 51): the 32-byte seed (CKA_SEED) and the raw public key."""
+    try:
+        from cryptography.hazmat.primitives.asymmetric import mldsa
+    except ImportError:  # cryptography < 51
+        return None
+    for name, cls in (
+        ("ML-DSA-44", mldsa.MLDSA44PrivateKey),
+        ("ML-DSA-65", mldsa.MLDSA65PrivateKey),
+        ("ML-DSA-87", mldsa.MLDSA87PrivateKey),
+    ):
+        if isinstance(key, cls):
+            raw = serialization.Encoding.Raw
+            return (
+                name,
+                None,
+                {
+                    "seed": key.private_bytes_raw(),
+                    "public": key.public_key().public_bytes(raw, serialization.PublicFormat.Raw),
+                },
+            )
+    return None

@@ -189,9 +189,10 @@ class _Member:
 class _KeyState:
     """What one member holds under a group key's label/id."""
 
-    __slots__ = ("checked_at", "key", "reason")
+    __slots__ = ("checked_at", "key", "lock", "reason")
 
     def __init__(self) -> None:
+        self.lock = threading.Lock()  # one lookup at a time per member and key
         self.key: Key | None = None
         self.reason: str | None = None  # "missing" / "different key": not used for it
         self.checked_at = 0.0
@@ -205,7 +206,8 @@ def _fingerprint(key: Key) -> tuple[Any, ...]:
         getattr(key, "modulus", None),
         getattr(key, "public_exponent", None),
         getattr(key, "ec_point", None),
-        getattr(key, "public_key_bytes", None),
+        getattr(key, "parameter_set", None),
+        getattr(key, "public_value", None),
     )
 
 
@@ -280,6 +282,16 @@ class GroupKey:
         """EC public point (uncompressed), or the raw Edwards public key."""
         return self._ref.ec_point
 
+    @property
+    def parameter_set(self) -> str | None:
+        """The ML-DSA parameter set, or None for other keys."""
+        return getattr(self._ref, "parameter_set", None)
+
+    @property
+    def public_value(self) -> bytes | None:
+        """ML-DSA: the raw public key."""
+        return getattr(self._ref, "public_value", None)
+
     def __getattr__(self, name: str) -> Any:
         # Attributes the token key gains later (new key families) come from the reference key;
         # methods of it run with spread and failover like the ones below.
@@ -296,13 +308,17 @@ class GroupKey:
 
     # -- operations -----------------------------------------------------------------------
 
-    def sign(self, alg: str, data: bytes) -> bytes:
+    def sign(self, alg: str, data: bytes, *, deterministic: bool = False) -> bytes:
         """Sign ``data`` for a JOSE algorithm on one member (see :meth:`hsmkey.Key.sign`)."""
-        return self._group._call(self, "sign", alg, (alg, data), {})  # type: ignore[no-any-return]
+        kwargs = {"deterministic": True} if deterministic else {}
+        return self._group._call(self, "sign", alg, (alg, data), kwargs)  # type: ignore[no-any-return]
 
-    def sign_many(self, alg: str, payloads: list[bytes]) -> list[bytes]:
+    def sign_many(
+        self, alg: str, payloads: list[bytes], *, deterministic: bool = False
+    ) -> list[bytes]:
         """Sign many payloads on one member in one call; on failover, all on another."""
-        return self._group._call(self, "sign_many", alg, (alg, payloads), {})  # type: ignore[no-any-return]
+        kwargs = {"deterministic": True} if deterministic else {}
+        return self._group._call(self, "sign_many", alg, (alg, payloads), kwargs)  # type: ignore[no-any-return]
 
     def sign_raw(self, mechanism: str, data: bytes, **kwargs: Any) -> bytes:
         """The low-level signer behind the cryptography interface (see
@@ -318,10 +334,15 @@ class GroupKey:
         """ECDH with the EC private key on one member."""
         return self._group._call(self, "ecdh", "ECDH", (peer_point,), {})  # type: ignore[no-any-return]
 
-    def sign_async(self, alg: str, data: bytes) -> asyncio.Future[bytes]:
+    def sign_async(
+        self, alg: str, data: bytes, *, deterministic: bool = False
+    ) -> asyncio.Future[bytes]:
         """:meth:`sign` for asyncio: an asyncio future (a task) of the running loop; the
         members sign on their worker threads, and failover happens inside it."""
-        return asyncio.ensure_future(self._group._call_async(self, "sign_async", alg, (alg, data)))
+        kwargs = {"deterministic": True} if deterministic else {}
+        return asyncio.ensure_future(
+            self._group._call_async(self, "sign_async", alg, (alg, data), kwargs)
+        )
 
     # -- identity -------------------------------------------------------------------------
 
@@ -363,6 +384,13 @@ class GroupKey:
         key = state.key
         if key is not None:
             return key
+        with state.lock:
+            key = state.key
+            if key is not None:
+                return key  # found meanwhile by the caller that held the lock
+            return self._lookup(member, state)
+
+    def _lookup(self, member: _Member, state: _KeyState) -> Key:
         query: dict[str, Any] = {}
         if self._label is not None:
             query["key_label"] = self._label
@@ -475,6 +503,9 @@ class _Prober:
 
 
 _PROBER = _Prober()
+if hasattr(os, "register_at_fork"):
+    # The prober thread does not exist in a child: the child starts its own when needed.
+    os.register_at_fork(after_in_child=_PROBER._reset_after_fork)
 
 
 class _GroupSession:
@@ -830,7 +861,9 @@ class PoolGroup:
             self._done(member, method, alg, start)
             return result
 
-    async def _call_async(self, key: GroupKey, method: str, alg: str, args: tuple[Any, ...]) -> Any:
+    async def _call_async(
+        self, key: GroupKey, method: str, alg: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         tried: set[int] = set()
         last: BaseException | None = None
         while True:
@@ -841,7 +874,7 @@ class PoolGroup:
                 mkey = state.key if state is not None else None
                 if mkey is None:
                     mkey = await asyncio.to_thread(key._member_key, member)
-                result = await getattr(mkey, method)(*args)
+                result = await getattr(mkey, method)(*args, **kwargs)
             except BaseException as exc:
                 outcome = self._failed(member, key, method, alg, start, exc)
                 if outcome == "key" and key._state(member).reason is None:

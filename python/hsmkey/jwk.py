@@ -6,12 +6,13 @@
 ...     jws.add_signature(key, alg="ES256", protected={"alg": "ES256", "kid": key["kid"]})
 
 The object is an ordinary :class:`jwcrypto.jwk.JWK` for everything public: its members are
-the public parameters (``kty``, ``n``/``e``, ``crv``/``x``/``y``), ``kid`` (the RFC 7638
-thumbprint unless given), and ``export_public()`` / ``thumbprint()`` / equality work as
-for any JWK. ``has_private`` is true and ``get_op_key("sign")`` returns an HSM-backed
-cryptography private key (:mod:`hsmkey.keys`), so jwcrypto's JWS, JWT and JWE code signs
-and unwraps in the token. Exporting the private key raises
-:class:`~hsmkey.exceptions.HSMMechanismError`.
+the public parameters (``kty``, ``n``/``e``, ``crv``/``x``/``y``; for ML-DSA keys, RFC 9964's
+``kty`` ``"AKP"``, ``alg`` and ``pub``), ``kid`` (the RFC 7638 thumbprint unless given; for
+AKP keys over ``alg``, ``kty`` and ``pub`` as RFC 9964 section 6 says), and
+``export_public()`` / ``thumbprint()`` / equality work as for any JWK. ``has_private`` is
+true and ``get_op_key("sign")`` returns an HSM-backed cryptography private key
+(:mod:`hsmkey.keys`), so jwcrypto's JWS, JWT and JWE code signs and unwraps in the token.
+Exporting the private key raises :class:`~hsmkey.exceptions.HSMMechanismError`.
 
 Loading a key that was loaded before (in any session or pool) costs microseconds: the
 public parameters, the thumbprint and the public key object are cached per key material.
@@ -87,6 +88,14 @@ class _JWKInfo:
                 ("x", base64url_encode(point[1 : 1 + size])),
                 ("y", base64url_encode(point[1 + size :])),
             ]
+        elif key_type == "ML_DSA":
+            # RFC 9964: the algorithm is part of the key (and of its thumbprint).
+            items = [
+                ("kty", "AKP"),
+                ("alg", str(key.parameter_set)),
+                ("pub", base64url_encode(key.public_value)),
+            ]
+            curve = None
         else:
             items = [("kty", "OKP"), ("crv", str(curve)), ("x", base64url_encode(key.ec_point))]
         self.items: tuple[tuple[str, str], ...] = tuple(items)
@@ -94,6 +103,8 @@ class _JWKInfo:
         kty = items[0][1]
         # Members that must not change while the object refers to this token key.
         self.frozen: frozenset[str] = frozenset(JWKValuesRegistry[kty]) | {"kty"}
+        if kty == "AKP":
+            self.frozen |= {"alg"}
         # jwcrypto's own thumbprint (RFC 7638, SHA-256), computed on a plain JWK that also
         # validates the parameters once.
         self.thumbprint: str = JWK(**dict(items)).thumbprint()
@@ -285,6 +296,8 @@ class HSMJWK(JWK):  # type: ignore[misc]
 
     def _kind(self) -> str:
         info = self._hsm_private._info
+        if self.get("kty") == "AKP":
+            return str(self.get("alg"))
         if info.curve_name is None:
             return f"RSA {info.key_size}"
         return info.curve_name
@@ -347,10 +360,13 @@ class HSMJWK(JWK):  # type: ignore[misc]
     @property
     def default_alg(self) -> str:
         """The JOSE algorithm this key signs with by default: RS256 for RSA, ES256/384/512
-        or ES256K by curve, EdDSA for Edwards keys."""
+        or ES256K by curve, EdDSA for Edwards keys, the parameter set (ML-DSA-44/65/87) for
+        ML-DSA keys."""
         key = self._hsm_private.hsm_key
         if key.key_type == "RSA":
             return "RS256"
+        if key.key_type == "ML_DSA":
+            return str(key.parameter_set)
         return _CURVE_ALGS.get(key.curve or "", "EdDSA")
 
     def sign_compact(

@@ -101,6 +101,17 @@ class SessionPool(Pool):
         )
 
 
+if not TYPE_CHECKING:
+    # Help, Sphinx and inspect.signature(SessionPool) show the constructor's real arguments.
+    try:
+        _cls = inspect.Parameter("cls", inspect.Parameter.POSITIONAL_ONLY)
+        SessionPool.__new__.__signature__ = inspect.signature(Pool).replace(
+            parameters=[_cls, *inspect.signature(Pool).parameters.values()]
+        )
+    except (TypeError, ValueError):  # pragma: no cover - the signature is always there
+        pass
+
+
 def _parameters() -> list[str]:
     """The keyword arguments the pool takes (from the Rust class's signature)."""
     try:

@@ -3,6 +3,7 @@
 //! without the GIL.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use cryptoki::object::ObjectHandle;
 use cryptoki::session::Session;
@@ -13,6 +14,9 @@ use crate::core::mechanism::Scheme;
 use crate::core::pool::{KeyEntry, Lease, Pool};
 use crate::core::session::SessionSlot;
 use crate::core::token::TokenState;
+
+/// How often a long batch checks for Ctrl-C (and hands queued log events to Python).
+const INTERRUPT_EVERY: Duration = Duration::from_millis(50);
 
 /// Where a key gets its session from.
 #[derive(Clone)]
@@ -58,11 +62,23 @@ impl KeyRef {
         interrupt: &dyn Fn() -> Result<()>,
     ) -> Result<Vec<Vec<u8>>> {
         let (pool, entry) = (&self.pool, &self.entry);
+        let batch = inputs.len() > 1;
         self.with_lease(interrupt, |lease| {
             let mut out = Vec::with_capacity(inputs.len());
+            // A batch lets Ctrl-C through between items, about every INTERRUPT_EVERY (one
+            // signature alone is not slowed by even a clock read).
+            let mut next_check = batch.then(|| Instant::now() + INTERRUPT_EVERY);
             for data in inputs {
+                if let Some(at) = next_check {
+                    let now = Instant::now();
+                    if now >= at {
+                        interrupt()?;
+                        next_check = Some(now + INTERRUPT_EVERY);
+                    }
+                }
                 out.push(pool.run(lease, |session, token, refind| {
-                    let handle = pool.key_handle(session, token, entry, refind)?;
+                    let (handle, unproven) =
+                        pool.key_handle_for_signature(session, token, entry, refind)?;
                     let sig = key::sign(
                         session,
                         handle,
@@ -72,7 +88,12 @@ impl KeyRef {
                         token.module.raw.as_ref(),
                         data,
                     )?;
-                    if pool.cfg.verify_signatures {
+                    if let Some(epoch) = unproven {
+                        // The key was found again: this signature proves it is the same key
+                        // (or it is not returned).
+                        let ok = key::verify::verify(&entry.info, &scheme, data, &sig)?;
+                        pool.confirm_key(token, entry, handle, epoch, ok)?;
+                    } else if pool.cfg.verify_signatures {
                         check_signature(entry, &scheme, data, &sig, token)?;
                     }
                     Ok(sig)

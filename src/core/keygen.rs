@@ -9,7 +9,7 @@ use zeroize::{Zeroize, Zeroizing};
 
 use crate::core::error::{Context, Error, Result};
 use crate::core::key::{KeyInfo, KeyQuery};
-use crate::core::mechanism::{Curve, KeyKind};
+use crate::core::mechanism::{Curve, KeyKind, MlDsa};
 
 /// What to generate.
 #[derive(Debug, Clone)]
@@ -17,12 +17,15 @@ pub struct KeySpec {
     pub kind: KeyKind,
     pub bits: usize,
     pub curve: Option<Curve>,
+    /// ML-DSA: the parameter set.
+    pub param_set: Option<MlDsa>,
     pub label: String,
     pub id: Vec<u8>,
 }
 
 impl KeySpec {
-    /// `key_type` is "RSA", "EC", "Ed25519"/"Ed448" (or "EC_EDWARDS" with a curve).
+    /// `key_type` is "RSA", "EC", "Ed25519"/"Ed448" (or "EC_EDWARDS" with a curve), or
+    /// "ML-DSA-44"/"ML-DSA-65"/"ML-DSA-87" (or "ML_DSA" with the parameter set as `curve`).
     pub fn new(
         key_type: &str,
         bits: Option<usize>,
@@ -32,6 +35,30 @@ impl KeySpec {
     ) -> Result<Self> {
         if label.contains('\0') {
             return Err(Error::value("label must not contain NUL characters"));
+        }
+        let upper = key_type.to_ascii_uppercase().replace('_', "-");
+        let param_set = if upper == "ML-DSA" {
+            Some(MlDsa::parse(curve.unwrap_or("ML-DSA-65"))?)
+        } else if upper.starts_with("ML-DSA-") || upper.starts_with("MLDSA") {
+            Some(MlDsa::parse(&upper)?)
+        } else {
+            None
+        };
+        if let Some(set) = param_set {
+            if bits.is_some() {
+                return Err(Error::value(format!(
+                    "bits= is for RSA keys; {} has a fixed size",
+                    set.name()
+                )));
+            }
+            return Ok(KeySpec {
+                kind: KeyKind::MlDsa,
+                bits: 0,
+                curve: None,
+                param_set,
+                label,
+                id: new_id(id)?,
+            });
         }
         let (kind, curve) = match key_type.to_ascii_uppercase().as_str() {
             "RSA" => (KeyKind::Rsa, None),
@@ -57,7 +84,8 @@ impl KeySpec {
             }
             other => {
                 return Err(Error::value(format!(
-                    "unknown key type {other:?} (RSA, EC, Ed25519 or Ed448)"
+                    "unknown key type {other:?} (RSA, EC, Ed25519, Ed448, ML-DSA-44, ML-DSA-65 \
+                     or ML-DSA-87)"
                 )))
             }
         };
@@ -80,22 +108,27 @@ impl KeySpec {
                 curve.map(|c| c.bits()).unwrap_or(0)
             }
         };
-        let id = match id {
-            Some(id) => id,
-            None => {
-                let mut id = vec![0u8; 16];
-                getrandom::fill(&mut id)
-                    .map_err(|e| Error::value(format!("no randomness for a key id: {e}")))?;
-                id
-            }
-        };
         Ok(KeySpec {
             kind,
             bits,
             curve,
+            param_set: None,
             label,
-            id,
+            id: new_id(id)?,
         })
+    }
+}
+
+/// The id given, or 16 random bytes.
+fn new_id(id: Option<Vec<u8>>) -> Result<Vec<u8>> {
+    match id {
+        Some(id) => Ok(id),
+        None => {
+            let mut id = vec![0u8; 16];
+            getrandom::fill(&mut id)
+                .map_err(|e| Error::value(format!("no randomness for a key id: {e}")))?;
+            Ok(id)
+        }
     }
 }
 
@@ -118,6 +151,13 @@ pub fn generate(session: &Session, spec: &KeySpec) -> Result<(ObjectHandle, Obje
     ]);
     public.push(Attribute::Verify(true));
     let mechanism = match (spec.kind, spec.curve) {
+        (KeyKind::MlDsa, _) => {
+            let set = spec
+                .param_set
+                .ok_or_else(|| Error::value("an ML-DSA key needs a parameter set"))?;
+            public.push(Attribute::ParameterSet(set.parameter_set()));
+            Mechanism::MlDsaKeyPairGen
+        }
         (KeyKind::Rsa, _) => {
             public.extend([
                 Attribute::ModulusBits((spec.bits as u64).into()),
@@ -148,9 +188,12 @@ pub fn generate(session: &Session, spec: &KeySpec) -> Result<(ObjectHandle, Obje
 pub struct Import {
     pub kind: KeyKind,
     pub curve: Option<Curve>,
+    /// ML-DSA: the parameter set.
+    pub param_set: Option<MlDsa>,
     pub label: String,
     pub id: Vec<u8>,
-    /// (attribute name, value): RSA numbers, or `value` and `ec_point` for EC/Edwards.
+    /// (attribute name, value): RSA numbers, `value` and `ec_point` for EC/Edwards, `seed`
+    /// and `public` (the raw public key) for ML-DSA.
     /// Wiped when dropped.
     pub components: Vec<(String, Zeroizing<Vec<u8>>)>,
 }
@@ -182,6 +225,11 @@ impl Import {
             public_exponent,
             ec_point,
             unique_id: None,
+            param_set: self.param_set,
+            public_value: match self.kind {
+                KeyKind::MlDsa => get("public"),
+                _ => None,
+            },
         })
     }
 }
@@ -207,6 +255,26 @@ pub fn import(session: &Session, key: &Import) -> Result<(ObjectHandle, ObjectHa
         ]
     };
     let (mut private, mut public) = match (key.kind, key.curve) {
+        (KeyKind::MlDsa, _) => {
+            let set = key
+                .param_set
+                .ok_or_else(|| Error::value("an ML-DSA key needs a parameter set"))?;
+            let seed = get("seed")?;
+            if seed.len() != 32 {
+                return Err(Error::value("an ML-DSA seed is 32 bytes"));
+            }
+            let mut private = common(ObjectClass::PRIVATE_KEY, KeyType::ML_DSA, true);
+            private.extend([
+                Attribute::ParameterSet(set.parameter_set()),
+                Attribute::Seed(seed),
+            ]);
+            let mut public = common(ObjectClass::PUBLIC_KEY, KeyType::ML_DSA, false);
+            public.extend([
+                Attribute::ParameterSet(set.parameter_set()),
+                Attribute::Value(get("public")?),
+            ]);
+            (private, public)
+        }
         (KeyKind::Rsa, _) => {
             let mut private = common(ObjectClass::PRIVATE_KEY, KeyType::RSA, true);
             private.extend([
@@ -324,7 +392,8 @@ impl Drop for SecretTemplate {
                 | Attribute::Exponent1(v)
                 | Attribute::Exponent2(v)
                 | Attribute::Coefficient(v)
-                | Attribute::Value(v) => v.zeroize(),
+                | Attribute::Value(v)
+                | Attribute::Seed(v) => v.zeroize(),
                 _ => {}
             }
         }

@@ -35,9 +35,111 @@ pub struct Module {
     /// Counts the re-initializations after a loss: threads that saw the module stop
     /// answering in the same generation re-initialize it once.
     generation: std::sync::atomic::AtomicU64,
+    /// Sessions lent out by pools on this module (see `rescan`).
+    leases: std::sync::atomic::AtomicUsize,
+    /// Set while `rescan` finalizes and re-initializes the module.
+    rescanning: std::sync::atomic::AtomicBool,
+    /// When the last rescan happened (they are rate-limited).
+    last_rescan: Mutex<Option<std::time::Instant>>,
+    /// The last token search met a slot whose token information could not be read (as
+    /// SoftHSM2 answers for a token deleted since `C_Initialize`).
+    saw_unreadable: std::sync::atomic::AtomicBool,
 }
 
+/// At most one rescan per module in this time.
+const RESCAN_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl Module {
+    /// A pool lent a session on this module. Returns false while a rescan runs: then the
+    /// caller waits for it (`wait_rescan`) before using the session.
+    pub fn lease_taken(&self) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.leases.fetch_add(1, SeqCst);
+        !self.rescanning.load(SeqCst)
+    }
+
+    /// A lent session came back (or was never used).
+    pub fn lease_returned(&self) {
+        self.leases
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether a rescan runs now.
+    pub fn is_rescanning(&self) -> bool {
+        self.rescanning.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Held around PKCS#11 calls made outside a lease and outside connecting (closing idle
+    /// sessions, logging out): a rescan waits for them, and they for it.
+    pub fn calls_guard(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.connecting
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Waits until a running rescan is over.
+    pub fn wait_rescan(&self) {
+        drop(
+            self.connecting
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+    }
+
+    /// Whether the last token search met a slot it could not read.
+    pub fn saw_unreadable(&self) -> bool {
+        self.saw_unreadable
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub(crate) fn set_saw_unreadable(&self, saw: bool) {
+        self.saw_unreadable
+            .store(saw, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Finalizes and re-initializes the module so that it sees tokens created or deleted
+    /// since (SoftHSM2 reads its token directory only in `C_Initialize`), if no session of
+    /// this process is lent on it but the caller's `held`, nobody is connecting, and no
+    /// rescan happened in the last second. Every session and the login of the process on
+    /// the module end: the caller marks the module's token states gone (`f`, run before
+    /// anyone can use the module again), and every pool heals on its next use (a new
+    /// session and a login). Returns whether it rescanned.
+    pub fn rescan(&self, held: usize, f: impl FnOnce()) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.pid != crate::core::fork::pid() {
+            return false;
+        }
+        {
+            let last = lock(&self.last_rescan);
+            if last.is_some_and(|t| t.elapsed() < RESCAN_EVERY) {
+                return false;
+            }
+        }
+        let _exclusive = self
+            .connecting
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.rescanning.store(true, SeqCst);
+        // A lease taken from now on sees `rescanning` and waits (see `lease_taken`).
+        if self.leases.load(SeqCst) > held {
+            self.rescanning.store(false, SeqCst);
+            return false;
+        }
+        *lock(&self.last_rescan) = Some(std::time::Instant::now());
+        log::log(
+            log::INFO,
+            &format!(
+                "re-initializing {} to look for tokens created or deleted since",
+                self.path.display()
+            ),
+        );
+        let ok = reinitialize(&self.ctx, &self.path).is_ok();
+        self.generation.fetch_add(1, SeqCst);
+        f();
+        self.rescanning.store(false, SeqCst);
+        ok
+    }
+
     /// Whether the module stopped answering and was re-initialized for it, with no token
     /// found through it since.
     pub fn is_lost(&self) -> bool {
@@ -148,24 +250,36 @@ pub fn load(path: &Path) -> Result<Arc<Module>> {
         )
     })?;
     let pid = crate::core::fork::pid();
-    let mut modules = lock(registry());
-    let forked = match modules.get(&canonical) {
-        Some(m) if m.pid == pid => return Ok(m.clone()),
-        Some(_) => true,
-        None => false,
+    let loaded = |modules: &HashMap<PathBuf, Arc<Module>>| {
+        modules.get(&canonical).filter(|m| m.pid == pid).cloned()
     };
-    let mut expected = Vec::new();
-    if forked {
-        // The parent's module state (its sessions, its login) is not ours: never drop or call
-        // into it. Leak the inherited value so that nothing of it runs in this process. What
-        // the parent had seen (plain memory, no call) tells which tokens to expect.
-        if let Some(old) = modules.remove(&canonical) {
-            expected = lock(&old.seen_labels).clone();
-            std::mem::forget(old);
-        }
+    if let Some(m) = loaded(&lock(registry())) {
+        return Ok(m);
     }
+    // Loading calls the module (C_Initialize, and a few more in a forked child): under a
+    // fork-safe lock, never under the registry's (a child forked meanwhile needs that one).
+    static LOADING: crate::core::fork::CallLock = crate::core::fork::CallLock::new();
+    let _loading = LOADING.lock();
+    let (forked, expected) = {
+        let mut modules = lock(registry());
+        if let Some(m) = loaded(&modules) {
+            return Ok(m);
+        }
+        match modules.remove(&canonical) {
+            // The parent's module state (its sessions, its login) is not ours: never drop or
+            // call into it. Leak the inherited value so that nothing of it runs in this
+            // process. What the parent had seen (plain memory, no call) tells which tokens to
+            // expect.
+            Some(old) => {
+                let expected = lock(&old.seen_labels).clone();
+                std::mem::forget(old);
+                (true, expected)
+            }
+            None => (false, Vec::new()),
+        }
+    };
     let module = Arc::new(open(&canonical, pid, forked, &expected)?);
-    modules.insert(canonical, module.clone());
+    lock(registry()).insert(canonical, module.clone());
     Ok(module)
 }
 
@@ -246,6 +360,10 @@ fn open(path: &Path, pid: u32, forked: bool, expected: &[String]) -> Result<Modu
         raw: crate::core::raw::RawFunctions::load(path),
         lost: std::sync::atomic::AtomicBool::new(false),
         generation: std::sync::atomic::AtomicU64::new(0),
+        leases: std::sync::atomic::AtomicUsize::new(0),
+        rescanning: std::sync::atomic::AtomicBool::new(false),
+        last_rescan: Mutex::new(None),
+        saw_unreadable: std::sync::atomic::AtomicBool::new(false),
     })
 }
 

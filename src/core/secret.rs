@@ -21,6 +21,11 @@ impl Pin {
         Pin { bytes }
     }
 
+    /// True for the empty PIN (refused before any PKCS#11 call: it would spend a PIN try).
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
     /// A copy in cryptoki's secret type (itself wiped on drop), for one `C_Login`.
     pub fn auth(&self) -> RawAuthPin {
         RawAuthPin::new(Box::new(self.bytes.to_vec()))

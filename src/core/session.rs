@@ -1,112 +1,195 @@
 //! A session borrowed for a block (`with pool.session() as session:`), shared with the keys
-//! loaded from it: one user at a time (its lock), returned to the pool when the block ends.
+//! loaded from it: one user at a time, returned to the pool when the block ends.
+//!
+//! Two locks: `user` (a [`CallLock`]) lets one thread at a time run an operation, and is held
+//! across its PKCS#11 calls; `state` guards the lease and the flags and is only ever held for
+//! a few instructions. While an operation runs, its lease is taken out of `state`, so that
+//! `closed`, `repr()` or a forked child never wait for the token. The process that borrowed
+//! the lease is kept outside both locks and checked first: a child forked while the parent
+//! used the session fails at once with `HSMSessionError`, taking no lock.
 //!
 //! An `async with` block entered when no session is free borrows none yet ([`SessionSlot::
-//! defer`]): the first call that needs the session borrows it, waiting as the block's entry
-//! would have, and the block keeps it until it ends. So entering and leaving a block on a
-//! warm pool never waits, and a task never holds a session while it only waits for one.
+//! take_idle_or_defer`]): the first call that needs the session borrows it, waiting as the
+//! block's entry would have, and the block keeps it until it ends. So entering and leaving a
+//! block on a warm pool never waits, and a task never holds a session while it only waits
+//! for one.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::core::error::{Error, Kind, Result};
+use crate::core::fork::{pid, CallLock};
 use crate::core::module::lock;
 use crate::core::pool::{Lease, Pool};
 
 /// The lease behind a `Session` object, shared with the keys loaded from it.
 pub struct SessionSlot {
     pub pool: Arc<Pool>,
-    pub state: Mutex<SlotState>,
+    state: Mutex<SlotState>,
+    /// One operation at a time (held across its PKCS#11 calls).
+    user: CallLock,
+    /// The process that borrowed the lease (0: not borrowed yet).
+    owner: AtomicU32,
     /// Set while a deferred block's session is still to be borrowed by its first
     /// asynchronous call (which then waits with the pool's other callers); cleared once the
     /// session is borrowed or that call is under way.
-    pub first_call: AtomicBool,
+    first_call: AtomicBool,
 }
 
-pub struct SlotState {
-    pub lease: Option<Lease>,
-    pub closed: bool,
+struct SlotState {
+    lease: Option<Lease>,
+    closed: bool,
+    /// The lease is out for an operation (taken from `lease` by `with_lease`).
+    busy: bool,
     /// `Some(rw)`: the block was entered with no session; the first call that needs one
     /// borrows it (read-write or not).
-    pub deferred: Option<bool>,
+    deferred: Option<bool>,
+}
+
+fn not_open() -> Error {
+    Error::new(
+        Kind::Session,
+        "the session is not open yet: use it inside `with pool.session() as session:`",
+    )
+}
+
+fn closed_error() -> Error {
+    Error::new(
+        Kind::PoolClosed,
+        "the session is closed: load keys inside the `with pool.session()` block that uses \
+         them, or load a pool-bound key with HSMJWK.from_hsm(pool, ...)",
+    )
 }
 
 impl SessionSlot {
-    pub fn new(pool: Arc<Pool>, lease: Option<Lease>) -> SessionSlot {
+    pub fn new(pool: Arc<Pool>, lease: Option<Lease>) -> Self {
+        let owner = lease.as_ref().map(|l| l.pid()).unwrap_or(0);
         SessionSlot {
             pool,
             state: Mutex::new(SlotState {
                 lease,
                 closed: false,
+                busy: false,
                 deferred: None,
             }),
+            user: CallLock::new(),
+            owner: AtomicU32::new(owner),
             first_call: AtomicBool::new(false),
         }
     }
 
-    /// Enters the block with no session (when none is free): the first call that needs one
-    /// borrows it. Makes no PKCS#11 call and never waits.
-    pub fn defer(&self, rw: bool) {
-        let mut st = lock(&self.state);
-        if st.lease.is_none() && !st.closed && st.deferred.is_none() {
-            st.deferred = Some(rw);
-            self.first_call.store(true, Ordering::Release);
+    /// Fails in a forked child for a session the parent borrowed: checked before any lock.
+    fn check_owner(&self) -> Result<()> {
+        let owner = self.owner.load(Ordering::Acquire);
+        let me = pid();
+        if owner == 0 || owner == me {
+            return Ok(());
         }
+        Err(Error::new(
+            Kind::Session,
+            format!(
+                "this session was borrowed by process {owner} before fork(); process {me} \
+                 cannot use it: open a new `with pool.session()` block (or use a pool-bound \
+                 key) in the child"
+            ),
+        ))
     }
 
-    /// True once for the first asynchronous call of a deferred block that has no session yet.
-    pub fn take_first_call(&self) -> bool {
-        self.first_call.load(Ordering::Acquire) && self.first_call.swap(false, Ordering::AcqRel)
-    }
-
-    /// True if the block has been entered (it holds its session, or will borrow it on first
-    /// use) and has not ended. `None` when another thread holds the session's lock (a call
-    /// under way on it): the caller asks the slow way then.
-    pub fn try_entered(&self) -> Option<bool> {
-        let st = self.state.try_lock().ok()?;
-        Some(!st.closed && (st.lease.is_some() || st.deferred.is_some()))
-    }
-
-    /// Runs `f` on the lease, holding the session's lock (one thread at a time).
+    /// Runs `f` on the lease, one thread at a time.
     pub fn with_lease<T>(&self, f: impl FnOnce(&mut Lease) -> Result<T>) -> Result<T> {
         self.with_lease_waiting(&|| Ok(()), f)
     }
 
     /// [`with_lease`](Self::with_lease), borrowing the session first if the block was
-    /// deferred (`interrupt` as for [`Pool::acquire`]).
+    /// entered with none (`interrupt` as for [`Pool::acquire`]).
     pub fn with_lease_waiting<T>(
         &self,
         interrupt: &dyn Fn() -> Result<()>,
         f: impl FnOnce(&mut Lease) -> Result<T>,
     ) -> Result<T> {
-        let mut st = lock(&self.state);
-        if let (None, false, Some(rw)) = (&st.lease, st.closed, st.deferred) {
-            drop(st);
-            self.open(rw, interrupt)?;
-            st = lock(&self.state);
-        }
-        let closed = st.closed;
-        match st.lease.as_mut() {
-            Some(lease) => {
-                lease.check_owner()?;
-                f(lease)
+        self.check_owner()?;
+        let _user = self.user.lock();
+        let deferred = {
+            let st = lock(&self.state);
+            match (&st.lease, st.closed, st.busy, st.deferred) {
+                (None, false, false, Some(rw)) => Some(rw),
+                _ => None,
             }
-            None if closed => Err(Error::new(
-                Kind::PoolClosed,
-                "the session is closed: load keys inside the `with pool.session()` block that \
-                 uses them, or load a pool-bound key with HSMJWK.from_hsm(pool, ...)",
-            )),
-            None => Err(Error::new(
-                Kind::Session,
-                "the session is not open yet: use it inside `with pool.session() as session:`",
-            )),
+        };
+        if let Some(rw) = deferred {
+            self.open(rw, interrupt)?;
         }
+        let mut lease = {
+            let mut st = lock(&self.state);
+            if st.closed {
+                return Err(closed_error());
+            }
+            match st.lease.take() {
+                Some(lease) => {
+                    st.busy = true;
+                    lease
+                }
+                None => return Err(not_open()),
+            }
+        };
+        let result = lease.check_owner().and_then(|()| f(&mut lease));
+        let mut st = lock(&self.state);
+        st.busy = false;
+        st.lease = Some(lease);
+        result
+    }
+
+    /// Takes a warm idle session from the pool if one is free right now (no wait, no
+    /// PKCS#11 call); returns whether the session is borrowed now.
+    pub fn take_idle(&self, rw: bool) -> bool {
+        let mut st = lock(&self.state);
+        if st.lease.is_none() && !st.busy && !st.closed {
+            st.lease = self.pool.try_acquire_idle(rw);
+            if let Some(lease) = &st.lease {
+                self.owner.store(lease.pid(), Ordering::Release);
+            }
+        }
+        st.lease.is_some() || st.busy
+    }
+
+    /// [`take_idle`](Self::take_idle), or, when no session is free on a connected pool,
+    /// enters the block with none: the first call that needs one borrows it. No wait, no
+    /// PKCS#11 call. Returns whether the block is entered (else the caller borrows the way
+    /// that may connect and wait).
+    pub fn take_idle_or_defer(&self, rw: bool) -> bool {
+        if self.take_idle(rw) {
+            return true;
+        }
+        let connected = self.pool.is_connected();
+        let mut st = lock(&self.state);
+        if st.closed {
+            return false;
+        }
+        if st.deferred.is_none() && connected {
+            st.deferred = Some(rw);
+            self.first_call.store(true, Ordering::Release);
+        }
+        st.deferred.is_some()
+    }
+
+    /// True once for the first asynchronous call of a block entered with no session, while
+    /// it has none yet.
+    pub fn take_first_call(&self) -> bool {
+        self.first_call.load(Ordering::Acquire) && self.first_call.swap(false, Ordering::AcqRel)
+    }
+
+    /// True if the block has been entered (it holds its session, or will borrow it on first
+    /// use) and has not ended.
+    pub fn entered(&self) -> bool {
+        let st = lock(&self.state);
+        !st.closed && (st.lease.is_some() || st.busy || st.deferred.is_some())
     }
 
     /// Borrows the session from the pool, unless it already is. The slot's lock is not held
     /// while the pool is asked (that may wait, log or be interrupted): a second thread
     /// reading the slot meanwhile never waits for this one.
     pub fn open(&self, rw: bool, interrupt: &dyn Fn() -> Result<()>) -> Result<()> {
+        self.check_owner()?;
         {
             let st = lock(&self.state);
             if st.closed {
@@ -115,7 +198,7 @@ impl SessionSlot {
                     "this session was closed; call pool.session() again for a new one",
                 ));
             }
-            if st.lease.is_some() {
+            if st.lease.is_some() || st.busy {
                 return Ok(());
             }
         }
@@ -129,33 +212,46 @@ impl SessionSlot {
                 "this session was closed (or its task cancelled) while it waited for the pool",
             ));
         }
-        match st.lease {
+        if st.lease.is_some() || st.busy {
             // Another thread opened it meanwhile: keep that one.
-            Some(_) => {
-                drop(st);
-                self.pool.release(lease);
-            }
-            None => {
-                st.lease = Some(lease);
-                self.first_call.store(false, Ordering::Release);
-            }
+            drop(st);
+            self.pool.release(lease);
+        } else {
+            self.owner.store(lease.pid(), Ordering::Release);
+            st.lease = Some(lease);
+            self.first_call.store(false, Ordering::Release);
         }
         Ok(())
     }
 
     /// Whether the session went back to its pool, and whether it is borrowed now (or is to
-    /// be, by the first call of a deferred block).
+    /// be, by the first call of a block entered with none). Never waits for an operation.
     pub fn status(&self) -> (bool, bool) {
         let st = lock(&self.state);
-        (st.closed, st.lease.is_some() || st.deferred.is_some())
+        (
+            st.closed,
+            st.lease.is_some() || st.busy || st.deferred.is_some(),
+        )
     }
 
+    /// Returns the session to its pool (after the operation running on it, if any).
     pub fn close(&self) {
-        let lease = {
+        {
             let mut st = lock(&self.state);
             st.closed = true;
-            st.lease.take()
-        };
+            if !st.busy {
+                let lease = st.lease.take();
+                drop(st);
+                if let Some(lease) = lease {
+                    self.pool.release(lease);
+                }
+                return;
+            }
+        }
+        // An operation runs on it: wait for it (in a forked child, the parent's operation
+        // does not count, and its lease is the parent's).
+        let _user = self.user.lock();
+        let lease = lock(&self.state).lease.take();
         if let Some(lease) = lease {
             self.pool.release(lease);
         }

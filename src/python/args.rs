@@ -194,7 +194,7 @@ pub fn slot_id_arg(slot_id: Option<&Bound<'_, PyAny>>) -> PyResult<Option<u64>> 
 pub fn pin_arg(user_pin: Option<&Bound<'_, PyAny>>) -> PyResult<Pin> {
     Ok(match user_pin {
         Some(p) if !p.is_none() => {
-            if let Ok(s) = p.cast::<PyString>() {
+            let pin = if let Ok(s) = p.cast::<PyString>() {
                 Pin::new(std::mem::take(&mut *secrets::utf8(s)?))
             } else if let Ok(b) = p.cast::<PyBytes>() {
                 Pin::new(b.as_bytes().to_vec())
@@ -204,7 +204,16 @@ pub fn pin_arg(user_pin: Option<&Bound<'_, PyAny>>) -> PyResult<Pin> {
                     format!("user_pin must be a str or bytes, not {}", type_name(p)),
                 )
                 .into());
+            };
+            // An empty PIN would spend one of the token's PIN tries for nothing.
+            if pin.is_empty() {
+                return Err(Error::value(
+                    "user_pin is empty; give the token's user PIN (an empty string is never \
+                     sent to the token)",
+                )
+                .into());
             }
+            pin
         }
         _ => {
             return Err(Error::new(

@@ -13,7 +13,7 @@ use crate::core::bound_key::{Binding, KeyRef};
 use crate::core::decrypt::{self, Decryption};
 use crate::core::error::{Error, Result};
 use crate::core::key::KeyInfo;
-use crate::core::mechanism::{check_scheme_key, ecdsa_der, HashAlg, JoseAlg, Scheme};
+use crate::core::mechanism::{check_scheme_key, ecdsa_der, HashAlg, JoseAlg, MlDsaContext, Scheme};
 use crate::core::pool::{KeyEntry, Pool};
 use crate::core::token::TokenState;
 use crate::python::args::{opt_count, type_name};
@@ -58,11 +58,24 @@ impl PyKey {
         detach_interruptible(py, |interrupt| key.with_handle_blocking(interrupt, op))
     }
 
-    fn jose(&self, alg: &str) -> Result<Scheme> {
+    fn jose(&self, alg: &str, deterministic: bool) -> Result<Scheme> {
         let alg = JoseAlg::parse(alg)?;
         let info = self.info();
-        alg.check_key(info.kind, info.curve, || info.describe())?;
-        Ok(alg.scheme)
+        alg.check_key_set(info.kind, info.curve, info.param_set, || info.describe())?;
+        if !deterministic {
+            return Ok(alg.scheme);
+        }
+        match alg.scheme {
+            Scheme::MlDsa { context, .. } => Ok(Scheme::MlDsa {
+                deterministic: true,
+                context,
+            }),
+            _ => Err(Error::mechanism(format!(
+                "deterministic=True applies to ML-DSA; {} signatures are made as the \
+                 algorithm defines",
+                alg.name
+            ))),
+        }
     }
 }
 
@@ -80,7 +93,7 @@ impl PyKey {
         PyBytes::new(py, &self.info().id)
     }
 
-    /// ``"RSA"``, ``"EC"`` or ``"EC_EDWARDS"``.
+    /// ``"RSA"``, ``"EC"``, ``"EC_EDWARDS"`` or ``"ML_DSA"``.
     #[getter]
     fn key_type(&self) -> &'static str {
         self.info().kind.name()
@@ -92,7 +105,7 @@ impl PyKey {
         self.info().curve.map(|c| c.name())
     }
 
-    /// Bits of the modulus (RSA) or of the curve.
+    /// Bits of the modulus (RSA) or of the curve; 0 for ML-DSA (see ``parameter_set``).
     #[getter]
     fn key_size(&self) -> usize {
         self.info().bits
@@ -131,9 +144,33 @@ impl PyKey {
             .map(|p| PyBytes::new(py, p))
     }
 
+    /// ML-DSA: ``"ML-DSA-44"``, ``"ML-DSA-65"`` or ``"ML-DSA-87"``; None for other keys.
+    #[getter]
+    fn parameter_set(&self) -> Option<&'static str> {
+        self.info().param_set.map(|p| p.name())
+    }
+
+    /// ML-DSA: the raw public key (FIPS 204 encoding, what RFC 9964's ``pub`` carries).
+    #[getter]
+    fn public_value<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyBytes>> {
+        self.info()
+            .public_value
+            .as_ref()
+            .map(|v| PyBytes::new(py, v))
+    }
+
     /// Signs ``data`` for a JOSE algorithm; returns the JOSE signature (r||s for ECDSA).
-    fn sign<'py>(&self, py: Python<'py>, alg: &str, data: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
-        let scheme = self.jose(alg)?;
+    /// ``deterministic=True`` asks ML-DSA keys for the deterministic variant of FIPS 204
+    /// (the default is hedged).
+    #[pyo3(signature = (alg, data, *, deterministic=false))]
+    fn sign<'py>(
+        &self,
+        py: Python<'py>,
+        alg: &str,
+        data: &[u8],
+        deterministic: bool,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let scheme = self.jose(alg, deterministic)?;
         let mut sigs = self.sign_all(py, scheme, &[data])?;
         let sig = sigs.pop().unwrap_or_default();
         Ok(PyBytes::new(py, &sig))
@@ -141,13 +178,15 @@ impl PyKey {
 
     /// ``await key.sign_async(alg, data)``: like :meth:`sign`, run on a worker thread so
     /// that the event loop keeps running while the token signs.
+    #[pyo3(signature = (alg, data, *, deterministic=false))]
     fn sign_async<'py>(
         &self,
         py: Python<'py>,
         alg: &str,
         data: Vec<u8>,
+        deterministic: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let scheme = self.jose(alg)?;
+        let scheme = self.jose(alg, deterministic)?;
         let key = self.key.clone();
         let gate = match &self.key.binding {
             Binding::Pool => Gate::Pool(&self.key.pool),
@@ -160,13 +199,15 @@ impl PyKey {
     }
 
     /// Signs many payloads in one GIL-free section (one session for the whole batch).
+    #[pyo3(signature = (alg, payloads, *, deterministic=false))]
     fn sign_many<'py>(
         &self,
         py: Python<'py>,
         alg: &str,
         payloads: &Bound<'py, PyAny>,
+        deterministic: bool,
     ) -> PyResult<Bound<'py, PyList>> {
-        let scheme = self.jose(alg)?;
+        let scheme = self.jose(alg, deterministic)?;
         let mut items = Vec::new();
         for item in payloads.try_iter()? {
             let item = item?;
@@ -185,8 +226,9 @@ impl PyKey {
         PyList::new(py, sigs.iter().map(|s| PyBytes::new(py, s)))
     }
 
-    /// The low-level signer behind the cryptography key interface.
-    #[pyo3(signature = (mechanism, data, *, hash=None, prehashed=false, salt_length=None, der=false))]
+    /// The low-level signer behind the cryptography key interface. ``"ML_DSA"`` takes
+    /// ``context`` (at most 255 bytes) and ``deterministic``.
+    #[pyo3(signature = (mechanism, data, *, hash=None, prehashed=false, salt_length=None, der=false, context=None, deterministic=false))]
     #[allow(clippy::too_many_arguments)]
     fn sign_raw<'py>(
         &self,
@@ -197,7 +239,15 @@ impl PyKey {
         prehashed: bool,
         salt_length: Option<&Bound<'py, PyAny>>,
         der: bool,
+        context: Option<&[u8]>,
+        deterministic: bool,
     ) -> PyResult<Bound<'py, PyBytes>> {
+        if (context.is_some() || deterministic) && mechanism != "ML_DSA" {
+            return Err(Error::value(format!(
+                "context= and deterministic= are for ML_DSA signatures, not {mechanism}"
+            ))
+            .into());
+        }
         let salt_length = opt_count("salt_length", salt_length, 0..=1 << 16)?;
         let need_hash = || -> Result<HashAlg> {
             HashAlg::parse(
@@ -222,9 +272,14 @@ impl PyKey {
                 prehashed,
             },
             "EDDSA" => Scheme::EdDsa,
+            "ML_DSA" => Scheme::MlDsa {
+                deterministic,
+                context: MlDsaContext::new(context.unwrap_or_default())?,
+            },
             other => {
                 return Err(Error::mechanism(format!(
-                    "unknown signature mechanism {other:?} (RSA_PKCS, RSA_PSS, ECDSA or EDDSA)"
+                    "unknown signature mechanism {other:?} (RSA_PKCS, RSA_PSS, ECDSA, EDDSA or \
+                     ML_DSA)"
                 ))
                 .into())
             }
@@ -313,9 +368,10 @@ impl PyKey {
 
     fn __repr__(&self) -> String {
         let info = self.info();
-        let what = match info.curve {
-            Some(c) => format!("{} {}", info.kind.name(), c.name()),
-            None => format!("{} {}", info.kind.name(), info.bits),
+        let what = match (info.curve, info.param_set) {
+            (Some(c), _) => format!("{} {}", info.kind.name(), c.name()),
+            (None, Some(p)) => p.name().to_string(),
+            (None, None) => format!("{} {}", info.kind.name(), info.bits),
         };
         format!(
             "<Key label={:?} id={} {}>",

@@ -252,6 +252,9 @@ impl PyPool {
 
     fn __repr__(slf: &Bound<'_, Self>) -> String {
         let me = slf.get();
+        // The pool's lock may be held by a thread that waits for the GIL: never wait for it
+        // holding the GIL.
+        let closed = slf.py().detach(|| me.pool.is_closed());
         let name = slf
             .get_type()
             .name()
@@ -261,7 +264,7 @@ impl PyPool {
             "<{name} module={:?} {}{}>",
             me.module_path,
             me.pool.describe(),
-            if me.pool.is_closed() { " closed" } else { "" }
+            if closed { " closed" } else { "" }
         )
     }
 }

@@ -8,7 +8,6 @@ use pyo3::types::{PyBytes, PyDict, PyType};
 use crate::core::bound_key::Binding;
 use crate::core::key::KeyQuery;
 use crate::core::keygen::{Import, KeySpec};
-use crate::core::module::lock;
 use crate::core::pool::{Lease, Pool};
 use crate::core::session::SessionSlot;
 use crate::python::args::{key_query, opt_bytes, opt_count};
@@ -74,7 +73,7 @@ impl PySession {
         let query: KeyQuery = key_query(key_label, key_id)?;
         // A key found before in this login epoch, in a block that is open: no PKCS#11 call,
         // no session needed (a deferred block borrows none for it), no GIL-free section.
-        if self.slot.try_entered() == Some(true) {
+        if self.slot.entered() {
             if let Some(entry) = self.slot.pool.cached_key(&query) {
                 return Ok(PyKey::new(
                     self.slot.pool.clone(),
@@ -96,7 +95,8 @@ impl PySession {
 
     /// Generates a key pair in the token (read-write sessions only). The private key is
     /// sensitive and not extractable. ``key_type``: ``"RSA"`` (``bits``, default 2048),
-    /// ``"EC"`` (``curve``: P-256, P-384, P-521, secp256k1), ``"Ed25519"`` or ``"Ed448"``.
+    /// ``"EC"`` (``curve``: P-256, P-384, P-521, secp256k1), ``"Ed25519"``, ``"Ed448"``,
+    /// ``"ML-DSA-44"``, ``"ML-DSA-65"`` or ``"ML-DSA-87"`` (the public key gets CKA_VERIFY).
     /// ``key_id`` (CKA_ID) defaults to 16 random bytes.
     #[pyo3(signature = (key_type, *, label, key_id=None, bits=None, curve=None))]
     fn generate_key_pair(
@@ -154,6 +154,7 @@ impl PySession {
         let import = Import {
             kind: spec.kind,
             curve: spec.curve,
+            param_set: spec.param_set,
             label: spec.label,
             id: spec.id,
             components,
@@ -220,21 +221,12 @@ impl PySession {
         let slot = slf.get().slot.clone();
         let rw = slf.get().rw;
         let pool = slot.pool.clone();
-        {
-            // No PKCS#11 call, no worker, no future: a warm idle session, or none yet.
-            let mut st = lock(&slot.state);
-            if st.lease.is_none() && !st.closed && st.deferred.is_none() {
-                st.lease = pool.try_acquire_idle(rw);
-                if st.lease.is_none() && pool.is_connected() {
-                    drop(st);
-                    slot.defer(rw);
-                    st = lock(&slot.state);
-                }
-            }
-            if st.lease.is_some() || st.deferred.is_some() {
-                drop(st);
-                return crate::python::asyncio::ready(py, slf.into_any());
-            }
+        // No PKCS#11 call, no worker, no future: a warm idle session, or (none free on a
+        // connected pool) none yet. Without the GIL: the session's lock may be held by a
+        // thread that waits for it.
+        let ready = py.detach(|| slot.take_idle_or_defer(rw));
+        if ready {
+            return crate::python::asyncio::ready(py, slf.into_any());
         }
         let fut = crate::python::asyncio::spawn(
             py,
@@ -256,7 +248,7 @@ impl PySession {
     ) -> PyResult<Bound<'py, PyAny>> {
         let _ = (exc_type, exc, tb);
         let slot = self.slot.clone();
-        if !slot.pool.is_closed() {
+        if !py.detach(|| slot.pool.is_closed()) {
             // Giving a session back to an open pool makes no PKCS#11 call: done here, at
             // once, so that the next task gets it without a trip through a worker.
             detach(py, || slot.close());

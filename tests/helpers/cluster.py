@@ -107,9 +107,7 @@ class SimulatedHSM:
         """The member stops answering: every call fails with ``CKR_DEVICE_ERROR`` (after
         ``delay`` seconds); its sessions and login are gone."""
         if self._unreachable is None:
-            line = "unreachable" + (f" delay={round(delay * 1e6)}us" if delay else "")
-            self.fault.add(line)
-            self._unreachable = line
+            self._unreachable = self.fault.unreachable(delay=delay)
 
     def reachable(self) -> None:
         """The member answers again (its old sessions are gone)."""

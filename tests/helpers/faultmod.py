@@ -377,6 +377,20 @@ class FaultModule:
         self._lines = [line for line in self._lines if not line.startswith("remove_token")]
         self._write()
 
+    def unreachable(self, code: str | None = None, delay: float | None = None) -> str:
+        """Stop answering like a lost network HSM: every call fails with ``code`` (default
+        ``CKR_DEVICE_ERROR``) after ``delay`` seconds, and the sessions opened through the
+        module (and so the login) are gone. :meth:`remove` the returned line to bring it
+        back."""
+        line = "unreachable"
+        if code is not None:
+            self.rv(code)  # raises ValueError for an unknown name
+            line += f" code={code}"
+        if delay:
+            line += f" delay={round(delay * 1e6)}us"
+        self.add(line)
+        return line
+
     def trace(self, path: Path) -> str:
         """Log every call (function, session, return code, injected or not) to ``path``."""
         line = f"trace {path}"
@@ -553,6 +567,7 @@ class Mechanism(ctypes.Structure):
 _SIGNATURES: dict[str, Sequence[Any]] = {
     "C_Initialize": [_PTR],
     "C_Finalize": [_PTR],
+    "C_GetInfo": [_PTR],
     "C_GetSlotList": [ctypes.c_ubyte, _PULONG, _PULONG],
     "C_GetSlotInfo": [_ULONG, ctypes.POINTER(SlotInfoStruct)],
     "C_GetTokenInfo": [_ULONG, ctypes.POINTER(TokenInfoStruct)],

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import group, layers, memory, remote, scale, seed, session, spinner, threads, verify
+from . import group, layers, memory, pqc, remote, scale, seed, session, spinner, threads, verify
 
 # In the order of the report.
 SCENARIOS = {
@@ -16,4 +16,5 @@ SCENARIOS = {
     "remote": remote,
     "verify": verify,
     "group": group,
+    "pqc": pqc,
 }

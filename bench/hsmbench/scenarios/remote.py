@@ -336,7 +336,7 @@ def report(
             ]
         )
     table(
-        f"12. Client CPU per signature at {rt * 1000:g} ms, in µs (process CPU time / "
+        f"11b. Client CPU per signature at {rt * 1000:g} ms, in µs (process CPU time / "
         "signatures, all rounds; SoftHSM2's own work, about 60 µs for ES256, is in every "
         "figure): x the Rust loop's",
         ["N", *(named[layer] for layer in cpu_layers)],

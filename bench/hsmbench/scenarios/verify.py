@@ -57,8 +57,6 @@ def run(bench: Bench) -> None:
             bench.out,
         )
         bench.note_load()
-        bench.results["verify"] = {
-            f"{mode} {alg}": f.values for (mode, alg), f in fig.items()
-        }
+        bench.results["verify"] = {f"{mode} {alg}": f.values for (mode, alg), f in fig.items()}
     finally:
         checked.close()

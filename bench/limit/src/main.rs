@@ -7,6 +7,8 @@
 //! the way cryptoki's `Session::sign` does instead: `C_SignInit`, `C_Sign` asked for the
 //! length, `C_Sign` for the signature (one round trip more on a network HSM).
 //! ES256/ES384 hash locally and sign with `CKM_ECDSA` (SoftHSM2 has no ECDSA-with-hash).
+//! ML-DSA-65 signs the payload with `CKM_ML_DSA` and NULL parameters (hedged, empty context:
+//! RFC 9964's JWS), on a PKCS#11 3.2 token such as kryoptic.
 //!
 //! Usage:
 //!
@@ -39,6 +41,7 @@ use std::time::{Duration, Instant};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Function, Pkcs11};
 use cryptoki::error::{Error, Rv, RvError};
+use cryptoki::mechanism::dsa::{HedgeType, SignAdditionalContext};
 use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
 use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsPssParams};
 use cryptoki::mechanism::{Mechanism, MechanismType};
@@ -154,6 +157,7 @@ enum Alg {
     Es256,
     Es384,
     EdDsa,
+    MlDsa65,
 }
 
 impl Alg {
@@ -164,6 +168,7 @@ impl Alg {
             "ES256" => Alg::Es256,
             "ES384" => Alg::Es384,
             "EdDSA" => Alg::EdDsa,
+            "ML-DSA-65" => Alg::MlDsa65,
             _ => return None,
         })
     }
@@ -175,6 +180,7 @@ impl Alg {
             Alg::Es256 => "ES256",
             Alg::Es384 => "ES384",
             Alg::EdDsa => "EdDSA",
+            Alg::MlDsa65 => "ML-DSA-65",
         }
     }
 
@@ -188,6 +194,9 @@ impl Alg {
             }),
             Alg::Es256 | Alg::Es384 => Mechanism::Ecdsa,
             Alg::EdDsa => Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure)),
+            Alg::MlDsa65 => {
+                Mechanism::MlDsa(SignAdditionalContext::new(HedgeType::Preferred, None))
+            }
         }
     }
 

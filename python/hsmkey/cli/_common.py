@@ -185,7 +185,14 @@ def short_flags(flags: Iterable[str]) -> str:
 def module_path(args: argparse.Namespace) -> str:
     module = args.module or os.environ.get("HSM_MODULE")
     if not module:
-        raise UsageError("no PKCS#11 module: pass --module PATH or set HSM_MODULE")
+        hint = ""
+        try:
+            from ..testing import find_softhsm2_module
+
+            hint = f" (SoftHSM2 is {find_softhsm2_module()} here)"
+        except Exception:
+            pass  # no SoftHSM2 here: nothing to suggest
+        raise UsageError(f"no PKCS#11 module: pass --module PATH or set HSM_MODULE{hint}")
     path = Path(module)
     # The same words as the library's (hsmkey.SessionPool checks the path the same way).
     if path.is_dir():
@@ -195,14 +202,38 @@ def module_path(args: argparse.Namespace) -> str:
     return str(module)
 
 
-def token_selection(args: argparse.Namespace) -> tuple[str | None, str | None, int | None]:
-    """(label, serial, slot id): --token, else $HSM_TOKEN unless --serial/--slot choose."""
+def token_selection(
+    args: argparse.Namespace, module: str | None = None
+) -> tuple[str | None, str | None, int | None]:
+    """(label, serial, slot id): --token, else $HSM_TOKEN unless --serial/--slot choose.
+    Without any, the usage error lists the labels of ``module``'s tokens."""
     label = args.token
     if label is None and args.serial is None and args.slot is None:
         label = os.environ.get("HSM_TOKEN") or None
         if label is None:
-            raise UsageError("no token: pass --token LABEL (or --serial / --slot) or set HSM_TOKEN")
+            raise UsageError(
+                "no token: pass --token LABEL (or --serial / --slot) or set HSM_TOKEN"
+                + _token_labels(module)
+            )
     return label, args.serial, args.slot
+
+
+def _token_labels(module: str | None) -> str:
+    """``"; the module's tokens: 'a', 'b'"``, or nothing when they cannot be listed."""
+    if module is None:
+        return ""
+    from .. import _hsmkey
+
+    try:
+        slots = _hsmkey.list_tokens(module, mechanisms=False)
+    except Exception:
+        return ""
+    labels = [
+        repr(s["label"])
+        for s in slots
+        if "CKF_TOKEN_INITIALIZED" in s.get("flags", ()) and s.get("label")
+    ]
+    return f"; the module's tokens: {', '.join(labels)}" if labels else ""
 
 
 def describe_token(label: str | None, serial: str | None, slot: int | None) -> str:
@@ -232,7 +263,7 @@ def open_pool(args: argparse.Namespace) -> SessionPool:
     from ..pool import SessionPool
 
     module = module_path(args)
-    label, serial, slot = token_selection(args)
+    label, serial, slot = token_selection(args, module)
     # The PIN goes straight into the pool (wiped memory): no local of this frame holds it when
     # the login fails (tracebacks with locals would record it).
     pool = SessionPool(
@@ -263,7 +294,7 @@ def sorted_keys(keys: Iterable[Key]) -> list[Key]:
 
 
 def key_info(key: Key) -> dict[str, Any]:
-    return {
+    info = {
         "label": key.label,
         "id": key.id.hex(),
         "key_type": key.key_type,
@@ -271,6 +302,9 @@ def key_info(key: Key) -> dict[str, Any]:
         "key_size": key.key_size,
         "kid": key_kid(key),
     }
+    if key.parameter_set is not None:  # ML-DSA
+        info["parameter_set"] = key.parameter_set
+    return info
 
 
 def key_rows(infos: Iterable[dict[str, Any]]) -> list[list[object]]:
@@ -279,7 +313,7 @@ def key_rows(infos: Iterable[dict[str, Any]]) -> list[list[object]]:
             info["label"],
             info["id"] or None,
             info["key_type"],
-            info["curve"] or info["key_size"],
+            info["curve"] or info.get("parameter_set") or info["key_size"],
             info["kid"],
         ]
         for info in infos

@@ -27,6 +27,9 @@ DEFAULT_ALGS = {
     "secp256k1": "ES256K",
     "Ed25519": "EdDSA",
     "Ed448": "EdDSA",
+    "ML-DSA-44": "ML-DSA-44",
+    "ML-DSA-65": "ML-DSA-65",
+    "ML-DSA-87": "ML-DSA-87",
 }
 SIGN_ALGS = (
     "RS256",
@@ -40,6 +43,9 @@ SIGN_ALGS = (
     "ES512",
     "ES256K",
     "EdDSA",
+    "ML-DSA-44",
+    "ML-DSA-65",
+    "ML-DSA-87",
 )
 
 
@@ -92,6 +98,11 @@ def _read_claims() -> dict[str, Any]:
     if sys.stdin.isatty():
         print("reading the JWT claims (a JSON object) from stdin; end with Ctrl-D", file=sys.stderr)
     text = sys.stdin.read()
+    if not text.strip():
+        raise CLIError(
+            "no claims on stdin: pipe a JSON object in, as in "
+            """echo '{"sub": "alice"}' | hsmkey sign --label KEY"""
+        )
     try:
         claims = json.loads(text)
     except ValueError as exc:
@@ -117,7 +128,9 @@ def cmd_sign(args: argparse.Namespace) -> int:
     with open_pool(args) as pool:
         key = HSMJWK.from_hsm(find_key(pool, args.label, args.key_id, "sign"))
         hsm_key = key.hsm_key
-        alg = args.alg or DEFAULT_ALGS.get(hsm_key.curve or hsm_key.key_type)
+        alg = args.alg or DEFAULT_ALGS.get(
+            hsm_key.curve or hsm_key.parameter_set or hsm_key.key_type
+        )
         if alg is None:
             raise CLIError(f"no default algorithm for this key ({hsm_key.curve}): pass --alg")
         header = {"alg": alg, "kid": args.kid or key["kid"], "typ": "JWT"}

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 # The key types of ``generate --type``, in the words ``Key.key_type`` and ``hsmkey keys`` use
 # (PKCS#11's CKK_ names), each with its curves; the curve names, as the library accepts them
 # (JOSE, cryptography and OpenSSL spellings), each mapped to the name ``hsmkey keys`` shows.
-KEY_TYPES = ("RSA", "EC", "EC_EDWARDS")
+KEY_TYPES = ("RSA", "EC", "EC_EDWARDS", "ML_DSA")
 CURVES: dict[str, tuple[str, ...]] = {
     "P-256": ("P-256", "secp256r1", "prime256v1"),
     "P-384": ("P-384", "secp384r1"),
@@ -52,10 +52,16 @@ TYPE_ALIASES: dict[str, tuple[str, str | None]] = {
     "Ed25519": ("EC_EDWARDS", "Ed25519"),
     "Ed448": ("EC_EDWARDS", "Ed448"),
     "OKP": ("EC_EDWARDS", None),  # the JOSE name
+    # ML-DSA keys by parameter set (FIPS 204 and JOSE names); ML_DSA alone is ML-DSA-65.
+    "ML-DSA-44": ("ML_DSA", "ML-DSA-44"),
+    "ML-DSA-65": ("ML_DSA", "ML-DSA-65"),
+    "ML-DSA-87": ("ML_DSA", "ML-DSA-87"),
 }
+ML_DSA_SETS = ("ML-DSA-65", "ML-DSA-44", "ML-DSA-87")
 TYPE_HELP = (
-    "RSA, EC or EC_EDWARDS (the TYPE column of 'hsmkey keys'); Ed25519 and Ed448 are short "
-    "for EC_EDWARDS --curve Ed25519/Ed448"
+    "RSA, EC, EC_EDWARDS or ML_DSA (the TYPE column of 'hsmkey keys'); Ed25519 and Ed448 are "
+    "short for EC_EDWARDS --curve Ed25519/Ed448; ML-DSA-44, ML-DSA-65 (ML_DSA's default) and "
+    "ML-DSA-87 name the post-quantum parameter sets"
 )
 
 
@@ -72,7 +78,8 @@ def _key_type(text: str) -> tuple[str, str | None]:
         if _squash(text) == _squash(alias):
             return value
     raise argparse.ArgumentTypeError(
-        f"unknown key type {text!r} (RSA, EC, EC_EDWARDS; or Ed25519, Ed448)"
+        f"unknown key type {text!r} (RSA, EC, EC_EDWARDS, ML_DSA; or Ed25519, Ed448, "
+        "ML-DSA-44, ML-DSA-65, ML-DSA-87)"
     )
 
 
@@ -135,7 +142,8 @@ def register(command: Command) -> None:
     p = command(
         "import",
         "import a private key from a PEM or DER file",
-        "Store a private key (RSA, EC, Ed25519, Ed448; PEM or DER, PKCS#8 or traditional) "
+        "Store a private key (RSA, EC, Ed25519, Ed448, ML-DSA; PEM or DER, PKCS#8 or "
+        "traditional) "
         "in the token, with its public key beside it. The token copy is sensitive and not "
         "extractable; the file is left as it is.",
     )
@@ -198,6 +206,13 @@ def _generate_args(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         if bits < 2048 or bits > 8192 or bits % 8:
             raise UsageError(f"--bits must be 2048 to 8192 (a multiple of 8), not {bits}")
         return key_type, {"bits": bits}
+    if key_type == "ML_DSA":
+        if args.bits is not None or args.curve is not None:
+            raise UsageError(
+                f"--bits and --curve are not for {name} keys: the parameter set is the type "
+                "(--type ML-DSA-44, ML-DSA-65 or ML-DSA-87)"
+            )
+        return implied or ML_DSA_SETS[0], {}
     if args.bits is not None:
         raise UsageError(f"--bits is for RSA keys, not {name}; {name} keys take --curve")
     curves = EC_CURVES if key_type == "EC" else EDWARDS_CURVES
@@ -239,7 +254,10 @@ ACCEPTED_FILES = (
     "ENCRYPTED PRIVATE KEY-----, -----BEGIN RSA/EC PRIVATE KEY-----) and DER files (PKCS#8 "
     "or traditional)"
 )
-IMPORTABLE = "RSA, EC (P-256, P-384, P-521, secp256k1), Ed25519 and Ed448 private keys"
+IMPORTABLE = (
+    "RSA, EC (P-256, P-384, P-521, secp256k1), Ed25519, Ed448 and ML-DSA (with cryptography "
+    ">= 51) private keys"
+)
 # What other PEM blocks hold (the "-----BEGIN <kind>-----" of files that are not private keys).
 _PEM_KINDS = {
     "CERTIFICATE": "a certificate",
@@ -291,6 +309,14 @@ def _check_importable(key: object, name: str) -> None:
         return
     if isinstance(key, (rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)):
         return
+    try:  # cryptography >= 51
+        from cryptography.hazmat.primitives.asymmetric import mldsa
+    except ImportError:
+        pass
+    else:
+        mldsa_keys = (mldsa.MLDSA44PrivateKey, mldsa.MLDSA65PrivateKey, mldsa.MLDSA87PrivateKey)
+        if isinstance(key, mldsa_keys):
+            return
     kind = type(key).__name__.removeprefix("_").replace("PrivateKey", "")
     raise CLIError(
         f"{name} holds a key of type {kind}, which hsmkey cannot import; it imports {IMPORTABLE}"

@@ -339,7 +339,9 @@ def _signing_args(
 
     if not isinstance(private, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)):
         if args.hash is not None or args.pss:
-            raise UsageError("Ed25519 and Ed448 keys sign without a hash: leave out --hash/--pss")
+            raise UsageError(
+                "Ed25519, Ed448 and ML-DSA keys sign without a hash: leave out --hash/--pss"
+            )
         return None, None
     if args.pss and not isinstance(private, rsa.RSAPrivateKey):
         raise UsageError("--pss is for RSA keys")

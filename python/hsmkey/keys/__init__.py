@@ -28,6 +28,7 @@ from ._base import _key_info as _key_info
 from ._base import _KeyInfo as _KeyInfo
 from .ec import HSMEllipticCurvePrivateKey
 from .edwards import HSMEd448PrivateKey, HSMEd25519PrivateKey
+from .mldsa import HSMMLDSA44PrivateKey, HSMMLDSA65PrivateKey, HSMMLDSA87PrivateKey
 from .rsa import HSMRSAPrivateKey
 
 if TYPE_CHECKING:
@@ -37,19 +38,29 @@ __all__ = [
     "HSMEd448PrivateKey",
     "HSMEd25519PrivateKey",
     "HSMEllipticCurvePrivateKey",
+    "HSMMLDSA44PrivateKey",
+    "HSMMLDSA65PrivateKey",
+    "HSMMLDSA87PrivateKey",
     "HSMPrivateKey",
     "HSMRSAPrivateKey",
     "private_key_for",
 ]
 
 HSMPrivateKey = Union[
-    HSMRSAPrivateKey, HSMEllipticCurvePrivateKey, HSMEd25519PrivateKey, HSMEd448PrivateKey
+    HSMRSAPrivateKey,
+    HSMEllipticCurvePrivateKey,
+    HSMEd25519PrivateKey,
+    HSMEd448PrivateKey,
+    HSMMLDSA44PrivateKey,
+    HSMMLDSA65PrivateKey,
+    HSMMLDSA87PrivateKey,
 ]
 """Any of the HSM-backed private-key classes."""
 
 
 def private_key_for(key: Key) -> HSMPrivateKey:
-    """The cryptography private-key object for a token key: RSA, EC, Ed25519 or Ed448."""
+    """The cryptography private-key object for a token key: RSA, EC, Ed25519, Ed448 or
+    ML-DSA-44/65/87."""
     info = _key_info(key)
     obj: HSMPrivateKey = info.cls._new(key, info)
     return obj

@@ -8,7 +8,8 @@
 //! process), with ciphertexts it made itself for the key's public key:
 //!
 //! 1. made without a label, decrypted with a label: a token that honours labels fails;
-//! 2. made with the label, decrypted with it: it must give the message back.
+//! 2. made with the label, decrypted with it: it must give the message back (a token that
+//!    ignores labels fails here, so success proves the label was used).
 //!
 //! A token that fails either is refused labelled OAEP decryption (`HSMMechanismError`). The
 //! probe uses no caller data and runs before the caller's ciphertext whatever it is, so it
@@ -17,6 +18,8 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
+use cryptoki::context::Function;
+use cryptoki::error::Error as CkError;
 use cryptoki::object::ObjectHandle;
 use cryptoki::session::Session;
 use num_bigint::BigUint;
@@ -121,7 +124,9 @@ fn probe(
     let unlabelled = encrypt(n, e, hash, mgf_hash, b"", k)?;
     match token_oaep(session, handle, hash, mgf_hash, PROBE_LABEL, &unlabelled) {
         Ok(_) => return Ok(Labels::Ignored),
-        Err(err) if is_data_error(&err) => {}
+        // Refused by C_Decrypt, in whatever words (kryoptic: CKR_DEVICE_ERROR): step 2
+        // decides, and fails again if the token is really unwell.
+        Err(CkError::Pkcs11(_, Function::Decrypt)) => {}
         Err(err) => return Err(decrypt_error(err, what)),
     }
     let labelled = encrypt(n, e, hash, mgf_hash, PROBE_LABEL, k)?;

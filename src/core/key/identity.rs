@@ -18,14 +18,20 @@ use crate::core::mechanism::KeyKind;
 pub enum Identity {
     Same,
     Different,
+    /// Only a signature by the key can tell (EC and Edwards keys that do not carry their
+    /// point), and the caller asked to prove it with the signature it is about to make.
+    Unproven,
 }
 
-/// Whether `handle` is the private key whose public half `info` holds.
+/// Whether `handle` is the private key whose public half `info` holds. With `defer_probe`,
+/// a key that only a signature can prove is `Unproven` instead of probed (the caller
+/// verifies the signature it makes next: no extra PKCS#11 call).
 pub fn same_key(
     session: &Session,
     handle: ObjectHandle,
     info: &KeyInfo,
     signer: Signer<'_>,
+    defer_probe: bool,
 ) -> Result<Identity> {
     let own = own_attributes(session, handle)?;
     let answer = |same: bool| {
@@ -44,6 +50,7 @@ pub fn same_key(
         Some(KeyType::RSA) => KeyKind::Rsa,
         Some(KeyType::EC) => KeyKind::Ec,
         Some(KeyType::EC_EDWARDS) => KeyKind::Edwards,
+        Some(KeyType::ML_DSA) => KeyKind::MlDsa,
         _ => return Ok(Identity::Different),
     };
     if kind != info.kind {
@@ -65,6 +72,26 @@ pub fn same_key(
             }
             if let Some(point) = own.own_point(curve).ok().flatten() {
                 return answer(Some(point) == info.ec_point);
+            }
+            if defer_probe {
+                return Ok(Identity::Unproven);
+            }
+            let (message, sig) = probe(session, handle, info, signer)?;
+            answer(verify(info, &probe_scheme(info), &message, &sig)?)
+        }
+        KeyKind::MlDsa => {
+            let Some(set) = info.param_set else {
+                return Ok(Identity::Different);
+            };
+            if super::public::parameter_set(session, handle).ok().flatten() != Some(set) {
+                return Ok(Identity::Different);
+            }
+            if let Some(public) = own
+                .spki
+                .as_deref()
+                .and_then(|s| crate::core::mechanism::public_from_spki(s, set))
+            {
+                return answer(Some(public) == info.public_value);
             }
             let (message, sig) = probe(session, handle, info, signer)?;
             answer(verify(info, &probe_scheme(info), &message, &sig)?)

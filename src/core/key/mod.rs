@@ -6,7 +6,7 @@
 use cryptoki::object::{Attribute, ObjectClass};
 
 use crate::core::error::{Error, Kind, Result};
-use crate::core::mechanism::{hex, Curve, KeyKind, MechanismSet};
+use crate::core::mechanism::{hex, Curve, KeyKind, MechanismSet, MlDsa};
 use crate::core::raw::RawFunctions;
 
 mod find;
@@ -87,6 +87,10 @@ pub struct KeyInfo {
     pub ec_point: Option<Vec<u8>>,
     /// CKA_UNIQUE_ID (PKCS#11 3.0) where the token gives one: a cheap identity check.
     pub unique_id: Option<Vec<u8>>,
+    /// ML-DSA: the parameter set (`CKA_PARAMETER_SET`).
+    pub param_set: Option<MlDsa>,
+    /// ML-DSA: the raw public key (FIPS 204 pkEncode; a public object's `CKA_VALUE`).
+    pub public_value: Option<Vec<u8>>,
 }
 
 impl KeyInfo {
@@ -97,6 +101,16 @@ impl KeyInfo {
             && self.modulus == other.modulus
             && self.public_exponent == other.public_exponent
             && self.ec_point == other.ec_point
+            && self.param_set == other.param_set
+            && self.public_value == other.public_value
+    }
+
+    /// Room for any signature of this key (the module reports the length it wrote).
+    pub fn max_signature_len(&self) -> usize {
+        match self.param_set {
+            Some(p) => p.signature_len(),
+            None => sign::max_signature_len(self.bits),
+        }
     }
 
     pub fn describe(&self) -> String {
@@ -104,6 +118,9 @@ impl KeyInfo {
             Some(l) => format!("key {l:?}"),
             None => format!("key with id {}", hex(&self.id)),
         };
+        if let Some(p) = self.param_set {
+            return format!("{name} is {}", p.name());
+        }
         match (self.kind, self.curve) {
             (KeyKind::Rsa, _) => format!("{name} is RSA {}", self.bits),
             (_, Some(c)) => format!("{name} is {} {}", self.kind.name(), c.name()),

@@ -11,7 +11,7 @@ use cryptoki::session::Session;
 use super::verify::{probe_scheme, verify};
 use super::{KeyInfo, KeyQuery, Signer};
 use crate::core::error::{Context, Error, Kind, Result};
-use crate::core::mechanism::{der_tlv, Curve, KeyKind};
+use crate::core::mechanism::{der_tlv, public_from_spki, Curve, KeyKind, MlDsa};
 
 /// What the private object says of itself (no public-key object consulted).
 pub struct OwnAttributes {
@@ -125,6 +125,7 @@ pub fn read_info(
         Some(KeyType::RSA) => KeyKind::Rsa,
         Some(KeyType::EC) => KeyKind::Ec,
         Some(KeyType::EC_EDWARDS) => KeyKind::Edwards,
+        Some(KeyType::ML_DSA) => KeyKind::MlDsa,
         other => {
             return Err(Error::mechanism(format!(
                 "the private key with {} has a key type hsmkey does not sign with ({other:?})",
@@ -142,6 +143,8 @@ pub fn read_info(
         public_exponent: None,
         ec_point: None,
         unique_id: own.unique_id.clone(),
+        param_set: None,
+        public_value: None,
     };
     match kind {
         KeyKind::Rsa => {
@@ -184,8 +187,155 @@ pub fn read_info(
             };
             info.ec_point = Some(point);
         }
+        KeyKind::MlDsa => {
+            let set = parameter_set(session, handle)?.ok_or_else(|| {
+                Error::mechanism(format!(
+                    "the ML-DSA key with {} has no CKA_PARAMETER_SET",
+                    query.describe()
+                ))
+            })?;
+            info.param_set = Some(set);
+            let own_public = own.spki.as_deref().and_then(|s| public_from_spki(s, set));
+            let value = match (own_public, public) {
+                (Some(v), _) => v,
+                (None, Some(h)) => read_mldsa_public(session, h, set)?.ok_or_else(|| {
+                    Error::mechanism("the new ML-DSA public key has no CKA_VALUE")
+                })?,
+                (None, None) => proven_mldsa_public(session, handle, &info, query, signer)?,
+            };
+            info.public_value = Some(value);
+        }
     }
     Ok(info)
+}
+
+/// CKA_PARAMETER_SET of an ML-DSA key object (read on its own: other key types do not have
+/// the attribute, and asking every key for it would cost some tokens a second call).
+pub fn parameter_set(session: &Session, handle: ObjectHandle) -> Result<Option<MlDsa>> {
+    let attrs = session
+        .get_attributes(handle, &[AttributeType::ParameterSet])
+        .context("reading CKA_PARAMETER_SET")?;
+    for a in attrs {
+        if let Attribute::ParameterSet(p) = a {
+            return MlDsa::from_parameter_set(p).map(Some);
+        }
+    }
+    Ok(None)
+}
+
+/// The raw public key of an ML-DSA public-key object of parameter set `set`: its CKA_VALUE,
+/// else the key in its CKA_PUBLIC_KEY_INFO; None if it is another type or set.
+fn read_mldsa_public(
+    session: &Session,
+    handle: ObjectHandle,
+    set: MlDsa,
+) -> Result<Option<Vec<u8>>> {
+    let attrs = session
+        .get_attributes(
+            handle,
+            &[
+                AttributeType::KeyType,
+                AttributeType::ParameterSet,
+                AttributeType::Value,
+                AttributeType::PublicKeyInfo,
+            ],
+        )
+        .context("reading an ML-DSA public key")?;
+    let mut value = None;
+    let mut spki = None;
+    for a in attrs {
+        match a {
+            Attribute::KeyType(t) if t != KeyType::ML_DSA => return Ok(None),
+            Attribute::ParameterSet(p) if MlDsa::from_parameter_set(p).ok() != Some(set) => {
+                return Ok(None)
+            }
+            Attribute::Value(v) if v.len() == set.public_len() => value = Some(v),
+            Attribute::PublicKeyInfo(v) if !v.is_empty() => spki = Some(v),
+            _ => {}
+        }
+    }
+    Ok(value.or_else(|| spki.and_then(|s| public_from_spki(&s, set))))
+}
+
+/// The public key of the public-key object (same CKA_ID, else same label) that a probe
+/// signature of the private key proves, as for EC keys ([`proven_point`]).
+fn proven_mldsa_public(
+    session: &Session,
+    handle: ObjectHandle,
+    info: &KeyInfo,
+    query: &KeyQuery,
+    signer: Signer<'_>,
+) -> Result<Vec<u8>> {
+    let Some(set) = info.param_set else {
+        return Err(Error::mechanism("an ML-DSA key without a parameter set"));
+    };
+    let mut searches = Vec::new();
+    if !info.id.is_empty() {
+        searches.push(KeyQuery {
+            label: None,
+            id: Some(info.id.clone()),
+        });
+    }
+    if let Some(l) = info.label.as_ref().filter(|l| !l.is_empty()) {
+        searches.push(KeyQuery {
+            label: Some(l.clone()),
+            id: None,
+        });
+    }
+    let mut seen_objects = Vec::new();
+    let mut tried: Vec<Vec<u8>> = Vec::new();
+    let mut probe_sig: Option<(Vec<u8>, Vec<u8>)> = None;
+    for q in searches {
+        let found = session
+            .find_objects(&q.template(ObjectClass::PUBLIC_KEY))
+            .context("searching for the public key beside the private key")?;
+        for object in found {
+            if seen_objects.contains(&object) {
+                continue;
+            }
+            seen_objects.push(object);
+            let Some(value) = read_mldsa_public(session, object, set)? else {
+                continue;
+            };
+            if tried.contains(&value) {
+                continue;
+            }
+            tried.push(value.clone());
+            if probe_sig.is_none() {
+                probe_sig = Some(probe(session, handle, info, signer)?);
+            }
+            let Some((message, sig)) = &probe_sig else {
+                continue;
+            };
+            let candidate = KeyInfo {
+                public_value: Some(value.clone()),
+                ..info.clone()
+            };
+            if verify(&candidate, &probe_scheme(info), message, sig)? {
+                return Ok(value);
+            }
+        }
+    }
+    let what = if tried.is_empty() {
+        "it does not carry its public key (CKA_PUBLIC_KEY_INFO) and there is no public-key \
+         object with the same CKA_ID or label; import its public key as well"
+            .to_string()
+    } else {
+        format!(
+            "{} public-key object(s) with its CKA_ID or label carry a key that does not verify \
+             a signature made by the private key (a public-key object can be created without \
+             the PIN); delete them and import the key's genuine public key",
+            tried.len()
+        )
+    };
+    Err(Error::new(
+        Kind::KeyNotFound,
+        format!(
+            "no public key proven to belong to the {} private key with {}: {what}",
+            set.name(),
+            query.describe()
+        ),
+    ))
 }
 
 /// CKA_EC_POINT of a public-key object, if it has one.

@@ -28,7 +28,7 @@ pub fn sign(
             &prepared.mechanism,
             handle,
             input,
-            max_signature_len(info.bits),
+            info.max_signature_len(),
         ),
         None => session.sign(&prepared.mechanism, handle, input),
     }

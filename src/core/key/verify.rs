@@ -11,7 +11,7 @@ use num_bigint::BigUint;
 use super::KeyInfo;
 use crate::core::decrypt::oaep::mgf1;
 use crate::core::error::{Error, Result};
-use crate::core::mechanism::{Curve, HashAlg, KeyKind, Scheme};
+use crate::core::mechanism::{Curve, HashAlg, KeyKind, MlDsa, MlDsaContext, Scheme};
 
 /// True if `signature` (as the token returns it: r || s for ECDSA, R || S for EdDSA, the
 /// big-endian integer for RSA) is a valid `scheme` signature of `data` (the message, or its
@@ -21,6 +21,7 @@ pub fn verify(info: &KeyInfo, scheme: &Scheme, data: &[u8], signature: &[u8]) ->
         KeyKind::Rsa => verify_rsa(info, scheme, data, signature),
         KeyKind::Ec => verify_ecdsa(info, scheme, data, signature),
         KeyKind::Edwards => verify_eddsa(info, scheme, data, signature),
+        KeyKind::MlDsa => verify_mldsa(info, scheme, data, signature),
     }
 }
 
@@ -33,6 +34,11 @@ pub fn probe_scheme(info: &KeyInfo) -> Scheme {
             prehashed: false,
         },
         (KeyKind::Edwards, _) => Scheme::EdDsa,
+        // Hedged, empty context: the form every ML-DSA token makes.
+        (KeyKind::MlDsa, _) => Scheme::MlDsa {
+            deterministic: false,
+            context: MlDsaContext::EMPTY,
+        },
         (KeyKind::Ec, curve) => Scheme::Ecdsa {
             hash: match curve {
                 Some(Curve::P384) => HashAlg::Sha384,
@@ -92,6 +98,33 @@ fn verify_ecdsa(info: &KeyInfo, scheme: &Scheme, data: &[u8], sig: &[u8]) -> Res
         Curve::Secp256k1 => check!(k256),
         Curve::Ed25519 | Curve::Ed448 => Err(mismatch(scheme, info)),
     }
+}
+
+fn verify_mldsa(info: &KeyInfo, scheme: &Scheme, data: &[u8], sig: &[u8]) -> Result<bool> {
+    let Scheme::MlDsa { context, .. } = scheme else {
+        return Err(mismatch(scheme, info));
+    };
+    let (Some(set), Some(public)) = (info.param_set, info.public_value.as_deref()) else {
+        return Err(mismatch(scheme, info));
+    };
+    fn check<P: ml_dsa::MlDsaParams>(public: &[u8], sig: &[u8], data: &[u8], ctx: &[u8]) -> bool {
+        let (Ok(public), Ok(sig)) = (
+            ml_dsa::EncodedVerifyingKey::<P>::try_from(public),
+            ml_dsa::EncodedSignature::<P>::try_from(sig),
+        ) else {
+            return false;
+        };
+        let Some(sig) = ml_dsa::Signature::<P>::decode(&sig) else {
+            return false;
+        };
+        ml_dsa::VerifyingKey::<P>::decode(&public).verify_with_context(data, ctx, &sig)
+    }
+    let ctx = context.as_bytes();
+    Ok(match set {
+        MlDsa::P44 => check::<ml_dsa::MlDsa44>(public, sig, data, ctx),
+        MlDsa::P65 => check::<ml_dsa::MlDsa65>(public, sig, data, ctx),
+        MlDsa::P87 => check::<ml_dsa::MlDsa87>(public, sig, data, ctx),
+    })
 }
 
 fn verify_eddsa(info: &KeyInfo, scheme: &Scheme, data: &[u8], sig: &[u8]) -> Result<bool> {
@@ -231,7 +264,59 @@ mod tests {
             public_exponent: None,
             ec_point: Some(point),
             unique_id: None,
+            param_set: None,
+            public_value: None,
         }
+    }
+
+    #[test]
+    fn mldsa44_rfc9964_appendix_a() {
+        // RFC 9964 Appendix A (the all-zero-seed ML-DSA-44 key): public key, JWS signing
+        // input, signature (from jwcrypto 1.6.1's tests_mldsa.py).
+        let mut lines = include_str!("rfc9964_mldsa44.txt").lines();
+        let (Some(public), Some(input), Some(sig)) = (lines.next(), lines.next(), lines.next())
+        else {
+            panic!("three lines")
+        };
+        let info = KeyInfo {
+            kind: KeyKind::MlDsa,
+            curve: None,
+            bits: 0,
+            label: None,
+            id: vec![],
+            modulus: None,
+            public_exponent: None,
+            ec_point: None,
+            unique_id: None,
+            param_set: Some(MlDsa::P44),
+            public_value: Some(hex_bytes(public)),
+        };
+        let scheme = probe_scheme(&info);
+        let sig = hex_bytes(sig);
+        assert!(matches!(
+            verify(&info, &scheme, input.as_bytes(), &sig),
+            Ok(true)
+        ));
+        assert!(matches!(verify(&info, &scheme, b"other", &sig), Ok(false)));
+        let Ok(ctx) = MlDsaContext::new(b"ctx") else {
+            panic!("a context")
+        };
+        let with_ctx = Scheme::MlDsa {
+            deterministic: false,
+            context: ctx,
+        };
+        assert!(matches!(
+            verify(&info, &with_ctx, input.as_bytes(), &sig),
+            Ok(false)
+        ));
+        let wrong_set = KeyInfo {
+            param_set: Some(MlDsa::P65),
+            ..info.clone()
+        };
+        assert!(matches!(
+            verify(&wrong_set, &scheme, input.as_bytes(), &sig),
+            Ok(false)
+        ));
     }
 
     #[test]
@@ -286,10 +371,61 @@ mod tests {
             public_exponent: Some(vec![1, 0, 1]),
             ec_point: None,
             unique_id: None,
+            param_set: None,
+            public_value: None,
         };
         let s = probe_scheme(&rsa);
         assert!(matches!(verify(&rsa, &s, b"m", &[0xff, 0xff]), Ok(false)));
         assert!(matches!(verify(&rsa, &s, b"m", &[1, 2]), Ok(false)));
+    }
+
+    #[test]
+    fn rsa_pkcs1_and_pss() {
+        // A 1024-bit key and signatures made by pyca/cryptography over b"hsmkey verify vector".
+        let n = hex_bytes(
+            "a9b6c0a767c062aee031e28efae3b55b926d46f954d146ebc70de7460e3dc45f234188898e50ac1a97e89d88d3813d0c09106678456ef3a5157fae1342e766e9a47d73d6fd597abad2d2d84656bc9244b437e943882929bd939d08fdcf3e1ebaba009d5bdeb0ecd1f59bd286118ece56f1deb7fd747a490092b6eaed8665a393",
+        );
+        let pkcs1 = hex_bytes(
+            "9c1edd49f0824487723d750b16211badfd511cddf43a5833443e4c54d3bd3b1e75d21f757f5776eb4558fe7e355bb6e74fce2590748a63b3074ad16a6696c6aa78c1625d533a73ec7b500b659d09f0e3203e44fe631d3f410970929d27db4b633c411c1302eb60f244a7ee1ea7f7e6e331a71cdf55202503cb232c4be81f29d8",
+        );
+        let pss = hex_bytes(
+            "3e4d8499865dc3af9c1a7561bca680f6cc12ab2ffb8ace082d6d7e8572680b04bfc41b00a205323c759c84f7badaba9d2b06b731c5ada3cc2d0a1c1ceadbb3443d46500632699a30a5ada69af9e0c1dc26c70907e10a2974fc154a2a9ea993704cbd16161179618078058c17cf089881279ea5b666d5d673adf887f830802fbf",
+        );
+        let info = KeyInfo {
+            kind: KeyKind::Rsa,
+            curve: None,
+            bits: 1024,
+            label: None,
+            id: vec![],
+            modulus: Some(n),
+            public_exponent: Some(vec![1, 0, 1]),
+            ec_point: None,
+            unique_id: None,
+            param_set: None,
+            public_value: None,
+        };
+        let m = b"hsmkey verify vector";
+        let v15 = Scheme::RsaPkcs {
+            hash: HashAlg::Sha256,
+            prehashed: false,
+        };
+        let ps = Scheme::RsaPss {
+            hash: HashAlg::Sha256,
+            salt: 32,
+            prehashed: false,
+        };
+        assert!(matches!(verify(&info, &v15, m, &pkcs1), Ok(true)));
+        assert!(matches!(verify(&info, &ps, m, &pss), Ok(true)));
+        assert!(matches!(verify(&info, &v15, b"other", &pkcs1), Ok(false)));
+        assert!(matches!(verify(&info, &ps, b"other", &pss), Ok(false)));
+        assert!(matches!(verify(&info, &v15, m, &pss), Ok(false)));
+        assert!(matches!(verify(&info, &ps, m, &pkcs1), Ok(false)));
+        let wrong_salt = Scheme::RsaPss {
+            hash: HashAlg::Sha256,
+            salt: 20,
+            prehashed: false,
+        };
+        assert!(matches!(verify(&info, &wrong_salt, m, &pss), Ok(false)));
     }
 
     fn hex_bytes(s: &str) -> Vec<u8> {

@@ -10,6 +10,8 @@ pub enum KeyKind {
     Rsa,
     Ec,
     Edwards,
+    /// ML-DSA (FIPS 204), `CKK_ML_DSA`.
+    MlDsa,
 }
 
 impl KeyKind {
@@ -18,6 +20,7 @@ impl KeyKind {
             KeyKind::Rsa => "RSA",
             KeyKind::Ec => "EC",
             KeyKind::Edwards => "EC_EDWARDS",
+            KeyKind::MlDsa => "ML_DSA",
         }
     }
 }

@@ -1,8 +1,8 @@
-//! JOSE signature algorithms (RFC 7518, RFC 8037, RFC 9864): the scheme each names and the
+//! JOSE signature algorithms (RFC 7518, RFC 8037, RFC 9864, RFC 9964): the scheme each names and the
 //! key it needs.
 
 use crate::core::error::{Error, Result};
-use crate::core::mechanism::{Curve, HashAlg, KeyKind, Scheme};
+use crate::core::mechanism::{Curve, HashAlg, KeyKind, MlDsa, MlDsaContext, Scheme};
 
 /// What a JOSE algorithm needs of a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -10,6 +10,7 @@ pub enum Needs {
     Rsa,
     Curve(Curve),
     Edwards,
+    MlDsa(MlDsa),
 }
 
 /// A JOSE signature algorithm.
@@ -36,6 +37,10 @@ impl JoseAlg {
             hash,
             prehashed: false,
         };
+        let mldsa = || Scheme::MlDsa {
+            deterministic: false,
+            context: MlDsaContext::EMPTY,
+        };
         let (name, scheme, needs) = match name {
             "RS256" => ("RS256", rsa(Sha256), Needs::Rsa),
             "RS384" => ("RS384", rsa(Sha384), Needs::Rsa),
@@ -51,10 +56,14 @@ impl JoseAlg {
             // The fully specified names (RFC 9864) name the curve too.
             "Ed25519" => ("Ed25519", Scheme::EdDsa, Needs::Curve(Curve::Ed25519)),
             "Ed448" => ("Ed448", Scheme::EdDsa, Needs::Curve(Curve::Ed448)),
+            // RFC 9964: pure ML-DSA, hedged, empty context.
+            "ML-DSA-44" => ("ML-DSA-44", mldsa(), Needs::MlDsa(MlDsa::P44)),
+            "ML-DSA-65" => ("ML-DSA-65", mldsa(), Needs::MlDsa(MlDsa::P65)),
+            "ML-DSA-87" => ("ML-DSA-87", mldsa(), Needs::MlDsa(MlDsa::P87)),
             other => {
                 return Err(Error::mechanism(format!(
                     "unknown JOSE signature algorithm {other:?} (hsmkey signs RS256/384/512, \
-                     PS256/384/512, ES256/384/512, ES256K and EdDSA)"
+                     PS256/384/512, ES256/384/512, ES256K, EdDSA and ML-DSA-44/65/87)"
                 )))
             }
         };
@@ -73,10 +82,22 @@ impl JoseAlg {
         curve: Option<Curve>,
         key_desc: impl FnOnce() -> String,
     ) -> Result<()> {
+        self.check_key_set(kind, curve, None, key_desc)
+    }
+
+    /// [`check_key`](Self::check_key) for keys with a parameter set (ML-DSA).
+    pub fn check_key_set(
+        &self,
+        kind: KeyKind,
+        curve: Option<Curve>,
+        set: Option<MlDsa>,
+        key_desc: impl FnOnce() -> String,
+    ) -> Result<()> {
         let ok = match self.needs {
             Needs::Rsa => kind == KeyKind::Rsa,
             Needs::Curve(c) => curve == Some(c) && (kind == KeyKind::Edwards) == c.is_edwards(),
             Needs::Edwards => kind == KeyKind::Edwards,
+            Needs::MlDsa(p) => kind == KeyKind::MlDsa && set == Some(p),
         };
         if ok {
             return Ok(());
@@ -86,6 +107,7 @@ impl JoseAlg {
             Needs::Curve(c) if c.is_edwards() => format!("an {} key", c.name()),
             Needs::Curve(c) => format!("an EC key on {}", c.name()),
             Needs::Edwards => "an Ed25519 or Ed448 key".to_string(),
+            Needs::MlDsa(p) => format!("an {} key", p.name()),
         };
         Err(Error::mechanism(format!(
             "algorithm {} needs {wanted}, but {}",

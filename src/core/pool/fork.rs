@@ -17,7 +17,7 @@ impl Pool {
             std::mem::forget(idle.session);
         }
         if let Some(conn) = st.conn.take() {
-            conn.token.forget_anchor();
+            conn.token.forget_anchor_after_fork();
         }
         st.in_use = 0;
         st.waiting = 0;

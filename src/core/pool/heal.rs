@@ -4,7 +4,7 @@
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::session::Session;
 
-use super::{Lease, Pool, State};
+use super::{Idle, Lease, Pool, State};
 use crate::core::error::{Error, Kind, Result};
 use crate::core::log;
 use crate::core::module::lock;
@@ -140,6 +140,7 @@ impl Pool {
                         lease.token.describe()
                     ),
                 );
+                *lock(&self.lost) = Some(lease.token.describe());
                 lease.token.mark_gone();
                 self.reconnect(lease)
             }
@@ -199,7 +200,8 @@ impl Pool {
         }
         let purged = self.purge_dead_idle(true);
         lock(&self.state).stats.discarded += 1 + purged;
-        let conn = self.connection()?;
+        // This lease's session is given up: it does not keep the module from a rescan.
+        let conn = self.connection_holding(1)?;
         lease.token = conn.token.clone();
         lease.gen = conn.gen;
         lease.session = Some(conn.token.open_session(lease.rw)?);
@@ -218,7 +220,7 @@ impl Pool {
                 Ok(())
             }
             Err(e) => {
-                if e.is_pin_error() {
+                if crate::core::token::is_lasting_pin_failure(&e) {
                     lock(&self.state).failure = Some(e.clone());
                 }
                 Err(e)
@@ -228,14 +230,19 @@ impl Pool {
     /// Drops idle sessions that the token no longer knows (all of them if `all`), without
     /// closing their handles (a stale handle number may already name someone else's session).
     fn purge_dead_idle(&self, all: bool) -> u64 {
-        let mut st = lock(&self.state);
+        // Taken out, checked without the pool's lock (C_GetSessionInfo may be slow, and a
+        // child forked meanwhile must not find the lock held), the live ones put back.
+        let (ro, rw) = {
+            let mut st = lock(&self.state);
+            let State {
+                idle_ro, idle_rw, ..
+            } = &mut *st;
+            (std::mem::take(idle_ro), std::mem::take(idle_rw))
+        };
         let mut purged = 0;
-        let State {
-            idle_ro, idle_rw, ..
-        } = &mut *st;
-        for idle in [idle_ro, idle_rw] {
+        let mut check = |idle: Vec<Idle>| {
             let mut keep = Vec::with_capacity(idle.len());
-            for i in idle.drain(..) {
+            for i in idle {
                 if !all && i.session.get_session_info().is_ok() {
                     keep.push(i);
                 } else {
@@ -243,7 +250,30 @@ impl Pool {
                     purged += 1;
                 }
             }
-            *idle = keep;
+            keep
+        };
+        let (ro, rw) = (check(ro), check(rw));
+        let mut st = lock(&self.state);
+        if st.pid != crate::core::fork::pid() {
+            // Forked meanwhile: they are the parent's.
+            drop(st);
+            for i in ro.into_iter().chain(rw) {
+                std::mem::forget(i.session);
+            }
+            return purged;
+        }
+        if st.closed {
+            drop(st);
+            super::close_all(ro.into_iter().chain(rw).map(|i| i.session).collect());
+            return purged;
+        }
+        // Sessions returned meanwhile are newer: keep the LIFO order (oldest first).
+        let State {
+            idle_ro, idle_rw, ..
+        } = &mut *st;
+        for (idle, kept) in [(idle_ro, ro), (idle_rw, rw)] {
+            let newer = std::mem::replace(idle, kept);
+            idle.extend(newer);
         }
         purged
     }
@@ -252,8 +282,17 @@ impl Pool {
 /// What broke, judged by the session itself (tokens answer the same fault with different
 /// codes, so the return code alone cannot tell).
 fn diagnose(lease: &Lease, err: &Error) -> Option<Fault> {
+    if err.kind == Kind::TokenNotFound && !lease.token.is_gone() {
+        // The token cannot be read any more (`TokenState::check_present`).
+        return Some(Fault::TokenGone);
+    }
     if err.is_pin_error() || (err.rv.is_none() && err.kind != Kind::KeyNotFound) {
         return None;
+    }
+    if err.kind == Kind::KeyNotFound && lease.token.check_present().is_err() {
+        // No key because no token: SoftHSM2 keeps answering searches on a token deleted
+        // under it, finding nothing.
+        return Some(Fault::TokenGone);
     }
     let Some(session) = lease.session.as_ref() else {
         return Some(Fault::SessionGone);

@@ -294,7 +294,13 @@ impl Pool {
         let entries = self.run(lease, |session, token, _| {
             let epoch = token.epoch();
             let mut out = Vec::new();
-            for listed in key::list_private_keys(session)? {
+            let found = key::list_private_keys(session)?;
+            if found.is_empty() {
+                // Nothing, or no token any more (SoftHSM2 answers searches on a token
+                // deleted under it with nothing): tell them apart.
+                token.check_present()?;
+            }
+            for listed in found {
                 let previous = self.keys.map().get(&listed.query).map(|c| c.entry.clone());
                 if let Some(old) = &previous {
                     let (old_epoch, old_handle, changed) = old.state();
@@ -359,6 +365,46 @@ impl Pool {
         entry: &Arc<KeyEntry>,
         refind: bool,
     ) -> Result<ObjectHandle> {
+        self.checked_handle(session, token, entry, refind, false)
+            .map(|(handle, _)| handle)
+    }
+    /// Like [`Pool::key_handle`], for a signature: a key found again that only a signature can
+    /// prove (SoftHSM2's EC keys) comes back with `Some(epoch)`, and the caller proves it
+    /// with the signature it makes ([`Pool::confirm_key`]) instead of a probe signature
+    /// first: healing costs no extra call.
+    pub fn key_handle_for_signature(
+        &self,
+        session: &Session,
+        token: &TokenState,
+        entry: &Arc<KeyEntry>,
+        refind: bool,
+    ) -> Result<(ObjectHandle, Option<u64>)> {
+        self.checked_handle(session, token, entry, refind, true)
+    }
+    /// The verdict on a handle from [`Pool::key_handle_for_signature`]: `verified` says
+    /// whether the signature it made verifies against the entry's public key.
+    pub fn confirm_key(
+        &self,
+        token: &TokenState,
+        entry: &Arc<KeyEntry>,
+        handle: ObjectHandle,
+        epoch: u64,
+        verified: bool,
+    ) -> Result<()> {
+        if verified {
+            entry.set_handle(epoch, handle);
+            return Ok(());
+        }
+        Err(self.key_changed(token, entry))
+    }
+    fn checked_handle(
+        &self,
+        session: &Session,
+        token: &TokenState,
+        entry: &Arc<KeyEntry>,
+        refind: bool,
+        defer_probe: bool,
+    ) -> Result<(ObjectHandle, Option<u64>)> {
         let epoch = token.epoch();
         {
             let cached = lock(&entry.handle);
@@ -366,30 +412,33 @@ impl Pool {
                 return Err(key::changed_error(&entry.query, &token.describe()));
             }
             if !refind && cached.epoch == epoch {
-                return Ok(cached.handle);
+                return Ok((cached.handle, None));
             }
         }
         let handle = key::find_private_key(session, &entry.query, &token.describe())?;
-        match key::same_key(session, handle, &entry.info, signer(token))? {
+        match key::same_key(session, handle, &entry.info, signer(token), defer_probe)? {
             Identity::Same => {
                 entry.set_handle(epoch, handle);
-                Ok(handle)
+                Ok((handle, None))
             }
-            Identity::Different => {
-                crate::core::log::log(
-                    crate::core::log::WARNING,
-                    &format!(
-                        "the key with {} on {} was replaced by another key; its old key \
-                         objects raise HSMKeyChangedError",
-                        entry.query.describe(),
-                        token.describe()
-                    ),
-                );
-                entry.mark_changed();
-                self.keys.forget(entry);
-                Err(key::changed_error(&entry.query, &token.describe()))
-            }
+            Identity::Unproven => Ok((handle, Some(epoch))),
+            Identity::Different => Err(self.key_changed(token, entry)),
         }
+    }
+    /// Marks `entry` changed, makes the pool forget it, and says so.
+    fn key_changed(&self, token: &TokenState, entry: &Arc<KeyEntry>) -> Error {
+        crate::core::log::log(
+            crate::core::log::WARNING,
+            &format!(
+                "the key with {} on {} was replaced by another key; its old key objects raise \
+                 HSMKeyChangedError",
+                entry.query.describe(),
+                token.describe()
+            ),
+        );
+        entry.mark_changed();
+        self.keys.forget(entry);
+        key::changed_error(&entry.query, &token.describe())
     }
 }
 

@@ -32,6 +32,11 @@ impl Lease {
             .ok_or_else(|| Error::new(Kind::Session, "the session was lost"))
     }
 
+    /// The process that borrowed it.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
     /// Fails in a forked child: a session borrowed before `fork()` is the parent's, and a
     /// call on its handle would run on the parent's session (or on whatever the child's own
     /// module state numbers that way).
@@ -80,6 +85,7 @@ impl Pool {
                 st.in_use += 1;
                 st.stats.reused += 1;
                 st.stats.max_in_use = st.stats.max_in_use.max(st.in_use as u64);
+                let clear = conn.token.module.lease_taken();
                 let lease = Lease {
                     session: Some(session),
                     rw,
@@ -88,6 +94,11 @@ impl Pool {
                     pid: st.pid,
                 };
                 drop(st);
+                if !clear {
+                    // The module is being re-initialized: wait; the session's token state
+                    // is then gone, and `run` connects again.
+                    conn.token.module.wait_rescan();
+                }
                 close_all(expired);
                 return Ok(lease);
             }
@@ -104,7 +115,11 @@ impl Pool {
                 st.stats.created += 1;
                 st.stats.max_in_use = st.stats.max_in_use.max(st.in_use as u64);
                 let pid = st.pid;
+                let clear = conn.token.module.lease_taken();
                 drop(st);
+                if !clear {
+                    conn.token.module.wait_rescan();
+                }
                 close_all(expired);
                 return match conn.token.open_session(rw) {
                     Ok(session) => {
@@ -125,6 +140,7 @@ impl Pool {
                         })
                     }
                     Err(e) => {
+                        conn.token.module.lease_returned();
                         let mut st = lock(&self.state);
                         st.in_use = st.in_use.saturating_sub(1);
                         st.stats.created -= 1;
@@ -134,7 +150,10 @@ impl Pool {
                 };
             }
             drop(st);
-            close_all(expired);
+            if !expired.is_empty() {
+                let _calls = conn.token.module.calls_guard();
+                close_all(expired);
+            }
             st = lock(&self.state);
             if !waited {
                 waited = true;
@@ -172,7 +191,19 @@ impl Pool {
         if idle.last()?.since.elapsed() > self.cfg.max_idle {
             return None;
         }
+        if conn.token.module.is_rescanning() {
+            return None;
+        }
         let Idle { session, .. } = idle.pop()?;
+        if !conn.token.module.lease_taken() {
+            // A rescan began just now: not here (no waiting on this path).
+            conn.token.module.lease_returned();
+            idle.push(Idle {
+                session,
+                since: Instant::now(),
+            });
+            return None;
+        }
         st.in_use += 1;
         st.stats.reused += 1;
         st.stats.max_in_use = st.stats.max_in_use.max(st.in_use as u64);
@@ -248,6 +279,7 @@ impl Pool {
             std::mem::forget(session);
             return;
         }
+        lease.token.module.lease_returned();
         st.in_use = st.in_use.saturating_sub(1);
         let current = st.conn.as_ref().map(|c| c.gen) == Some(lease.gen);
         let mut close = None;
@@ -279,11 +311,15 @@ impl Pool {
             self.cond.notify_one();
         }
         drop(st);
-        if let Some(s) = close {
-            let _ = s.close();
-        }
-        if let Some(conn) = finish {
-            conn.token.leave();
+        if close.is_some() || finish.is_some() {
+            // Calls outside a lease: never while a rescan re-initializes the module.
+            let _calls = lease.token.module.calls_guard();
+            if let Some(s) = close {
+                let _ = s.close();
+            }
+            if let Some(conn) = finish {
+                conn.token.leave();
+            }
         }
     }
 }

@@ -18,6 +18,7 @@ use cryptoki::session::Session;
 use key_cache::KeyCache;
 
 use crate::core::error::{Error, Kind, Result};
+use crate::core::fork::CallLock;
 use crate::core::log;
 use crate::core::module::{self, lock};
 use crate::core::secret::Pin;
@@ -84,8 +85,12 @@ pub struct Pool {
     pub cfg: PoolConfig,
     state: Mutex<State>,
     cond: Condvar,
-    connect_lock: Mutex<()>,
+    /// Held while connecting (module, token, login: PKCS#11 calls): fork-safe.
+    connect_lock: CallLock,
     keys: KeyCache,
+    /// The token this pool was on when it went away (its description), until a token with
+    /// the pool's label (or serial) is found again.
+    lost: Mutex<Option<String>>,
 }
 
 impl Pool {
@@ -104,8 +109,9 @@ impl Pool {
                 stats: Stats::default(),
             }),
             cond: Condvar::new(),
-            connect_lock: Mutex::new(()),
+            connect_lock: CallLock::new(),
             keys: KeyCache::default(),
+            lost: Mutex::new(None),
         }
     }
     pub fn describe(&self) -> String {
@@ -123,14 +129,19 @@ impl Pool {
     }
     /// The connection, made on first use: load the module, find the token, join the login.
     fn connection(&self) -> Result<Conn> {
+        self.connection_holding(0)
+    }
+    /// `connection`, for a caller that holds `held` leases whose sessions it has given up
+    /// (they do not stop a rescan of the module).
+    fn connection_holding(&self, held: usize) -> Result<Conn> {
         if let Some(c) = self.current(&mut lock(&self.state))? {
             return Ok(c);
         }
-        let _connecting = lock(&self.connect_lock);
+        let _connecting = self.connect_lock.lock();
         if let Some(c) = self.current(&mut lock(&self.state))? {
             return Ok(c);
         }
-        let result = self.connect();
+        let result = self.connect(held);
         let mut st = lock(&self.state);
         match result {
             Ok((token, logged_in)) => {
@@ -150,16 +161,17 @@ impl Pool {
                 Ok(conn)
             }
             Err(e) => {
-                if e.is_pin_error() {
+                if token::is_lasting_pin_failure(&e) {
                     st.failure = Some(e.clone());
                 }
                 Err(e)
             }
         }
     }
-    fn connect(&self) -> Result<(Arc<TokenState>, bool)> {
+    fn connect(&self, held: usize) -> Result<(Arc<TokenState>, bool)> {
         let module = module::load(&self.cfg.module_path)?;
         let mut attempt = 0u64;
+        let mut rescanned = false;
         let token = loop {
             let generation = module.generation();
             let found = {
@@ -186,6 +198,22 @@ impl Pool {
                 Err(e) if e.kind == Kind::TokenNotFound && module.is_lost() => {
                     return Err(lost_hint(e));
                 }
+                Err(e)
+                    if e.kind == Kind::TokenNotFound
+                        && !rescanned
+                        && (lock(&self.lost).is_some() || module.saw_unreadable()) =>
+                {
+                    // This pool's token went away, or a token was deleted under the module:
+                    // a token with the pool's label may have been created since, which
+                    // modules like SoftHSM2 only show after C_Initialize.
+                    rescanned = true;
+                    if !module.rescan(held, || token::mark_module_gone(&module)) {
+                        return Err(self.gone_hint(e));
+                    }
+                }
+                Err(e) if e.kind == Kind::TokenNotFound && rescanned => {
+                    return Err(self.gone_hint(e));
+                }
                 Err(e) if e.kind == Kind::TokenNotFound && attempt < 3 => {
                     // A token SoftHSM2 could not read at start-up (see reload_if_unused).
                     attempt += 1;
@@ -202,18 +230,33 @@ impl Pool {
             }
         };
         module.found_again();
-        let joined = token.join(&self.cfg.pin, self.cfg.pin_policy)?;
+        *lock(&self.lost) = None;
+        // Logging in is a call outside any lease: never while a rescan re-initializes.
+        let joined = {
+            let _calls = module.calls_guard();
+            token.join(&self.cfg.pin, self.cfg.pin_policy)?
+        };
         Ok((token, joined.logged_in))
     }
-    /// Connects and logs in now, and checks that a session can be opened.
+    /// A token search that failed after this pool's token went away: say which one.
+    fn gone_hint(&self, mut e: Error) -> Error {
+        if let Some(token) = lock(&self.lost).as_ref() {
+            e.message = format!("{token} went away: {}", e.message);
+        }
+        e
+    }
+    /// Connects and logs in now, and checks that a session can be opened and that the
+    /// token is still there.
     pub fn check(&self) -> Result<()> {
-        let lease = self.acquire(false, &|| Ok(()))?;
-        let r = lease.session().and_then(|s| {
-            s.get_session_info()
-                .map_err(|e| Error::from_cryptoki(e, "checking the session"))
+        let mut lease = self.acquire(false, &|| Ok(()))?;
+        let r = self.run(&mut lease, |session, token, _| {
+            session
+                .get_session_info()
+                .map_err(|e| Error::from_cryptoki(e, "checking the session"))?;
+            token.check_present()
         });
         self.release(lease);
-        r.map(|_| ())
+        r
     }
     /// Closes idle sessions and releases this pool's share of the login (at once, or when
     /// the last lent session comes back).
@@ -233,9 +276,16 @@ impl Pool {
             .map(|i| i.session)
             .collect();
         let finish = if st.in_use == 0 { st.conn.take() } else { None };
+        let module = st
+            .conn
+            .as_ref()
+            .or(finish.as_ref())
+            .map(|c| c.token.module.clone());
         self.cond.notify_all();
         drop(st);
         self.keys.clear();
+        // Calls outside a lease: never while a rescan re-initializes the module.
+        let _calls = module.as_ref().map(|m| m.calls_guard());
         close_all(idle);
         if let Some(conn) = finish {
             conn.token.leave();

@@ -1,15 +1,21 @@
 //! The login a token's users share: one `C_Login` per token per process, reference-counted,
 //! kept alive by an anchor session; PINs compared by fingerprint, never retried.
 //!
-//! A PIN is tried at most once per process and token: every `C_Login` failure is remembered
-//! process-wide (by the token's module, serial and label, and the PIN's keyed fingerprint),
-//! whichever pool, `hsm_session` or re-login made it, and raised again without another
-//! `C_Login`. Only answers that prove the PIN never reached the token (its session or the
-//! token itself was gone) are not remembered. Before every `C_Login` the token's PIN flags
-//! are read; if they cannot be, no PIN is tried (a token about to lock must be able to say
-//! so).
+//! A wrong PIN is tried at most once per process and token: the token's verdicts on a PIN
+//! (`CKR_PIN_INCORRECT`, `CKR_PIN_INVALID`, `CKR_PIN_LEN_RANGE`, `CKR_PIN_LOCKED`) are
+//! remembered process-wide, by the token's identity (manufacturer, model, serial, label:
+//! the same token through another module file, a proxy or a spy is the same token) and the
+//! PIN's keyed fingerprint, whichever pool, `hsm_session` or re-login got them, and raised
+//! again without another `C_Login`. Any other answer (a device or transport error,
+//! `CKR_PIN_EXPIRED`) says nothing about the PIN: it is raised, and the next use tries
+//! again. Before every `C_Login` the token's PIN flags are read; if they cannot be, no PIN is
+//! tried (a token about to lock must be able to say so), and a token reporting
+//! `CKF_USER_PIN_FINAL_TRY` gets no PIN unless the pool allows it.
+//!
+//! A PIN is only ever recorded as "the PIN of the login" when the token accepted it: when
+//! `C_Login` answers `CKR_USER_ALREADY_LOGGED_IN` (another library of the process logged
+//! in), the PIN was not checked, so it is neither recorded nor compared.
 
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 
@@ -26,6 +32,8 @@ use crate::core::secret::{Pin, PinFingerprint};
 #[derive(Default)]
 pub(super) struct Login {
     pub(super) refs: usize,
+    /// The PIN the token accepted for this login; None while nobody is logged in, or when
+    /// the login is another library's (`CKR_USER_ALREADY_LOGGED_IN`: no PIN was checked).
     pub(super) fingerprint: Option<PinFingerprint>,
     pub(super) anchor: Option<Session>,
 }
@@ -43,11 +51,13 @@ pub struct Joined {
     pub logged_in: bool,
 }
 
-/// A token, as failed logins are remembered: the same token whatever slot it is in, and
-/// in whichever pool or token state of the process.
+/// A token, as failed logins are remembered: the same token whatever slot it is in, through
+/// whichever module file (a second copy of a vendor library, a proxy, a spy), and in
+/// whichever pool or token state of the process.
 #[derive(Clone, PartialEq, Eq)]
 struct TokenId {
-    module: PathBuf,
+    manufacturer: String,
+    model: String,
     serial: String,
     label: String,
 }
@@ -69,25 +79,31 @@ pub fn forget_failed_logins() {
     lock(&FAILED_LOGINS).clear();
 }
 
-/// Return codes of `C_Login` that prove the PIN was not judged: the session or the token was
-/// gone before the module could pass it on.
-fn pin_not_tried(rv: Option<RvError>) -> bool {
+/// The token's verdicts on a PIN: the answers of `C_Login` that are remembered (the same PIN
+/// is never tried on that token again in this process). Every other answer says nothing
+/// about the PIN (a device or transport error, `CKR_PIN_EXPIRED` for a right PIN that must be
+/// changed) and is retried by the next use.
+pub fn is_pin_verdict(rv: Option<RvError>) -> bool {
     matches!(
         rv,
         Some(
-            RvError::SessionHandleInvalid
-                | RvError::SessionClosed
-                | RvError::TokenNotPresent
-                | RvError::DeviceRemoved
-                | RvError::CryptokiNotInitialized
+            RvError::PinIncorrect | RvError::PinInvalid | RvError::PinLenRange | RvError::PinLocked
         )
     )
+}
+
+/// A PIN failure that stays: the token's verdict on the PIN, or hsmkey's own refusal to try
+/// it (the token would lock, a different PIN is logged in). A pool raises it again on every
+/// use without calling `C_Login`; any other failure is retried by the next use.
+pub fn is_lasting_pin_failure(err: &Error) -> bool {
+    err.is_pin_error() && (err.rv.is_none() || is_pin_verdict(err.rv))
 }
 
 impl TokenState {
     fn id(&self) -> TokenId {
         TokenId {
-            module: self.module.path.clone(),
+            manufacturer: self.manufacturer.clone(),
+            model: self.model.clone(),
             serial: self.serial.clone(),
             label: self.label.clone(),
         }
@@ -118,17 +134,26 @@ impl TokenState {
     }
 
     /// Joins the process's login with `pin`, logging in if nobody is. A different PIN than the
-    /// one the process logged in with is refused without logging anyone out.
+    /// one the token accepted for this login is refused without logging anyone out. A login
+    /// the token never checked a PIN for (another library's) is joined with any PIN but one
+    /// the token refused before: hsmkey cannot tell without logging the other library out.
     pub fn join(&self, pin: &Pin, policy: PinPolicy) -> Result<Joined> {
         let fingerprint = pin.fingerprint();
         let mut login = lock(&self.login);
         if login.refs > 0 {
+            if let Some(error) = self.failed_before(&fingerprint) {
+                return Err(error);
+            }
             return match &login.fingerprint {
                 Some(fp) if fp.matches(&fingerprint) => {
                     login.refs += 1;
                     Ok(Joined { logged_in: false })
                 }
-                _ => Err(Error::new(
+                None => {
+                    login.refs += 1;
+                    Ok(Joined { logged_in: false })
+                }
+                Some(_) => Err(Error::new(
                     Kind::Pin,
                     format!(
                         "this process is logged in to {} with a different PIN; a pool cannot \
@@ -138,8 +163,8 @@ impl TokenState {
                 )),
             };
         }
-        self.login_locked(&mut login, pin, &fingerprint, policy)?;
-        login.fingerprint = Some(fingerprint);
+        let verified = self.login_locked(&mut login, pin, &fingerprint, policy)?;
+        login.fingerprint = verified.then_some(fingerprint);
         login.refs = 1;
         Ok(Joined { logged_in: true })
     }
@@ -157,7 +182,12 @@ impl TokenState {
                 format!("nobody holds the login of {} any more", self.describe()),
             ));
         }
-        self.login_locked(&mut login, pin, &pin.fingerprint(), policy)?;
+        let fingerprint = pin.fingerprint();
+        if self.login_locked(&mut login, pin, &fingerprint, policy)? {
+            // The token accepted this PIN now (an earlier login may have been another
+            // library's, with no PIN checked).
+            login.fingerprint = Some(fingerprint);
+        }
         Ok(true)
     }
     fn login_locked(
@@ -166,7 +196,7 @@ impl TokenState {
         pin: &Pin,
         fingerprint: &PinFingerprint,
         policy: PinPolicy,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         if let Some(error) = self.failed_before(fingerprint) {
             return Err(error);
         }
@@ -180,10 +210,11 @@ impl TokenState {
             let _ = anchor.close();
             return Err(e);
         }
-        // One try, whatever the answer: a token may count CKR_GENERAL_ERROR as a wrong PIN.
-        match anchor.login_with_raw(UserType::User, &pin.auth()) {
+        // One try per use, whatever the answer.
+        let verified = match anchor.login_with_raw(UserType::User, &pin.auth()) {
             Ok(()) => {
                 log::log(log::INFO, &format!("logged in to {}", self.describe()));
+                true
             }
             Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {
                 // Someone else in this process (another PKCS#11 library) is logged in; the
@@ -192,10 +223,11 @@ impl TokenState {
                     log::WARNING,
                     &format!(
                         "{} was already logged in by another library in this process; \
-                         using that login",
+                         using that login (the token did not check this pool's PIN)",
                         self.describe()
                     ),
                 );
+                false
             }
             Err(e) => {
                 let _ = anchor.close();
@@ -204,7 +236,7 @@ impl TokenState {
                 if err.rv == Some(RvError::UserNotLoggedIn) {
                     err.kind = Kind::Pin;
                 }
-                if !pin_not_tried(err.rv) {
+                if is_pin_verdict(err.rv) {
                     err.message.push_str(
                         "; hsmkey will not try this PIN on this token again in this process",
                     );
@@ -212,10 +244,10 @@ impl TokenState {
                 }
                 return Err(err);
             }
-        }
+        };
         login.anchor = Some(anchor);
         self.epoch.store(next_epoch(), Ordering::Release);
-        Ok(())
+        Ok(verified)
     }
 
     /// Refuses to try a PIN the token says is locked, or (unless allowed) to spend the last

@@ -25,7 +25,7 @@ mod login;
 mod slot;
 
 use login::Login;
-pub use login::{forget_failed_logins, Joined, PinPolicy};
+pub use login::{forget_failed_logins, is_lasting_pin_failure, is_pin_verdict, Joined, PinPolicy};
 pub use slot::{find_slot, TokenCriteria};
 
 /// Epochs are unique in the process (and across forks: a child continues the counter), so a
@@ -42,6 +42,10 @@ pub struct TokenState {
     pub slot: Slot,
     pub label: String,
     pub serial: String,
+    /// The token's manufacturer and model (with serial and label: its identity, under which
+    /// wrong PINs are remembered).
+    pub manufacturer: String,
+    pub model: String,
     mechanisms: HashSet<cryptoki_sys::CK_MECHANISM_TYPE>,
     epoch: AtomicU64,
     login: Mutex<Login>,
@@ -79,15 +83,24 @@ pub fn shared(
     make: impl FnOnce() -> Result<TokenState>,
 ) -> Result<Arc<TokenState>> {
     let key = (module.path.clone(), slot.id());
-    let mut all = lock(states());
-    if let Some(state) = all.get(&key).and_then(Weak::upgrade) {
-        if !state.is_gone() && Arc::ptr_eq(&state.module, module) {
-            return Ok(state);
-        }
+    let current = |all: &HashMap<(PathBuf, u64), Weak<TokenState>>| {
+        all.get(&key)
+            .and_then(Weak::upgrade)
+            .filter(|state| !state.is_gone() && Arc::ptr_eq(&state.module, module))
+    };
+    if let Some(state) = current(&lock(states())) {
+        return Ok(state);
     }
-    let state = Arc::new(make()?);
-    all.insert(key, Arc::downgrade(&state));
-    Ok(state)
+    // Made without the map's lock (it lists the token's mechanisms: a PKCS#11 call, and a
+    // child forked meanwhile must not find the lock held); a state another thread made
+    // meanwhile wins.
+    let made = Arc::new(make()?);
+    let mut all = lock(states());
+    if let Some(state) = current(&all) {
+        return Ok(state);
+    }
+    all.insert(key, Arc::downgrade(&made));
+    Ok(made)
 }
 
 /// True while any token state of `module` is alive (someone uses the module).
@@ -125,6 +138,8 @@ impl TokenState {
             slot,
             label: info.label().trim_end().to_string(),
             serial: info.serial_number().trim_end().to_string(),
+            manufacturer: info.manufacturer_id().trim_end().to_string(),
+            model: info.model().trim_end().to_string(),
             mechanisms,
             epoch: AtomicU64::new(0),
             login: Mutex::new(Login::default()),
@@ -156,11 +171,36 @@ impl TokenState {
         self.forget_anchor();
         self.epoch.store(next_epoch(), Ordering::Release);
     }
+    /// Reads the token's information: fails with `HSMTokenNotFoundError` when the token is
+    /// no longer there (SoftHSM2 answers `CKR_GENERAL_ERROR` for a token deleted under it).
+    pub fn check_present(&self) -> Result<()> {
+        match slot::token_info(&self.module, self.slot) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let mut err = Error::from_cryptoki(
+                    e,
+                    &format!("{} cannot be read any more", self.describe()),
+                );
+                err.kind = crate::core::error::Kind::TokenNotFound;
+                Err(err)
+            }
+        }
+    }
     pub fn is_gone(&self) -> bool {
         self.gone.load(Ordering::Acquire)
     }
-    /// Forgets the login without calling the module: used in a forked child for state that
-    /// belongs to the parent.
+    /// In a forked child, for state that belongs to the parent: forgets the login without
+    /// calling the module, and without waiting for the login's lock (a thread of the parent
+    /// may have held it in `C_Login` when the process forked: it never lets go here).
+    pub fn forget_anchor_after_fork(&self) {
+        if let Ok(mut login) = self.login.try_lock() {
+            if let Some(anchor) = login.anchor.take() {
+                std::mem::forget(anchor);
+            }
+        }
+        // Else the state is the parent's and abandoned with its anchor: nothing calls it.
+    }
+    /// Forgets the login without calling the module (the token went away).
     pub fn forget_anchor(&self) {
         let mut login = lock(&self.login);
         if let Some(anchor) = login.anchor.take() {

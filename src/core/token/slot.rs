@@ -30,7 +30,9 @@ impl TokenCriteria {
     }
 }
 
-/// Finds the one slot whose token matches `criteria`.
+/// Finds the one slot whose token matches `criteria`. A slot whose token information cannot
+/// be read is skipped (SoftHSM2 answers `CKR_GENERAL_ERROR` for a token deleted under it):
+/// one broken token never hides the others.
 pub fn find_slot(module: &Module, criteria: &TokenCriteria) -> Result<(Slot, TokenInfo)> {
     let slots = module
         .ctx
@@ -39,12 +41,21 @@ pub fn find_slot(module: &Module, criteria: &TokenCriteria) -> Result<(Slot, Tok
     let mut present = Vec::new();
     let mut seen = Vec::new();
     let mut matches = Vec::new();
+    let mut unreadable = Vec::new();
     for slot in slots {
         let info = match token_info(module, slot) {
             Ok(info) => info,
             // A token may go away between the two calls.
             Err(CkError::Pkcs11(RvError::TokenNotPresent | RvError::DeviceRemoved, _)) => continue,
-            Err(e) => return Err(Error::from_cryptoki(e, "reading token information")),
+            Err(e) => {
+                let e = Error::from_cryptoki(e, "reading token information");
+                unreadable.push(format!(
+                    "slot {} ({})",
+                    slot.id(),
+                    e.rv_name().unwrap_or(e.message)
+                ));
+                continue;
+            }
         };
         let label = info.label().trim_end().to_string();
         let serial = info.serial_number().trim_end().to_string();
@@ -60,6 +71,7 @@ pub fn find_slot(module: &Module, criteria: &TokenCriteria) -> Result<(Slot, Tok
         }
     }
     *lock(&module.seen_labels) = seen;
+    module.set_saw_unreadable(!unreadable.is_empty());
     match matches.len() {
         1 => matches
             .pop()
@@ -68,13 +80,21 @@ pub fn find_slot(module: &Module, criteria: &TokenCriteria) -> Result<(Slot, Tok
         0 => Err(Error::new(
             Kind::TokenNotFound,
             format!(
-                "no token with {} in {}; tokens present: {}",
+                "no token with {} in {}; tokens present: {}{}",
                 criteria.describe(),
                 module.path.display(),
                 if present.is_empty() {
                     "none".to_string()
                 } else {
                     present.join(", ")
+                },
+                if unreadable.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; unreadable (deleted or broken tokens): {}",
+                        unreadable.join(", ")
+                    )
                 }
             ),
         )),
