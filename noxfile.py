@@ -3,9 +3,13 @@
 - ``tests``: install the package, ``cargo test`` (the core's unit tests, without Python), ``pytest``
 - ``pqc``: the post-quantum tests (ML-DSA keys: JOSE, cryptography, X.509, the CLI) against
   kryoptic built with PQC (``scripts/build-kryoptic``, cached outside the clone), with
-  cryptography >= 51
+  cryptography >= 50.0.2
 - ``remote``: the pool, key, JWK, asyncio and recovery tests through a real remote token
   (p11-kit's RPC: a p11-kit server in front of SoftHSM2, p11-kit-client.so in the tests)
+- ``backends``: the pool, key, JOSE, decryption and recovery tests (tests/test_backends.py)
+  on three more PKCS#11 implementations: kryoptic (built once per machine by
+  scripts/build-kryoptic), Debian's NSS softokn and opencryptoki's soft token (``kryoptic``,
+  ``nss``, ``opencryptoki``: one of them)
 - ``lint``: ruff (check, format), the GitHub workflows' schema, ``cargo fmt --check``,
   ``cargo clippy -D warnings``
 - ``typecheck``: ``mypy --strict`` over the package and its stubs
@@ -35,7 +39,7 @@ from pathlib import Path
 import nox
 
 nox.needs_version = ">=2024.4.15"
-nox.options.sessions = ["tests", "pqc", "remote", "lint", "typecheck", "wheels"]
+nox.options.sessions = ["tests", "pqc", "remote", "backends", "lint", "typecheck", "wheels"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 
@@ -45,8 +49,9 @@ RUFF = "ruff==0.17.6"
 # mypy 2 no longer checks for Python 3.9, the oldest this package supports.
 MYPY = "mypy>=1.11,<2"
 TEST_EXTRAS = ".[test]"
-# The PQC tests need cryptography >= 51 (ML-DSA), which the client libraries of TEST_DEPS
-# cannot have yet (pyOpenSSL pins cryptography < 51): their own session, without them.
+# The PQC tests (cryptography >= 50.0.2 has ML-DSA) in a session of their own: it builds
+# kryoptic, installs the newest cryptography (the client libraries of TEST_DEPS hold it
+# below 51 through pyOpenSSL) and fails instead of skipping when anything is missing.
 PQC_EXTRAS = ".[test,pqc]"
 PQC_TESTS = ["tests/test_pqc.py", "tests/test_docs.py::test_page_examples_run[pqc.rst]"]
 # The client libraries hsmkey.adapters and the recipes are tested against (docs/clients.rst).
@@ -161,7 +166,7 @@ def kryoptic_module(session: nox.Session) -> str:
 @nox.session
 def pqc(session: nox.Session) -> None:
     """ML-DSA keys in a PKCS#11 3.2 token: the PQC tests against kryoptic (built by
-    scripts/build-kryoptic) with cryptography >= 51. Nothing skips here: a missing piece
+    scripts/build-kryoptic) with cryptography >= 50.0.2. Nothing skips here: a missing piece
     fails the session (HSMKEY_REQUIRE_PQC=1)."""
     ensure_system_packages(session)
     module = kryoptic_module(session)
@@ -182,6 +187,74 @@ def remote(session: nox.Session) -> None:
     ensure_cargo(session)
     session.install(TEST_EXTRAS, *TEST_DEPS)
     session.run("pytest", *(session.posargs or REMOTE_TESTS), env={"HSMKEY_TEST_REMOTE": "p11-kit"})
+
+
+# The other implementations (tests/helpers/backends.py): Debian packages each needs.
+BACKEND_PACKAGES = {
+    "kryoptic": [],  # built from crates.io by scripts/build-kryoptic (cached in ~/.cache/hsmkey)
+    "nss": ["libnss3", "libnss3-tools"],
+    "opencryptoki": ["opencryptoki", "libopencryptoki0"],
+}
+BACKEND_TOOLS = {"nss": "certutil", "opencryptoki": "pkcsconf"}
+
+
+def backend_tests(session: nox.Session, names: list[str]) -> None:
+    """tests/test_backends.py once per implementation, each in its own pytest process (a
+    module is initialized once per process)."""
+    ensure_system_packages(session)
+    ensure_cargo(session)
+    for name in names:
+        tool = BACKEND_TOOLS.get(name)
+        if tool and shutil.which(tool) is None:
+            if not can_apt_get():
+                session.error(
+                    f"{tool} not found: install {' '.join(BACKEND_PACKAGES[name])} "
+                    "(Debian/Ubuntu) first"
+                )
+            apt_get_install(session, BACKEND_PACKAGES[name])
+    env = {}
+    if "kryoptic" in names:
+        # ~3.5 min the first time on 2 cores; instant afterwards (cached outside the clone).
+        out = session.run("bash", "scripts/build-kryoptic", external=True, silent=True)
+        env["HSMKEY_KRYOPTIC"] = str(out).strip().splitlines()[-1]
+    session.install(TEST_EXTRAS, *TEST_DEPS)
+    for name in names:
+        started = time.monotonic()
+        session.run(
+            "pytest",
+            *(session.posargs or ["tests/test_backends.py", "-rs"]),
+            env={**env, "HSMKEY_TEST_TOKEN": name},
+        )
+        session.log(f"{name}: {time.monotonic() - started:.0f} s")
+
+
+@nox.session
+def backends(session: nox.Session) -> None:
+    """The pool, key, JOSE, decryption and recovery tests (tests/test_backends.py) on kryoptic,
+    NSS softokn and opencryptoki, one after the other in one environment (what CI runs; the
+    sessions below run one each)."""
+    backend_tests(session, list(BACKEND_PACKAGES))
+
+
+@nox.session(default=False)
+def kryoptic(session: nox.Session) -> None:
+    """tests/test_backends.py on kryoptic (a PKCS#11 3.2 soft token in Rust, built from
+    crates.io with a vendored OpenSSL by scripts/build-kryoptic, cached in ~/.cache/hsmkey)."""
+    backend_tests(session, ["kryoptic"])
+
+
+@nox.session(default=False)
+def nss(session: nox.Session) -> None:
+    """tests/test_backends.py on Debian's NSS softokn (a key database made with certutil; the
+    module initialized with init_args)."""
+    backend_tests(session, ["nss"])
+
+
+@nox.session(default=False)
+def opencryptoki(session: nox.Session) -> None:
+    """tests/test_backends.py on opencryptoki's soft token (its daemon pkcsslotd started by
+    the tests and stopped by its pid; the token state at its fixed paths is wiped: root)."""
+    backend_tests(session, ["opencryptoki"])
 
 
 @nox.session

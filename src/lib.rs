@@ -11,8 +11,12 @@ mod python;
 use pyo3::prelude::*;
 
 /// The module `hsmkey._hsmkey`: registration only.
+///
+/// `gil_used = true`: a free-threaded CPython (3.13t, 3.14t) that imports this module turns
+/// its GIL back on (with a RuntimeWarning), because nothing here has been proven safe without
+/// it yet (docs/deployment.rst lists what a port needs).
 #[cfg(feature = "python")]
-#[pymodule]
+#[pymodule(gil_used = true)]
 fn _hsmkey(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     python::logging::install();

@@ -33,7 +33,7 @@ _MISSING = pytest.StashKey[dict[str, str]]()
 # Mechanisms the tests use that a remote may not forward (p11-kit 0.24's RPC forwards only the
 # mechanisms it can marshal: not EdDSA, not ECDH), with what hsmkey then raises.
 REMOTE_OPTIONAL = {
-    "CKM_EDDSA": "the token does not offer CKM_EDDSA",
+    "CKM_EDDSA": "does not offer CKM_EDDSA",
     "CKM_ECDH1_DERIVE": "the token does not offer CKM_ECDH1_DERIVE",
     "CKM_EC_EDWARDS_KEY_PAIR_GEN": "C_GenerateKeyPair returned CKR_MECHANISM_INVALID",
 }

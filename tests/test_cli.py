@@ -640,7 +640,9 @@ def test_tokens_output_of_the_core_function(
 
     calls: list[tuple[str, bool]] = []
 
-    def list_tokens(module: str, *, mechanisms: bool = True) -> list[dict[str, Any]]:
+    def list_tokens(
+        module: str, *, mechanisms: bool = True, init_args: str | None = None
+    ) -> list[dict[str, Any]]:
         calls.append((module, mechanisms))
         return FAKE_SLOTS
 

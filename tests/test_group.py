@@ -382,8 +382,13 @@ def test_member_holding_a_different_key_is_excluded(
             verify_es256(key.sign("ES256", b"r"), b"r", ROTATING_KEY.public_key())
         assert signatures(group)["hsm-c"] == 0
         c = member(group, "hsm-c")
-        assert c["state"] == "up"
-        assert c["excluded"] == [{"label": "rotating", "id": "10", "reason": "different key"}]
+        # Up, but the one key the group knows is another key there.
+        assert c["state"] == "excluded"
+        assert c["excluded"] == [
+            {"label": "rotating", "id": "10", "reason": "different key", "since": c["since"]}
+        ]
+        group.find_key(key_label="sign-ec").sign("ES256", b"c")  # a key c holds
+        assert member(group, "hsm-c")["state"] == "up"
         states = {k["label"]: k["members"] for k in group.stats()["keys"]}
         assert states["rotating"] == {"hsm-a": "ok", "hsm-b": "ok", "hsm-c": "different key"}
         warnings = [r for r in caplog.records if "rotating" in r.getMessage()]

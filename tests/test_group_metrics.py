@@ -47,6 +47,9 @@ def test_opentelemetry(cluster: Cluster, group: PoolGroup) -> None:
     pool = "db.client.connection.pool.name"
     assert value("hsmkey.member.up", **{pool: "hsm-a"}).value == 1
     assert value("hsmkey.member.up", **{pool: "hsm-b"}).value == 0
+    state = "hsmkey.member.state"
+    assert value("hsmkey.member.state", **{pool: "hsm-b", state: "down"}).value == 1
+    assert value("hsmkey.member.state", **{pool: "hsm-a", state: "up"}).value == 1
     assert value("hsmkey.member.up", **{pool: "hsm-b"}).attributes["hsmkey.group"] == "signers"
     assert (
         value("hsmkey.member.errors", **{pool: "hsm-b", "error.type": "CKR_DEVICE_ERROR"}).value
@@ -113,6 +116,8 @@ def test_prometheus(cluster: Cluster, group: PoolGroup) -> None:
 
     assert get("hsmkey_member_up", member="hsm-a") == 1
     assert get("hsmkey_member_up", member="hsm-b") == 0
+    assert get("hsmkey_member_state", member="hsm-b", state="down") == 1
+    assert get("hsmkey_member_state", member="hsm-b", state="up") == 0
     assert get("hsmkey_member_errors_total", member="hsm-b", code="CKR_DEVICE_ERROR") >= 1
     assert get("hsmkey_member_downs_total", member="hsm-b") == 1
     assert get("hsmkey_pool_max_sessions", member="hsm-c") == 4

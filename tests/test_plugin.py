@@ -251,6 +251,11 @@ def test_the_documented_token_attributes_exist() -> None:
     documented = set(re.findall(r"^``(\w+)(?:\(\*\*kwargs\))?``  ", page, re.M))
     actual = {f.name for f in dataclasses.fields(SoftHSM2Token)} | {"env", "pool"}
     assert documented == actual
+    token = SoftHSM2Token("/x/libsofthsm2.so", "t", "1", "2", Path("/x"), Path("/x/c.conf"))
+    with pytest.raises(AttributeError, match=r"no attribute 'module'; did you mean 'module_path'"):
+        token.module  # noqa: B018
+    with pytest.raises(AttributeError, match=r"\(it has module_path, label, pin"):
+        token.xyz  # noqa: B018
 
 
 def test_softhsm2_loaded_too_early_is_explained(pytester: pytest.Pytester, clean_env: None) -> None:

@@ -16,6 +16,7 @@ from hsmkey import SessionPool
 from hsmkey.exceptions import (
     HSMError,
     HSMKeyNotFoundError,
+    HSMPinError,
     HSMPoolClosedError,
     HSMPoolExhaustedError,
     HSMSessionError,
@@ -282,9 +283,14 @@ def test_from_env(softhsm: SoftHSM, monkeypatch: pytest.MonkeyPatch) -> None:
     with SessionPool.from_env(max_sessions=2) as pool:
         assert pool.max_sessions == 2
         pool.check()
-    monkeypatch.delenv("HSM_PIN")
-    with pytest.raises(ValueError, match="HSM_PIN"):
+    monkeypatch.delenv("HSM_MODULE")
+    with pytest.raises(ValueError, match="HSM_MODULE"):
         SessionPool.from_env()
+    # Without HSM_PIN: a pool for a token that needs no login; SoftHSM2's does, and says so.
+    monkeypatch.setenv("HSM_MODULE", softhsm.env["HSM_MODULE"])
+    monkeypatch.delenv("HSM_PIN")
+    with SessionPool.from_env() as pool, pytest.raises(HSMPinError, match="HSM_PIN"):
+        pool.check()
 
 
 def test_repr_shows_no_pin(softhsm: SoftHSM) -> None:
@@ -328,8 +334,12 @@ def test_bad_arguments(softhsm: SoftHSM, kwargs: dict[str, object], exc: type, m
 def test_bad_positional_arguments(softhsm: SoftHSM) -> None:
     with pytest.raises(TypeError, match="user_pin"):
         SessionPool(softhsm.module, softhsm.token_label, 123456)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="user_pin"):
-        SessionPool(softhsm.module, softhsm.token_label, None)
+    # user_pin=None is a pool for a token that needs no login (see test_vendors.py).
+    SessionPool(softhsm.module, softhsm.token_label, None).close()
+    with pytest.raises(TypeError, match="init_args"):
+        SessionPool(softhsm.module, softhsm.token_label, "1", init_args=b"x")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="init_args"):
+        SessionPool(softhsm.module, softhsm.token_label, "1", init_args="")
     with pytest.raises(TypeError, match="token_label"):
         SessionPool(softhsm.module, 7, "1")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="NUL"):

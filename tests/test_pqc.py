@@ -5,7 +5,7 @@ library (PyKCS11, in a child process: C_GenerateKeyPair and C_CreateObject with 
 RFC 9964 Appendix A reproduced exactly with deterministic signing; hedged signatures
 verified by jwcrypto and cryptography; CSRs and certificates signed in the token.
 
-Runs in ``nox -s pqc`` (kryoptic built by ``scripts/build-kryoptic``, cryptography >= 51).
+Runs in ``nox -s pqc`` (kryoptic built by ``scripts/build-kryoptic``, cryptography >= 50.0.2).
 Elsewhere the module skips, saying why; with ``HSMKEY_REQUIRE_PQC=1`` it fails instead.
 """
 
@@ -37,7 +37,9 @@ def _unavailable(reason: str) -> None:
 try:
     from cryptography.hazmat.primitives.asymmetric import mldsa
 except ImportError:
-    _unavailable("cryptography < 51 has no ML-DSA: these tests run in `nox -s pqc`")
+    _unavailable(
+        "this cryptography has no ML-DSA (it needs >= 50.0.2): these tests run in `nox -s pqc`"
+    )
 
 from helpers.kryoptic import (  # noqa: E402
     EXTERNAL_KEYS,
@@ -65,6 +67,7 @@ from hsmkey.keys import (  # noqa: E402
     HSMMLDSA44PrivateKey,
     HSMMLDSA65PrivateKey,
     HSMMLDSA87PrivateKey,
+    mldsa_private_key_for,
     private_key_for,
 )
 from jwcrypto import jwk, jws, jwt  # type: ignore[import-untyped]  # noqa: E402
@@ -269,12 +272,17 @@ def test_wrong_algorithms_are_refused(pool: hsmkey.SessionPool, generated: dict[
 
 
 def test_deterministic_is_for_ml_dsa_only() -> None:
-    """On the suite's SoftHSM2 token: deterministic= is refused for ES256."""
+    """On the suite's SoftHSM2 token: deterministic= is refused for ES256, and the typed
+    ML-DSA accessors refuse an EC key."""
     module, token, pin = os.environ["HSM_MODULE"], os.environ["HSM_TOKEN"], os.environ["HSM_PIN"]
     with hsmkey.SessionPool(module, token, pin) as softhsm:
         key = softhsm.find_key(key_label="ec-key")
         with pytest.raises(HSMMechanismError, match="deterministic=True applies to ML-DSA"):
             key.sign("ES256", b"x", deterministic=True)
+        with pytest.raises(HSMMechanismError, match="not an ML-DSA key"):
+            mldsa_private_key_for(key)
+        with pytest.raises(HSMMechanismError, match="not an ML-DSA key"):
+            _ = HSMJWK.from_hsm(key).mldsa_private_key
 
 
 def test_sign_many_and_sign_async(pool: hsmkey.SessionPool, generated: dict[str, str]) -> None:
@@ -336,13 +344,15 @@ def test_deterministic_attribute_and_contexts(
     pool: hsmkey.SessionPool, zero_seed: dict[str, str]
 ) -> None:
     """Deterministic signatures with a context equal cryptography's own (FIPS 204 is exact)."""
-    private = private_key_for(pool.find_key(key_label=zero_seed["ML-DSA-65"]))
-    private.deterministic = True  # type: ignore[union-attr]
+    private = mldsa_private_key_for(pool.find_key(key_label=zero_seed["ML-DSA-65"]))
+    private.deterministic = True
     one = private.sign(b"data", context=b"ctx")
     assert one == private.sign(b"data", context=b"ctx")
     private.public_key().verify(one, b"data", context=b"ctx")
-    hedged = private_key_for(pool.find_key(key_label=zero_seed["ML-DSA-65"]))
-    assert not hedged.deterministic  # type: ignore[union-attr]  # the attribute belongs to the one object
+    hedged = mldsa_private_key_for(pool.find_key(key_label=zero_seed["ML-DSA-65"]))
+    assert (
+        not hedged.deterministic
+    )  # the attribute belongs to the one object  # the attribute belongs to the one object
 
 
 # -- JOSE (RFC 9964) -----------------------------------------------------------------------------
@@ -364,7 +374,8 @@ def test_rfc9964_appendix_a_reproduced(
     signed = key.hsm_key.sign(name, f"{header}.{payload}".encode(), deterministic=True)
     assert base64url_encode(signed) == signature
     # And through jwcrypto, with the same protected header.
-    key.hsm_private_key.deterministic = True  # type: ignore[union-attr]
+    assert key.mldsa_private_key is key.hsm_private_key
+    key.mldsa_private_key.deterministic = True
     token = jws.JWS(PAYLOAD)
     token.add_signature(key, None, base64url_decode(header).decode(), None)
     assert token.serialize(compact=True) == vector["jws"]
@@ -554,3 +565,30 @@ def test_pool_group_signs_with_ml_dsa(kryoptic: Kryoptic, generated: dict[str, s
             "one": "up",
             "two": "up",
         }
+
+
+# -- SLH-DSA: the low-level signer ------------------------------------------------------------
+
+
+def test_slh_dsa_through_the_low_level_signer(kryoptic: Kryoptic, pool: hsmkey.SessionPool) -> None:
+    """SLH-DSA (FIPS 205) keys: generated, found, signed with through Key.sign_raw; refused
+    (clearly) where JOSE and cryptography have nothing for them, and left out of the JWKS."""
+    with pool.session(rw=True) as session:
+        made = session.generate_key_pair("SLH-DSA-SHA2-128f", label="slh-128f")
+    assert (made.key_type, made.parameter_set) == ("SLH_DSA", "SLH-DSA-SHA2-128f")
+    assert len(made.public_value or b"") == 32
+    with hsmkey.SessionPool(kryoptic.module, kryoptic.token_label, kryoptic.pin) as fresh:
+        key = fresh.find_key(key_label="slh-128f")
+        assert key.public_value == made.public_value
+        signature = key.sign_raw("SLH_DSA", b"message")
+        assert len(signature) == 17088
+        one = key.sign_raw("SLH_DSA", b"message", deterministic=True)
+        assert one == key.sign_raw("SLH_DSA", b"message", deterministic=True)
+        assert one != key.sign_raw("SLH_DSA", b"message", context=b"c", deterministic=True)
+        with pytest.raises(HSMMechanismError, match="SLH-DSA"):
+            private_key_for(key)
+        with pytest.raises(HSMMechanismError, match="SLH-DSA"):
+            HSMJWK.from_hsm(key)
+        with pytest.raises(HSMMechanismError):
+            key.sign("ML-DSA-65", b"x")
+        assert all(k["kty"] in ("AKP", "EC", "RSA", "OKP") for k in hsmkey.jwk.jwks(fresh)["keys"])

@@ -45,6 +45,7 @@ class Pool:
         acquire_timeout: float = 30.0,
         max_idle: float | None = 300.0,
         allow_final_pin_try: bool = False,
+        init_args: str | None = None,
         key_cache_ttl: float | None = 60.0,
         verify_signatures: bool = False,
     ) -> Pool: ...
@@ -57,6 +58,9 @@ class Pool:
     @property
     def closed(self) -> bool:
         """True once :meth:`close` was called."""
+    @property
+    def init_args(self) -> str | None:
+        """The ``C_Initialize`` reserved string the module is initialized with, or None."""
     @property
     def max_sessions(self) -> int:
         """The most sessions lent out at once."""
@@ -115,7 +119,8 @@ class Session:
     ) -> Key:
         """Generate a key pair in the token (read-write sessions only); the private key is
         sensitive and not extractable. ``key_type``: RSA, EC, Ed25519, Ed448, ML-DSA-44,
-        ML-DSA-65 or ML-DSA-87. ``key_id`` defaults to 16 random bytes."""
+        ML-DSA-65, ML-DSA-87, or an SLH-DSA parameter set (``SLH-DSA-SHA2-128s`` ...
+        ``SLH-DSA-SHAKE-256f``). ``key_id`` defaults to 16 random bytes."""
     def import_private_key(
         self, key: object, *, label: str, key_id: bytes | None = None, allow_weak: bool = False
     ) -> Key:
@@ -156,7 +161,7 @@ class Key:
     @property
     def id(self) -> bytes: ...
     @property
-    def key_type(self) -> Literal["RSA", "EC", "EC_EDWARDS", "ML_DSA"]: ...
+    def key_type(self) -> Literal["RSA", "EC", "EC_EDWARDS", "ML_DSA", "SLH_DSA"]: ...
     @property
     def curve(self) -> str | None:
         """``"P-256"``, ``"P-384"``, ``"P-521"``, ``"secp256k1"``, ``"Ed25519"``,
@@ -174,11 +179,13 @@ class Key:
     def ec_point(self) -> bytes | None:
         """EC public point, uncompressed (``04 || X || Y``); Edwards: the raw public key."""
     @property
-    def parameter_set(self) -> Literal["ML-DSA-44", "ML-DSA-65", "ML-DSA-87"] | None:
-        """The ML-DSA parameter set (CKA_PARAMETER_SET), or None for other keys."""
+    def parameter_set(self) -> str | None:
+        """The ML-DSA (``"ML-DSA-65"``) or SLH-DSA (``"SLH-DSA-SHA2-128s"``) parameter set
+        (CKA_PARAMETER_SET), or None for other keys."""
     @property
     def public_value(self) -> bytes | None:
-        """ML-DSA: the raw public key (FIPS 204 encoding; RFC 9964's ``pub``)."""
+        """ML-DSA: the raw public key (FIPS 204 encoding; RFC 9964's ``pub``); SLH-DSA:
+        PK.seed || PK.root."""
     def sign(self, alg: _Alg, data: bytes, *, deterministic: bool = False) -> bytes:
         """Sign ``data`` for a JOSE algorithm; returns the JOSE signature (r||s for EC).
         ML-DSA signatures are hedged unless ``deterministic=True`` (FIPS 204's
@@ -193,10 +200,11 @@ class Key:
     def sign_many(
         self, alg: _Alg, payloads: list[bytes], *, deterministic: bool = False
     ) -> list[bytes]:
-        """Sign many payloads in one GIL-free section."""
+        """Sign many payloads in one GIL-free section (Ctrl-C is let through between
+        payloads, about every 50 ms)."""
     def sign_raw(
         self,
-        mechanism: Literal["RSA_PKCS", "RSA_PSS", "ECDSA", "EDDSA", "ML_DSA"],
+        mechanism: Literal["RSA_PKCS", "RSA_PSS", "ECDSA", "EDDSA", "ML_DSA", "SLH_DSA"],
         data: bytes,
         *,
         hash: _Hash | None = None,
@@ -214,7 +222,8 @@ class Key:
         ``ECDSA-Sig-Value`` with ``der=True`` (what cryptography's keys return).
         EDDSA: pure Ed25519/Ed448.
         ML_DSA: pure ML-DSA with ``context`` (at most 255 bytes), hedged unless
-        ``deterministic``.
+        ``deterministic``. SLH_DSA: pure SLH-DSA, the same way (the low-level signer is the
+        only way to SLH-DSA keys: JOSE and cryptography have none yet).
         """
     def decrypt(
         self,
@@ -255,7 +264,7 @@ def _forget_failed_logins() -> None:
     token)."""
 
 def list_tokens(
-    module_path: str | os.PathLike[str], *, mechanisms: bool = True
+    module_path: str | os.PathLike[str], *, mechanisms: bool = True, init_args: str | None = None
 ) -> list[dict[str, Any]]:
     """Every slot of the module (``C_GetSlotList(FALSE)`` order) with its token and, unless
     ``mechanisms=False``, the token's mechanisms. Opens no session and does not log in."""

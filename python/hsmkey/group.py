@@ -189,13 +189,14 @@ class _Member:
 class _KeyState:
     """What one member holds under a group key's label/id."""
 
-    __slots__ = ("checked_at", "key", "lock", "reason")
+    __slots__ = ("checked_at", "excluded_since", "key", "lock", "reason")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()  # one lookup at a time per member and key
         self.key: Key | None = None
         self.reason: str | None = None  # "missing" / "different key": not used for it
         self.checked_at = 0.0
+        self.excluded_since = 0.0  # Unix time the member was excluded for the key
 
 
 def _fingerprint(key: Key) -> tuple[Any, ...]:
@@ -424,6 +425,7 @@ class GroupKey:
         state.reason = reason
         state.checked_at = time.monotonic()
         if first:
+            state.excluded_since = time.time()
             log.warning(
                 "hsmkey group: key %s is %s on member %r: that member is not used for it",
                 _key_name(self._label, self._id),
@@ -1140,34 +1142,43 @@ class PoolGroup:
     def stats(self) -> dict[str, Any]:
         """The group's health and counters.
 
-        ``members``: one dict per member: ``name``, ``state`` (``"up"``/``"down"``),
-        ``since`` (Unix time of the last change), ``in_use`` (operations in flight),
+        ``members``: one dict per member: ``name``, ``state`` (``"up"``, ``"down"``, or
+        ``"excluded"`` when it is up but holds none of the group's keys as the group knows
+        them), ``since`` (Unix time of the last change), ``in_use`` (operations in flight),
         ``operations``, ``failures``, ``failovers`` (calls that left it for another member),
         ``errors`` (by ``CKR_*`` code or exception class), ``last_error`` and
-        ``last_error_at``, ``probes``, ``downs``, ``excluded`` (labels of keys it is not
-        used for, with the reason), ``durations`` (histograms by operation and algorithm:
-        ``buckets`` bounds in seconds, ``counts`` per bucket plus one above, ``sum``) and
-        ``pool`` (the pool's own :meth:`~hsmkey.SessionPool.stats`).
+        ``last_error_at``, ``probes``, ``downs``, ``excluded`` (the keys it is not used
+        for: ``label``, ``id``, ``reason``, ``since``), ``durations`` (histograms by
+        operation and algorithm: ``buckets`` bounds in seconds, ``counts`` per bucket plus
+        one above, ``sum``), ``max_sessions`` and ``pool`` (the pool's own
+        :meth:`~hsmkey.SessionPool.stats`).
         ``keys``: each group key's state on every member (``ok``, ``missing``,
         ``different key``, ``unchecked``). Totals: ``up``, ``down``, ``calls``,
         ``failovers``, ``unavailable`` (calls refused because no member could serve).
         """
         keys = list({id(k): k for k in [*self._identities.values(), *self._keys.values()]}.values())
         with self._lock:
-            members = []
+            members: list[dict[str, Any]] = []
             for m in self._members:
-                excluded = []
+                excluded: list[dict[str, Any]] = []
                 for k in keys:
                     state = k._states.get(m.index)
                     if state is not None and state.reason is not None:
                         excluded.append(
-                            {"label": k._label, "id": k._id.hex(), "reason": state.reason}
+                            {
+                                "label": k._label,
+                                "id": k._id.hex(),
+                                "reason": state.reason,
+                                "since": state.excluded_since,
+                            }
                         )
+                # Up, but holding none of the group's keys: of no use until that changes.
+                useless = bool(m.up and keys and len(excluded) == len(keys))
                 members.append(
                     {
                         "name": m.name,
-                        "state": m.state,
-                        "since": m.since,
+                        "state": "excluded" if useless else m.state,
+                        "since": max(e["since"] for e in excluded) if useless else m.since,
                         "in_use": m.in_flight,
                         "operations": m.operations,
                         "failures": m.failures,

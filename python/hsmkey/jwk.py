@@ -34,12 +34,14 @@ from .keys import (
     HSMEd448PrivateKey,
     HSMEd25519PrivateKey,
     HSMEllipticCurvePrivateKey,
+    HSMMLDSAPrivateKey,
     HSMPrivateKey,
     HSMRSAPrivateKey,
     _describe,
     _key_info,
     _KeyInfo,
 )
+from .keys.mldsa import _HSMMLDSAMixin
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
@@ -60,6 +62,9 @@ _CURVE_ALGS = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512", "secp256k1"
 # The instance attributes JWK.__init__ sets (caches, flags), taken from a real instance so
 # that a jwcrypto release that adds one keeps working with the fast constructor below.
 _JWK_ATTRS: dict[str, Any] = dict(vars(JWK()))
+
+# Key types with no JOSE representation (SLH-DSA: no JOSE algorithm yet), left out of jwks().
+_NO_JWK = frozenset({"SLH_DSA"})
 
 _NO_EXPORT = (
     NOT_EXTRACTABLE + "; use export_public() or export(private_key=False) for the public key"
@@ -172,6 +177,8 @@ def jwks(source: Session | Pool | PoolGroup) -> dict[str, list[dict[str, Any]]]:
     keys = []
     seen: set[str] = set()
     for key in cast("Session | Pool", source).list_keys():
+        if key.key_type in _NO_JWK:
+            continue
         info = _key_info(key)
         jinfo = info.jwk or _jwk_info(key, info)
         if jinfo.thumbprint in seen:
@@ -348,6 +355,15 @@ class HSMJWK(JWK):  # type: ignore[misc]
     def ed448_private_key(self) -> HSMEd448PrivateKey:
         """:attr:`hsm_private_key` typed as an Ed448 key; ``HSMMechanismError`` for others."""
         return self._typed(HSMEd448PrivateKey, "an Ed448")
+
+    @property
+    def mldsa_private_key(self) -> HSMMLDSAPrivateKey:
+        """:attr:`hsm_private_key` typed as an ML-DSA key (``sign(data, context)``,
+        ``deterministic``); ``HSMMechanismError`` for others."""
+        private: Any = self._hsm_private
+        if not isinstance(private, _HSMMLDSAMixin):
+            raise HSMMechanismError(f"{_describe(private.hsm_key)} is not an ML-DSA key")
+        return cast("HSMMLDSAPrivateKey", private)
 
     def _typed(self, cls: type[_K], what: str) -> _K:
         private = self._hsm_private

@@ -30,7 +30,10 @@ class SessionPool(Pool):
     :param module_path: path of the PKCS#11 shared library.
     :param token_label: label of the token (trailing spaces are ignored).
     :param user_pin: the user PIN (``str`` or ``bytes``); kept in memory that is wiped when
-        the pool goes away, and never shown.
+        the pool goes away, and never shown. ``None`` for a token that requires no login
+        (``CKF_LOGIN_REQUIRED`` off, as Google Cloud KMS's library): then no ``C_Login`` is
+        made; on a token that does require one, the first use raises
+        :class:`~hsmkey.exceptions.HSMPinError`.
     :param token_serial: serial number of the token, to choose among tokens with one label.
     :param slot_id: slot id of the token.
     :param max_sessions: most sessions lent at once (default 64); more callers wait.
@@ -40,6 +43,12 @@ class SessionPool(Pool):
     :param allow_final_pin_try: log in even when the token reports that one more wrong PIN
         locks it (``CKF_USER_PIN_FINAL_TRY``); by default hsmkey refuses and raises
         :class:`~hsmkey.exceptions.HSMPinError` without trying the PIN.
+    :param init_args: the string passed as ``C_Initialize``'s ``pReserved`` (NSS softokn's
+        ``configdir=...`` string, kmsp11's configuration file, YubiHSM's connector options);
+        always with ``CKF_OS_LOCKING_OK``. A module is initialized once per process: every
+        pool of one module must pass the same ``init_args`` (another value raises
+        :class:`~hsmkey.exceptions.HSMModuleError`); a failed initialization leaves the
+        module free for a later pool with the right ones.
     :param key_cache_ttl: seconds a key lookup by label or id (``from_hsm``, ``find_key``)
         is trusted before the next lookup searches the token again (default 60; 0: search
         every time; ``None``: until :meth:`refresh` or a re-login). Within it a lookup
@@ -73,18 +82,24 @@ class SessionPool(Pool):
 
     @classmethod
     def from_env(cls, **kwargs: object) -> SessionPool:
-        """A pool configured by ``HSM_MODULE``, ``HSM_TOKEN`` and ``HSM_PIN`` (and
-        ``HSM_KEY_CACHE_TTL``, seconds, if set).
+        """A pool configured by ``HSM_MODULE``, ``HSM_TOKEN``, ``HSM_PIN`` and
+        ``HSM_INIT_ARGS`` (and ``HSM_KEY_CACHE_TTL``, seconds, if set).
 
-        Keyword arguments are passed on to the constructor (``max_sessions=...``).
+        ``HSM_PIN`` may be left unset for a token that requires no login; ``HSM_INIT_ARGS``
+        (optional) is the module's ``C_Initialize`` string (see ``init_args``). Keyword
+        arguments are passed on to the constructor (``max_sessions=...``) and win over the
+        environment.
         """
-        missing = [n for n in ("HSM_MODULE", "HSM_TOKEN", "HSM_PIN") if not os.environ.get(n)]
+        missing = [n for n in ("HSM_MODULE", "HSM_TOKEN") if not os.environ.get(n)]
         if missing:
             raise ValueError(
                 "SessionPool.from_env() needs the environment variables "
                 + ", ".join(missing)
-                + " (module path, token label, user PIN)"
+                + " (module path, token label; HSM_PIN and HSM_INIT_ARGS as the token needs)"
             )
+        init_args = os.environ.get("HSM_INIT_ARGS") or None
+        if init_args is not None:
+            kwargs.setdefault("init_args", init_args)
         ttl = os.environ.get("HSM_KEY_CACHE_TTL")
         if ttl and "key_cache_ttl" not in kwargs:
             try:
@@ -96,7 +111,7 @@ class SessionPool(Pool):
         return cls(
             os.environ["HSM_MODULE"],
             os.environ["HSM_TOKEN"],
-            os.environ["HSM_PIN"],
+            os.environ.get("HSM_PIN") or None,
             **kwargs,  # type: ignore[arg-type]
         )
 
@@ -135,11 +150,12 @@ def _argument_error(cls: type, exc: TypeError) -> TypeError:
 def hsm_session(
     module_path: str | os.PathLike[str],
     token_label: str,
-    pin: str | bytes,
+    pin: str | bytes | None,
     rw: bool = False,
     *,
     token_serial: str | None = None,
     slot_id: int | None = None,
+    init_args: str | None = None,
 ) -> AbstractContextManager[Session]:
     """Open one logged-in session for the length of a ``with`` block.
 
@@ -156,6 +172,7 @@ def hsm_session(
             token_serial=token_serial,
             slot_id=slot_id,
             max_sessions=1,
+            init_args=init_args,
         )
     finally:
         del pin

@@ -32,8 +32,8 @@ entry point ``hsmkey``) offers these fixtures:
     generates or imports; every object with that label is deleted after the test, so later
     tests do not see them.
 ``hsm_env`` (function scope)
-    Sets ``HSM_MODULE``, ``HSM_TOKEN`` and ``HSM_PIN`` for the test, for code that calls
-    :meth:`~hsmkey.SessionPool.from_env`.
+    Sets ``HSM_MODULE``, ``HSM_TOKEN`` and ``HSM_PIN`` for the test (and clears
+    ``HSM_INIT_ARGS``), for code that calls :meth:`~hsmkey.SessionPool.from_env`.
 
 SoftHSM2 reads ``SOFTHSM2_CONF`` once per process, when the module is first initialized,
 and sees only the tokens that exist then. The fixtures therefore do their work lazily, when
@@ -55,7 +55,7 @@ import subprocess
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -190,22 +190,39 @@ class SoftHSM2Token:
     conf_path: Path
     #: label -> JOSE algorithm of each key in the token (empty for :func:`softhsm2_token`)
     keys: Mapping[str, str] = field(default_factory=dict)
+    #: the module's ``C_Initialize`` string (``init_args=``, ``HSM_INIT_ARGS``); SoftHSM2
+    #: takes none
+    init_args: str | None = None
 
     @property
     def env(self) -> dict[str, str]:
-        """``SOFTHSM2_CONF`` and the ``HSM_MODULE``/``HSM_TOKEN``/``HSM_PIN`` variables of
-        :meth:`~hsmkey.SessionPool.from_env`, for subprocesses and the ``hsmkey`` command."""
-        return {
+        """``SOFTHSM2_CONF`` and the ``HSM_MODULE``/``HSM_TOKEN``/``HSM_PIN`` (and, when
+        set, ``HSM_INIT_ARGS``) variables of :meth:`~hsmkey.SessionPool.from_env`, for
+        subprocesses and the ``hsmkey`` command."""
+        env = {
             "SOFTHSM2_CONF": str(self.conf_path),
             "HSM_MODULE": self.module_path,
             "HSM_TOKEN": self.label,
             "HSM_PIN": self.pin,
         }
+        if self.init_args is not None:
+            env["HSM_INIT_ARGS"] = self.init_args
+        return env
+
+    def __getattr__(self, name: str) -> Any:
+        """A wrong attribute name says which ones there are (``module`` -> ``module_path``)."""
+        import difflib
+
+        names = [*(f.name for f in fields(self)), "env", "pool"]
+        close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]!r}?" if close else f" (it has {', '.join(names)})"
+        raise AttributeError(f"SoftHSM2Token has no attribute {name!r}{hint}")
 
     def pool(self, **kwargs: Any) -> SessionPool:
         """A new :class:`~hsmkey.SessionPool` on this token (the caller closes it)."""
         from .pool import SessionPool
 
+        kwargs.setdefault("init_args", self.init_args)
         return SessionPool(self.module_path, self.label, self.pin, **kwargs)
 
 
@@ -407,9 +424,12 @@ if _pytest is not None:
 
     @_fixture()
     def hsm_env(hsm_token: SoftHSM2Token, monkeypatch: Any) -> dict[str, str]:
-        """Set ``HSM_MODULE``, ``HSM_TOKEN`` and ``HSM_PIN`` (and ``SOFTHSM2_CONF``) to the
-        ``hsm_token`` token for one test; returns them."""
+        """Set ``HSM_MODULE``, ``HSM_TOKEN`` and ``HSM_PIN`` (and ``SOFTHSM2_CONF``; and
+        ``HSM_INIT_ARGS``, removed when the token needs none) to the ``hsm_token`` token for
+        one test; returns them."""
         env = hsm_token.env
         for name, value in env.items():
             monkeypatch.setenv(name, value)
+        if "HSM_INIT_ARGS" not in env:
+            monkeypatch.delenv("HSM_INIT_ARGS", raising=False)
         return env

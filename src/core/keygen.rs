@@ -9,7 +9,7 @@ use zeroize::{Zeroize, Zeroizing};
 
 use crate::core::error::{Context, Error, Result};
 use crate::core::key::{KeyInfo, KeyQuery};
-use crate::core::mechanism::{Curve, KeyKind, MlDsa};
+use crate::core::mechanism::{Curve, KeyKind, MlDsa, SlhDsa};
 
 /// What to generate.
 #[derive(Debug, Clone)]
@@ -19,6 +19,8 @@ pub struct KeySpec {
     pub curve: Option<Curve>,
     /// ML-DSA: the parameter set.
     pub param_set: Option<MlDsa>,
+    /// SLH-DSA: the parameter set.
+    pub slh_set: Option<SlhDsa>,
     pub label: String,
     pub id: Vec<u8>,
 }
@@ -37,6 +39,24 @@ impl KeySpec {
             return Err(Error::value("label must not contain NUL characters"));
         }
         let upper = key_type.to_ascii_uppercase().replace('_', "-");
+        if upper.starts_with("SLH-DSA-") {
+            let set = SlhDsa::parse(key_type)?;
+            if bits.is_some() || curve.is_some() {
+                return Err(Error::value(format!(
+                    "bits= and curve= do not apply to {}: the parameter set is the key type",
+                    set.name()
+                )));
+            }
+            return Ok(KeySpec {
+                kind: KeyKind::SlhDsa,
+                bits: 0,
+                curve: None,
+                param_set: None,
+                slh_set: Some(set),
+                label,
+                id: new_id(id)?,
+            });
+        }
         let param_set = if upper == "ML-DSA" {
             Some(MlDsa::parse(curve.unwrap_or("ML-DSA-65"))?)
         } else if upper.starts_with("ML-DSA-") || upper.starts_with("MLDSA") {
@@ -56,6 +76,7 @@ impl KeySpec {
                 bits: 0,
                 curve: None,
                 param_set,
+                slh_set: None,
                 label,
                 id: new_id(id)?,
             });
@@ -113,6 +134,7 @@ impl KeySpec {
             bits,
             curve,
             param_set: None,
+            slh_set: None,
             label,
             id: new_id(id)?,
         })
@@ -157,6 +179,13 @@ pub fn generate(session: &Session, spec: &KeySpec) -> Result<(ObjectHandle, Obje
                 .ok_or_else(|| Error::value("an ML-DSA key needs a parameter set"))?;
             public.push(Attribute::ParameterSet(set.parameter_set()));
             Mechanism::MlDsaKeyPairGen
+        }
+        (KeyKind::SlhDsa, _) => {
+            let set = spec
+                .slh_set
+                .ok_or_else(|| Error::value("an SLH-DSA key needs a parameter set"))?;
+            public.push(Attribute::ParameterSet(set.parameter_set()));
+            Mechanism::SlhDsaKeyPairGen
         }
         (KeyKind::Rsa, _) => {
             public.extend([
@@ -230,6 +259,7 @@ impl Import {
                 KeyKind::MlDsa => get("public"),
                 _ => None,
             },
+            slh_set: None,
         })
     }
 }

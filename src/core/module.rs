@@ -2,6 +2,7 @@
 //! process, always initialized with OS locking, re-initialized after a fork.
 
 use std::collections::HashMap;
+use std::ffi::CString;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -35,6 +36,9 @@ pub struct Module {
     /// Counts the re-initializations after a loss: threads that saw the module stop
     /// answering in the same generation re-initialize it once.
     generation: std::sync::atomic::AtomicU64,
+    /// The `C_Initialize` reserved string it was initialized with (`init_args=`), kept for
+    /// re-initializations and to refuse a second pool that asks for other arguments.
+    init_args: Option<CString>,
     /// Sessions lent out by pools on this module (see `rescan`).
     leases: std::sync::atomic::AtomicUsize,
     /// Set while `rescan` finalizes and re-initializes the module.
@@ -133,7 +137,7 @@ impl Module {
                 self.path.display()
             ),
         );
-        let ok = reinitialize(&self.ctx, &self.path).is_ok();
+        let ok = reinitialize(&self.ctx, &self.path, self.init_args.as_deref()).is_ok();
         self.generation.fetch_add(1, SeqCst);
         f();
         self.rescanning.store(false, SeqCst);
@@ -184,7 +188,7 @@ impl Module {
                 self.path.display()
             ),
         );
-        reinitialize(&self.ctx, &self.path)?;
+        reinitialize(&self.ctx, &self.path, self.init_args.as_deref())?;
         Ok(true)
     }
 
@@ -207,7 +211,12 @@ impl Module {
         if in_use() {
             return false;
         }
-        reinitialize(&self.ctx, &self.path).is_ok()
+        reinitialize(&self.ctx, &self.path, self.init_args.as_deref()).is_ok()
+    }
+
+    /// The `init_args` the module was initialized with (None: no reserved string).
+    pub fn init_args(&self) -> Option<&str> {
+        self.init_args.as_deref().and_then(|c| c.to_str().ok())
     }
 }
 
@@ -242,7 +251,22 @@ pub fn check_path(path: &Path) -> Result<()> {
 
 /// The loaded module for `path`: loaded and initialized on first use in this process.
 pub fn load(path: &Path) -> Result<Arc<Module>> {
+    load_with(path, None)
+}
+
+/// The loaded module for `path`, initialized with `init_args` as `C_Initialize`'s reserved
+/// string (NSS softokn's configuration, kmsp11's configuration file, YubiHSM's connector).
+/// A module is initialized once per process: asking for other arguments than the ones it was
+/// initialized with is an error (finalizing it would end every other user's sessions). A
+/// failed `C_Initialize` leaves nothing behind, so a later call may bring the right ones.
+pub fn load_with(path: &Path, init_args: Option<&str>) -> Result<Arc<Module>> {
     check_path(path)?;
+    let wanted = init_args
+        .map(|a| {
+            CString::new(a)
+                .map_err(|_| Error::value("init_args must not contain NUL characters".to_string()))
+        })
+        .transpose()?;
     let canonical = std::fs::canonicalize(path).map_err(|e| {
         Error::new(
             Kind::Module,
@@ -250,11 +274,27 @@ pub fn load(path: &Path) -> Result<Arc<Module>> {
         )
     })?;
     let pid = crate::core::fork::pid();
+    let check = |m: Arc<Module>| -> Result<Arc<Module>> {
+        if m.initialized_here && m.init_args != wanted {
+            return Err(Error::new(
+                Kind::Module,
+                format!(
+                    "PKCS#11 module {} is already initialized in this process {}; a module \
+                     is initialized once per process, so every pool of it must pass the \
+                     same init_args (asked for {})",
+                    path.display(),
+                    describe_args(m.init_args.as_deref()),
+                    describe_args(wanted.as_deref()),
+                ),
+            ));
+        }
+        Ok(m)
+    };
     let loaded = |modules: &HashMap<PathBuf, Arc<Module>>| {
         modules.get(&canonical).filter(|m| m.pid == pid).cloned()
     };
     if let Some(m) = loaded(&lock(registry())) {
-        return Ok(m);
+        return check(m);
     }
     // Loading calls the module (C_Initialize, and a few more in a forked child): under a
     // fork-safe lock, never under the registry's (a child forked meanwhile needs that one).
@@ -263,7 +303,7 @@ pub fn load(path: &Path) -> Result<Arc<Module>> {
     let (forked, expected) = {
         let mut modules = lock(registry());
         if let Some(m) = loaded(&modules) {
-            return Ok(m);
+            return check(m);
         }
         match modules.remove(&canonical) {
             // The parent's module state (its sessions, its login) is not ours: never drop or
@@ -278,12 +318,49 @@ pub fn load(path: &Path) -> Result<Arc<Module>> {
             None => (false, Vec::new()),
         }
     };
-    let module = Arc::new(open(&canonical, pid, forked, &expected)?);
+    let module = Arc::new(open(&canonical, pid, forked, &expected, wanted.clone())?);
     lock(registry()).insert(canonical, module.clone());
     Ok(module)
 }
 
-fn open(path: &Path, pid: u32, forked: bool, expected: &[String]) -> Result<Module> {
+/// How an error message names a reserved string: its text is configuration, not a secret,
+/// but it may be long (NSS's): the first 60 characters.
+fn describe_args(args: Option<&std::ffi::CStr>) -> String {
+    match args {
+        None => "without init_args".to_string(),
+        Some(a) => {
+            let text = a.to_string_lossy();
+            let short: String = text.chars().take(60).collect();
+            let more = if short.len() < text.len() { "..." } else { "" };
+            format!("with init_args {short:?}{more}")
+        }
+    }
+}
+
+/// `C_Initialize`'s arguments: always OS locking (FACTS: without it SoftHSM2 turns its own
+/// mutexes off), plus the reserved string when one is given.
+fn init_args_for(reserved: Option<&std::ffi::CStr>) -> CInitializeArgs {
+    match reserved {
+        None => CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK),
+        Some(text) => {
+            let ptr = std::ptr::NonNull::from(text).cast::<std::ffi::c_void>();
+            // SAFETY: `ptr` points to a NUL-terminated string owned by the caller (the
+            // module's `init_args`, or the value about to be stored there), which outlives
+            // every `C_Initialize` made with these arguments; PKCS#11 leaves the layout of
+            // pReserved to the module, and the modules that read it (NSS softokn, kmsp11,
+            // YubiHSM) read a C string.
+            unsafe { CInitializeArgs::new_with_reserved(CInitializeFlags::OS_LOCKING_OK, ptr) }
+        }
+    }
+}
+
+fn open(
+    path: &Path,
+    pid: u32,
+    forked: bool,
+    expected: &[String],
+    init_args: Option<CString>,
+) -> Result<Module> {
     let ctx = Pkcs11::new(path).map_err(|e| match e {
         CkError::LibraryLoading(err) => Error::new(
             Kind::Module,
@@ -298,14 +375,14 @@ fn open(path: &Path, pid: u32, forked: bool, expected: &[String]) -> Result<Modu
         ),
         other => Error::from_cryptoki(other, &format!("loading {}", path.display())),
     })?;
-    let args = || CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK);
+    let reserved = init_args.as_deref();
     let mut initialized_here = true;
-    match ctx.initialize(args()) {
+    match ctx.initialize(init_args_for(reserved)) {
         Ok(()) => {}
         Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) if forked => {
             // The child inherited the parent's initialized state: finalize it (this does not
             // touch the parent's process) and start over with our own.
-            reinitialize(&ctx, path)?;
+            reinitialize(&ctx, path, reserved)?;
             // SoftHSM2 reads its token directory in C_Initialize and skips a token whose
             // files it cannot read at that moment, as when sibling workers log in (which
             // rewrites the token file) while this one starts: seen as no token at all, or
@@ -321,7 +398,7 @@ fn open(path: &Path, pid: u32, forked: bool, expected: &[String]) -> Result<Modu
                     break;
                 }
                 std::thread::sleep(std::time::Duration::from_millis(10 * u64::from(attempt)));
-                reinitialize(&ctx, path)?;
+                reinitialize(&ctx, path, reserved)?;
             }
             log::log(
                 log::INFO,
@@ -339,6 +416,14 @@ fn open(path: &Path, pid: u32, forked: bool, expected: &[String]) -> Result<Modu
         Err(e) => {
             let mut err = Error::from_cryptoki(e, &format!("initializing {}", path.display()));
             err.kind = Kind::Module;
+            if err.rv == Some(RvError::ArgumentsBad) {
+                err.message.push_str(if reserved.is_none() {
+                    "; this module may need C_Initialize arguments: pass init_args= (or set \
+                     HSM_INIT_ARGS), e.g. NSS softokn's configdir='sql:DIR' ... string"
+                } else {
+                    "; the module refused the init_args given"
+                });
+            }
             if let Some(hint) = softhsm2_hint(path) {
                 err.message = format!("{}; {hint}", err.message);
             }
@@ -360,6 +445,7 @@ fn open(path: &Path, pid: u32, forked: bool, expected: &[String]) -> Result<Modu
         raw: crate::core::raw::RawFunctions::load(path),
         lost: std::sync::atomic::AtomicBool::new(false),
         generation: std::sync::atomic::AtomicU64::new(0),
+        init_args,
         leases: std::sync::atomic::AtomicUsize::new(0),
         rescanning: std::sync::atomic::AtomicBool::new(false),
         last_rescan: Mutex::new(None),
@@ -382,8 +468,14 @@ fn softhsm2_hint(module: &Path) -> Option<String> {
         Some(conf) => (PathBuf::from(conf), "named by SOFTHSM2_CONF"),
         None => match user {
             Some(conf) => (conf, "the user's, as SOFTHSM2_CONF is not set"),
+            // The built-in default: /etc/softhsm/softhsm2.conf (Debian, Ubuntu, Homebrew's
+            // under its prefix), /etc/softhsm2.conf (Fedora, RHEL).
             None => (
-                PathBuf::from("/etc/softhsm/softhsm2.conf"),
+                ["/etc/softhsm/softhsm2.conf", "/etc/softhsm2.conf"]
+                    .into_iter()
+                    .map(PathBuf::from)
+                    .find(|p| p.is_file())
+                    .unwrap_or_else(|| PathBuf::from("/etc/softhsm/softhsm2.conf")),
                 "the default, as SOFTHSM2_CONF is not set",
             ),
         },
@@ -424,10 +516,9 @@ fn initialized_labels(ctx: &Pkcs11) -> Vec<String> {
         .collect()
 }
 
-fn reinitialize(ctx: &Pkcs11, path: &Path) -> Result<()> {
+fn reinitialize(ctx: &Pkcs11, path: &Path, reserved: Option<&std::ffi::CStr>) -> Result<()> {
     let _ = ctx.clone().finalize();
-    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
-        .map_err(|e| {
-            Error::from_cryptoki(e, &format!("re-initializing {} after fork", path.display()))
-        })
+    ctx.initialize(init_args_for(reserved)).map_err(|e| {
+        Error::from_cryptoki(e, &format!("re-initializing {} after fork", path.display()))
+    })
 }

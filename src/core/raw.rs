@@ -17,7 +17,7 @@ use cryptoki::session::Session;
 use cryptoki_sys::{
     CKR_BUFFER_TOO_SMALL, CKR_CRYPTOKI_NOT_INITIALIZED, CKR_OK, CKR_SESSION_HANDLE_INVALID,
     CK_ATTRIBUTE, CK_ATTRIBUTE_TYPE, CK_FUNCTION_LIST, CK_MECHANISM, CK_RV, CK_SESSION_INFO,
-    CK_ULONG,
+    CK_SLOT_ID, CK_TOKEN_INFO, CK_ULONG,
 };
 use zeroize::Zeroizing;
 
@@ -96,6 +96,18 @@ impl RawFunctions {
         };
         self.same.store(verdict, Ordering::Relaxed);
         verdict == SAME
+    }
+
+    /// `C_GetTokenInfo` as the module wrote it (None if it fails, or if this list reaches
+    /// another, uninitialized instance: then the caller keeps cryptoki's answer).
+    pub fn token_info(&self, slot: CK_SLOT_ID) -> Option<CK_TOKEN_INFO> {
+        // SAFETY: `list` is valid for the life of `self` (see the Send impl).
+        let get = (unsafe { &*self.list }).C_GetTokenInfo?;
+        // SAFETY: CK_TOKEN_INFO is plain data (integers and byte arrays): zeros are valid.
+        let mut info: CK_TOKEN_INFO = unsafe { std::mem::zeroed() };
+        // SAFETY: `info` is a live, writable CK_TOKEN_INFO; the slot id is a plain number.
+        let rv = unsafe { get(slot, &mut info) };
+        (rv == CKR_OK).then_some(info)
     }
 
     /// `C_SignInit` + one `C_Sign` into a buffer of `max_len` bytes (two calls); a token that

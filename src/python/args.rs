@@ -190,8 +190,10 @@ pub fn slot_id_arg(slot_id: Option<&Bound<'_, PyAny>>) -> PyResult<Option<u64>> 
     })
 }
 
-/// `user_pin=`: a str or bytes, taken into zeroizing memory at once.
-pub fn pin_arg(user_pin: Option<&Bound<'_, PyAny>>) -> PyResult<Pin> {
+/// `user_pin=`: a str or bytes, taken into zeroizing memory at once; None for a token that
+/// requires no login (a pool without a PIN on a token that does fails on first use, with
+/// `HSMPinError`).
+pub fn pin_arg(user_pin: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Pin>> {
     Ok(match user_pin {
         Some(p) if !p.is_none() => {
             let pin = if let Ok(s) = p.cast::<PyString>() {
@@ -209,21 +211,26 @@ pub fn pin_arg(user_pin: Option<&Bound<'_, PyAny>>) -> PyResult<Pin> {
             if pin.is_empty() {
                 return Err(Error::value(
                     "user_pin is empty; give the token's user PIN (an empty string is never \
-                     sent to the token)",
+                     sent to the token), or None for a token that requires no login",
                 )
                 .into());
             }
-            pin
+            Some(pin)
         }
-        _ => {
-            return Err(Error::new(
-                Kind::Type,
-                "user_pin is required (a str or bytes); with SessionPool.from_env() set \
-                 HSM_PIN",
-            )
-            .into())
-        }
+        _ => None,
     })
+}
+
+/// `init_args=`: None, or the non-empty string passed as `C_Initialize`'s `pReserved`.
+pub fn init_args_arg(init_args: Option<&Bound<'_, PyAny>>) -> PyResult<Option<String>> {
+    let args = text_arg("init_args", init_args)?;
+    if args.as_deref() == Some("") {
+        return Err(value_error(
+            "init_args is empty: pass None for a module that takes no C_Initialize arguments"
+                .into(),
+        ));
+    }
+    Ok(args)
 }
 
 /// `max_sessions=`: None (the default) or a whole number from 1 to 1,000,000.

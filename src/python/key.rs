@@ -147,7 +147,10 @@ impl PyKey {
     /// ML-DSA: ``"ML-DSA-44"``, ``"ML-DSA-65"`` or ``"ML-DSA-87"``; None for other keys.
     #[getter]
     fn parameter_set(&self) -> Option<&'static str> {
-        self.info().param_set.map(|p| p.name())
+        let info = self.info();
+        info.param_set
+            .map(|p| p.name())
+            .or_else(|| info.slh_set.map(|s| s.name()))
     }
 
     /// ML-DSA: the raw public key (FIPS 204 encoding, what RFC 9964's ``pub`` carries).
@@ -242,9 +245,10 @@ impl PyKey {
         context: Option<&[u8]>,
         deterministic: bool,
     ) -> PyResult<Bound<'py, PyBytes>> {
-        if (context.is_some() || deterministic) && mechanism != "ML_DSA" {
+        if (context.is_some() || deterministic) && !matches!(mechanism, "ML_DSA" | "SLH_DSA") {
             return Err(Error::value(format!(
-                "context= and deterministic= are for ML_DSA signatures, not {mechanism}"
+                "context= and deterministic= are for ML_DSA and SLH_DSA signatures, not \
+                 {mechanism}"
             ))
             .into());
         }
@@ -276,10 +280,14 @@ impl PyKey {
                 deterministic,
                 context: MlDsaContext::new(context.unwrap_or_default())?,
             },
+            "SLH_DSA" => Scheme::SlhDsa {
+                deterministic,
+                context: MlDsaContext::new(context.unwrap_or_default())?,
+            },
             other => {
                 return Err(Error::mechanism(format!(
-                    "unknown signature mechanism {other:?} (RSA_PKCS, RSA_PSS, ECDSA, EDDSA or \
-                     ML_DSA)"
+                    "unknown signature mechanism {other:?} (RSA_PKCS, RSA_PSS, ECDSA, EDDSA, \
+                     ML_DSA or SLH_DSA)"
                 ))
                 .into())
             }
@@ -368,10 +376,11 @@ impl PyKey {
 
     fn __repr__(&self) -> String {
         let info = self.info();
-        let what = match (info.curve, info.param_set) {
-            (Some(c), _) => format!("{} {}", info.kind.name(), c.name()),
-            (None, Some(p)) => p.name().to_string(),
-            (None, None) => format!("{} {}", info.kind.name(), info.bits),
+        let what = match (info.curve, info.param_set, info.slh_set) {
+            (Some(c), _, _) => format!("{} {}", info.kind.name(), c.name()),
+            (None, Some(p), _) => p.name().to_string(),
+            (None, None, Some(s)) => s.name().to_string(),
+            (None, None, None) => format!("{} {}", info.kind.name(), info.bits),
         };
         format!(
             "<Key label={:?} id={} {}>",

@@ -11,7 +11,8 @@ use crate::core::module::check_path;
 use crate::core::pool::{self, Pool, PoolConfig};
 use crate::core::token::{PinPolicy, TokenCriteria};
 use crate::python::args::{
-    key_query, max_sessions_arg, path_arg, pin_arg, seconds, slot_id_arg, text_arg, value_error,
+    init_args_arg, key_query, max_sessions_arg, path_arg, pin_arg, seconds, slot_id_arg, text_arg,
+    value_error,
 };
 use crate::python::gil::{detach, detach_interruptible};
 use crate::python::key::PyKey;
@@ -39,6 +40,7 @@ impl PyPool {
         acquire_timeout=30.0,
         max_idle=300.0,
         allow_final_pin_try=false,
+        init_args=None,
         key_cache_ttl=60.0,
         verify_signatures=false,
     ))]
@@ -53,6 +55,7 @@ impl PyPool {
         acquire_timeout: f64,
         max_idle: Option<f64>,
         allow_final_pin_try: bool,
+        init_args: Option<&Bound<'_, PyAny>>,
         key_cache_ttl: Option<f64>,
         verify_signatures: bool,
     ) -> PyResult<Self> {
@@ -75,6 +78,7 @@ impl PyPool {
             ));
         }
         let pin = pin_arg(user_pin)?;
+        let init_args = init_args_arg(init_args)?;
         let max_sessions = max_sessions_arg(max_sessions)?;
         let acquire_timeout = seconds("acquire_timeout", acquire_timeout, true)?;
         let max_idle = match max_idle {
@@ -93,6 +97,7 @@ impl PyPool {
                 slot_id,
             },
             pin,
+            init_args,
             max_sessions,
             acquire_timeout,
             max_idle,
@@ -119,6 +124,12 @@ impl PyPool {
     #[getter]
     fn token_label(&self) -> Option<String> {
         self.pool.cfg.criteria.label.clone()
+    }
+
+    /// The `C_Initialize` reserved string the module is initialized with, or None.
+    #[getter]
+    fn init_args(&self) -> Option<String> {
+        self.pool.cfg.init_args.clone()
     }
 
     /// The most sessions lent out at once.

@@ -5,20 +5,22 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
 use crate::core::{inventory, module};
-use crate::python::args::path_arg;
+use crate::python::args::{init_args_arg, path_arg};
 use crate::python::gil::detach;
 
 /// Every slot of the module with its token and mechanisms (no session, no login).
 #[pyfunction]
-#[pyo3(signature = (module_path, *, mechanisms=true))]
+#[pyo3(signature = (module_path, *, mechanisms=true, init_args=None))]
 pub fn list_tokens<'py>(
     py: Python<'py>,
     module_path: &Bound<'py, PyAny>,
     mechanisms: bool,
+    init_args: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Vec<Bound<'py, PyDict>>> {
     let path = path_arg(module_path)?;
+    let init_args = init_args_arg(init_args)?;
     let slots = detach(py, move || -> crate::core::error::Result<_> {
-        let module = module::load(&path)?;
+        let module = module::load_with(&path, init_args.as_deref())?;
         inventory::list(&module, mechanisms)
     })?;
     slots

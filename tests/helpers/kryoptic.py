@@ -1,7 +1,8 @@
 """A throwaway kryoptic token (PKCS#11 3.2, with ML-DSA and SLH-DSA) for the PQC tests.
 
 kryoptic is built once per machine by ``scripts/build-kryoptic`` (cached outside the clone).
-``HSMKEY_TEST_KRYOPTIC`` names the module (``nox -s pqc`` sets it, after building); without
+``HSMKEY_TEST_KRYOPTIC`` (or ``HSMKEY_KRYOPTIC``, as for the kryoptic backend of
+``tests/helpers/backends.py``) names the module (``nox -s pqc`` sets it); without
 it the cached build is used if there is one, else the PQC tests skip, saying how to build
 it. ``HSMKEY_REQUIRE_PQC=1`` (set by ``nox -s pqc``) turns every such skip into a failure.
 
@@ -44,11 +45,13 @@ class KryopticMissing(Exception):
 
 def find_kryoptic() -> str:
     """The kryoptic module: ``$HSMKEY_TEST_KRYOPTIC``, else the cached build."""
-    named = os.environ.get("HSMKEY_TEST_KRYOPTIC")
-    if named:
-        if not Path(named).is_file():
-            raise FileNotFoundError(f"HSMKEY_TEST_KRYOPTIC={named!r}: no such file")
-        return named
+    # HSMKEY_KRYOPTIC is the name tests/helpers/backends.py reads (the kryoptic backend).
+    for var in ("HSMKEY_TEST_KRYOPTIC", "HSMKEY_KRYOPTIC"):
+        named = os.environ.get(var)
+        if named:
+            if not Path(named).is_file():
+                raise FileNotFoundError(f"{var}={named!r}: no such file")
+            return named
     cache = Path(
         os.environ.get("HSMKEY_CACHE")
         or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hsmkey"

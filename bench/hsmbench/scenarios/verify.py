@@ -51,7 +51,7 @@ def run(bench: Bench) -> None:
             ],
         ]
         table(
-            "9. verify_signatures: Key.sign per second, one thread, median (min-max)",
+            "14. verify_signatures: Key.sign per second, one thread, median (min-max)",
             ["pool", *ALGS],
             rows,
             bench.out,

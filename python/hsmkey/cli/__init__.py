@@ -26,7 +26,9 @@ EPILOG = """\
 environment:
   HSM_MODULE   path of the PKCS#11 module (instead of --module)
   HSM_TOKEN    token label (instead of --token)
-  HSM_PIN      user PIN; without it hsmkey asks on the terminal (never echoed)
+  HSM_PIN      user PIN; without it hsmkey asks on the terminal (never echoed), unless
+               the token needs no login
+  HSM_INIT_ARGS the module's C_Initialize string (instead of --init-args)
   HSMKEY_DEBUG set to 1 to show a traceback on errors
 
 examples:

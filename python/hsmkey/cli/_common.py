@@ -71,6 +71,13 @@ def common_options(parser: argparse.ArgumentParser, top: bool) -> None:
         "--token", metavar="LABEL", default=default(None), help="token label; default: $HSM_TOKEN"
     )
     group.add_argument(
+        "--init-args",
+        metavar="TEXT",
+        dest="init_args",
+        default=default(None),
+        help="the module's C_Initialize string (NSS, kmsp11, YubiHSM); default: $HSM_INIT_ARGS",
+    )
+    group.add_argument(
         "--serial", metavar="SERIAL", default=default(None), help="token serial number"
     )
     group.add_argument(
@@ -202,6 +209,30 @@ def module_path(args: argparse.Namespace) -> str:
     return str(module)
 
 
+def init_args(args: argparse.Namespace) -> str | None:
+    """--init-args, else $HSM_INIT_ARGS, else None."""
+    return getattr(args, "init_args", None) or os.environ.get("HSM_INIT_ARGS") or None
+
+
+def token_needs_login(
+    module: str, label: str | None, serial: str | None, slot: int | None, args_text: str | None
+) -> bool:
+    """False only if the token is found and says it needs no login (CKF_LOGIN_REQUIRED off)."""
+    from .. import _hsmkey
+
+    for entry in _hsmkey.list_tokens(module, mechanisms=False, init_args=args_text):
+        if not entry.get("token_present"):
+            continue
+        if label is not None and entry.get("label") != label:
+            continue
+        if serial is not None and entry.get("serial") != serial:
+            continue
+        if slot is not None and entry.get("slot_id") != slot:
+            continue
+        return "CKF_LOGIN_REQUIRED" in entry.get("flags", [])
+    return True
+
+
 def token_selection(
     args: argparse.Namespace, module: str | None = None
 ) -> tuple[str | None, str | None, int | None]:
@@ -264,14 +295,19 @@ def open_pool(args: argparse.Namespace) -> SessionPool:
 
     module = module_path(args)
     label, serial, slot = token_selection(args, module)
+    text = init_args(args)
+    needs_pin = bool(os.environ.get("HSM_PIN")) or token_needs_login(
+        module, label, serial, slot, text
+    )
     # The PIN goes straight into the pool (wiped memory): no local of this frame holds it when
     # the login fails (tracebacks with locals would record it).
     pool = SessionPool(
         module,
         label,
-        user_pin(describe_token(label, serial, slot)),
+        user_pin(describe_token(label, serial, slot)) if needs_pin else None,
         token_serial=serial,
         slot_id=slot,
+        init_args=text,
     )
     pool.check()
     return pool

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ._common import Command, module_path, print_json, short_flags, table
+from ._common import Command, init_args, module_path, print_json, short_flags, table
 
 
 def register(command: Command) -> None:
@@ -20,16 +20,18 @@ def register(command: Command) -> None:
     p.set_defaults(func=cmd_tokens)
 
 
-def _list_tokens(module: str, mechanisms: bool) -> list[dict[str, Any]]:
+def _list_tokens(
+    module: str, mechanisms: bool, init_args: str | None = None
+) -> list[dict[str, Any]]:
     """Slots, tokens and mechanisms of a module (no session, no login)."""
     from .. import _hsmkey
 
-    return list(_hsmkey.list_tokens(module, mechanisms=mechanisms))
+    return list(_hsmkey.list_tokens(module, mechanisms=mechanisms, init_args=init_args))
 
 
 def cmd_tokens(args: argparse.Namespace) -> int:
     module = module_path(args)
-    slots = _list_tokens(module, mechanisms=args.mechanisms or args.json)
+    slots = _list_tokens(module, mechanisms=args.mechanisms or args.json, init_args=init_args(args))
     # Only options given on the command line filter (HSM_TOKEN does not).
     if args.token is not None:
         slots = [s for s in slots if s.get("label") == args.token]

@@ -17,13 +17,14 @@ private key cannot be exported: ``private_bytes()``,
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Union, cast
 
 # One module per key family (as src/core/mechanism/ is on the Rust side); importing them
 # registers each family with _base. hsmkey.jwk and hsmkey.adapters import the private
 # names below from here.
 from ._base import NOT_EXTRACTABLE as NOT_EXTRACTABLE
 from ._base import _describe as _describe
+from ._base import _describe as _describe_key
 from ._base import _key_info as _key_info
 from ._base import _KeyInfo as _KeyInfo
 from .ec import HSMEllipticCurvePrivateKey
@@ -41,26 +42,39 @@ __all__ = [
     "HSMMLDSA44PrivateKey",
     "HSMMLDSA65PrivateKey",
     "HSMMLDSA87PrivateKey",
+    "HSMMLDSAPrivateKey",
     "HSMPrivateKey",
     "HSMRSAPrivateKey",
+    "mldsa_private_key_for",
     "private_key_for",
 ]
 
 HSMPrivateKey = Union[
-    HSMRSAPrivateKey,
-    HSMEllipticCurvePrivateKey,
-    HSMEd25519PrivateKey,
-    HSMEd448PrivateKey,
-    HSMMLDSA44PrivateKey,
-    HSMMLDSA65PrivateKey,
-    HSMMLDSA87PrivateKey,
+    HSMRSAPrivateKey, HSMEllipticCurvePrivateKey, HSMEd25519PrivateKey, HSMEd448PrivateKey
 ]
-"""Any of the HSM-backed private-key classes."""
+"""Any of the HSM-backed classical private-key classes (what PyJWT, joserfc and the other
+JOSE libraries take). ML-DSA keys are :data:`HSMMLDSAPrivateKey`."""
+
+HSMMLDSAPrivateKey = Union[HSMMLDSA44PrivateKey, HSMMLDSA65PrivateKey, HSMMLDSA87PrivateKey]
+"""Any of the HSM-backed ML-DSA private-key classes."""
 
 
 def private_key_for(key: Key) -> HSMPrivateKey:
-    """The cryptography private-key object for a token key: RSA, EC, Ed25519, Ed448 or
-    ML-DSA-44/65/87."""
+    """The cryptography private-key object for a token key: RSA, EC, Ed25519 or Ed448; for
+    an ML-DSA key its :data:`HSMMLDSAPrivateKey` object (typed code uses
+    :func:`mldsa_private_key_for` for those: the static type stays the classical union,
+    which the JOSE libraries' signatures accept)."""
     info = _key_info(key)
     obj: HSMPrivateKey = info.cls._new(key, info)
     return obj
+
+
+def mldsa_private_key_for(key: Key) -> HSMMLDSAPrivateKey:
+    """:func:`private_key_for` for an ML-DSA key, typed as one (``sign(data, context)``);
+    :class:`~hsmkey.exceptions.HSMMechanismError` for other keys."""
+    from ..exceptions import HSMMechanismError
+
+    if key.key_type != "ML_DSA":
+        raise HSMMechanismError(f"HSM key {_describe_key(key)} is not an ML-DSA key")
+    info = _key_info(key)
+    return cast("HSMMLDSAPrivateKey", info.cls._new(key, info))

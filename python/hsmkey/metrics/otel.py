@@ -18,7 +18,9 @@ name                                     kind          attributes / meaning
                                                        ecdh, sign_many, ...),
                                                        ``hsmkey.algorithm``, ``error.type``
                                                        (``CKR_*``) on failures
-``hsmkey.member.up``                     gauge (obs.)  1 up, 0 down
+``hsmkey.member.up``                     gauge (obs.)  1 up (or excluded), 0 down
+``hsmkey.member.state``                  gauge (obs.)  ``hsmkey.member.state`` = up |
+                                                       down | excluded: 1 for the current
 ``hsmkey.member.operations``             counter (obs.) operations that succeeded
 ``hsmkey.member.errors``                 counter (obs.) ``error.type``: ``CKR_*`` code or
                                                        exception class
@@ -114,9 +116,15 @@ class GroupInstrumentation:
             ),
             gauge(
                 "hsmkey.member.up",
-                callbacks=[self._per_member(lambda m: 1 if m["state"] == "up" else 0)],
+                callbacks=[self._per_member(lambda m: 0 if m["state"] == "down" else 1)],
                 unit="1",
                 description="1 while a member is up, 0 while it is down",
+            ),
+            gauge(
+                "hsmkey.member.state",
+                callbacks=[self._states],
+                unit="1",
+                description="1 for a member's current state (up, down, excluded)",
             ),
             counter(
                 "hsmkey.member.operations",
@@ -191,6 +199,15 @@ class GroupInstrumentation:
             out.append(Observation(pool.get("idle", 0), self._attrs(m, **{STATE: "idle"})))
             out.append(Observation(pool.get("in_use", 0), self._attrs(m, **{STATE: "used"})))
         return out
+
+    def _states(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(
+                1 if m["state"] == state else 0, self._attrs(m, **{"hsmkey.member.state": state})
+            )
+            for m in self._members()
+            for state in ("up", "down", "excluded")
+        ]
 
     def _errors(self, options: CallbackOptions) -> Iterable[Observation]:
         return [

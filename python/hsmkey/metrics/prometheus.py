@@ -10,7 +10,9 @@ Every scrape reads :meth:`PoolGroup.stats() <hsmkey.PoolGroup.stats>` once. Seri
 =================================================== ======== ==============================
 series                                              type     labels / meaning
 =================================================== ======== ==============================
-``hsmkey_member_up``                                gauge    1 up, 0 down
+``hsmkey_member_up``                                gauge    1 up (or excluded), 0 down
+``hsmkey_member_state``                             gauge    ``state`` = up | down |
+                                                             excluded: 1 for the current
 ``hsmkey_member_state_since_seconds``               gauge    Unix time of the last change
 ``hsmkey_member_in_flight``                         gauge    operations in flight
 ``hsmkey_member_operations_total``                  counter  operations that succeeded
@@ -101,6 +103,9 @@ class GroupCollector(Collector):
             return cls(f"{ns}_{name}", doc, labels=[*base, "member", *labels])
 
         up = family(GaugeMetricFamily, "member_up", "1 while the member is up, 0 while down")
+        states = family(
+            GaugeMetricFamily, "member_state", "1 for the member's current state", "state"
+        )
         since = family(
             GaugeMetricFamily,
             "member_state_since_seconds",
@@ -136,7 +141,9 @@ class GroupCollector(Collector):
         for m in stats["members"]:
             lv = [*gval, m["name"]]
             pool = m["pool"]
-            up.add_metric(lv, 1 if m["state"] == "up" else 0)
+            up.add_metric(lv, 0 if m["state"] == "down" else 1)
+            for state in ("up", "down", "excluded"):
+                states.add_metric([*lv, state], 1 if m["state"] == state else 0)
             since.add_metric(lv, m["since"])
             in_flight.add_metric(lv, m["in_use"])
             ops.add_metric(lv, m["operations"])
@@ -163,7 +170,7 @@ class GroupCollector(Collector):
             for event in POOL_EVENTS:
                 if event in pool:
                     events.add_metric([*lv, event], pool[event])
-        yield from (up, since, in_flight, ops, failures, errors, failovers, downs, probes)
+        yield from (up, states, since, in_flight, ops, failures, errors, failovers, downs, probes)
         yield from (excluded, duration, sessions, max_sessions, pending, events)
         glabels = base
         for name, key, doc in (

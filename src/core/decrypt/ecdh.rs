@@ -202,10 +202,41 @@ mod tests {
     const K256_G: &str = "0479be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798\
                           483ada7726a3c4655da4fbfc0e1108a8fd17b448a68554199c47d08ffb10d4b8";
 
+    const P384_G: &str = "04aa87ca22be8b05378eb1c71ef320ad746e1d3b628ba79b9859f741e082542a38\
+                          5502f25dbf55296c3a545e3872760ab73617de4a96262c6f5d9e98bf9292dc29f8\
+                          f41dbd289a147ce9da3113b5f0b8c00a60b1ce1d7e819d7a431d7c90ea0e5f";
+    const P521_G: &str = "0400c6858e06b70404e9cd9e3ecb662395b4429c648139053fb521f828af606b4d\
+                          3dbaa14b5e77efe75928fe1dc127a2ffa8de3348b3c1856a429bf97e7e31c2e5bd\
+                          66011839296a789a3bc0045c8a5fb42c7d1bd998f54449579b446817afbd17273e\
+                          662c97ee72995ef42640c550b9013fad0761353c7086a272c24088be94769fd16650";
+
     #[test]
     fn points_on_the_curve_pass() {
         assert!(check_peer_point(Curve::P256, &unhex(P256_G)).is_ok());
         assert!(check_peer_point(Curve::Secp256k1, &unhex(K256_G)).is_ok());
+        assert!(check_peer_point(Curve::P384, &unhex(P384_G)).is_ok());
+        assert!(check_peer_point(Curve::P521, &unhex(P521_G)).is_ok());
+    }
+
+    #[test]
+    fn off_curve_points_are_refused_on_every_curve() {
+        for (curve, g) in [
+            (Curve::P256, P256_G),
+            (Curve::P384, P384_G),
+            (Curve::P521, P521_G),
+            (Curve::Secp256k1, K256_G),
+        ] {
+            let mut p = unhex(g);
+            assert_eq!(p.len(), curve.public_len(), "{}", curve.name());
+            let last = p.len() - 1;
+            p[last] ^= 1;
+            assert!(check_peer_point(curve, &p).is_err(), "{}", curve.name());
+            let mut zero = vec![0u8; curve.public_len()];
+            zero[0] = 4;
+            assert!(check_peer_point(curve, &zero).is_err(), "{}", curve.name());
+        }
+        // Edwards curves have no ECDH here.
+        assert!(check_peer_point(Curve::Ed25519, &[0u8; 32]).is_err());
     }
 
     #[test]

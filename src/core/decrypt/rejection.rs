@@ -150,6 +150,25 @@ pub fn refused(err: &CkError, init: Function) -> bool {
     )
 }
 
+/// Errors that say the session, its login or the token went away (not that the key refuses
+/// the mechanism): never worked around, the caller heals them.
+fn lost(err: &CkError) -> bool {
+    matches!(
+        err,
+        CkError::Pkcs11(
+            RvError::SessionHandleInvalid
+                | RvError::SessionClosed
+                | RvError::DeviceRemoved
+                | RvError::TokenNotPresent
+                | RvError::UserNotLoggedIn
+                | RvError::CryptokiNotInitialized
+                | RvError::ObjectHandleInvalid
+                | RvError::KeyHandleInvalid,
+            _
+        )
+    )
+}
+
 fn finish(secret: &[u8]) -> Zeroizing<[u8; 32]> {
     let mut h = Sha256::new();
     h.update(DOMAIN);
@@ -250,12 +269,24 @@ fn derive(
                 });
             }
             Err(e) if refused(&e, Function::DecryptInit) => {}
-            Err(e) => {
+            // A session or login that is gone is healed by the caller, not worked around.
+            Err(e) if lost(&e) => {
                 return Err(Error::from_cryptoki(
                     e,
                     "deriving the key's implicit-rejection secret (raw RSA)",
                 ))
             }
+            // Any other failure, at C_DecryptInit or at C_Decrypt (kryoptic 1.5 accepts
+            // CKM_RSA_X_509 at init and answers CKR_GENERAL_ERROR from C_Decrypt): the token
+            // does not do raw RSA with this key; the signature derivation below may.
+            Err(e) => log::log(
+                log::INFO,
+                &format!(
+                    "{}: raw RSA failed ({e}); deriving the implicit-rejection secret from a \
+                     signature instead",
+                    info.describe()
+                ),
+            ),
         }
     }
     let data = signed_value(n);

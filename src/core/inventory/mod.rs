@@ -3,10 +3,11 @@
 
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::{MechanismInfo, MechanismType};
-use cryptoki::slot::{Slot, SlotInfo, TokenInfo};
+use cryptoki::slot::{Slot, SlotInfo};
 
 use crate::core::error::{Context, Result};
 use crate::core::module::Module;
+use crate::core::token::TokenInfo;
 
 mod raw_mechanisms;
 
@@ -57,7 +58,7 @@ fn slot_entry(module: &Module, slot: Slot, with_mechanisms: bool) -> Result<Slot
         .get_slot_info(slot)
         .context("reading slot information")?;
     let token = if info.token_present() {
-        match module.ctx.get_token_info(slot) {
+        match crate::core::token::read_token_info(module, slot) {
             Ok(t) => Some(token_entry(module, slot, &t, with_mechanisms)?),
             Err(CkError::Pkcs11(RvError::TokenNotPresent | RvError::TokenNotRecognized, _)) => None,
             Err(e) => {
@@ -99,30 +100,38 @@ fn token_entry(
     t: &TokenInfo,
     with_mechanisms: bool,
 ) -> Result<TokenEntry> {
-    let bits: [(bool, &'static str); 19] = [
-        (t.rng(), "CKF_RNG"),
-        (t.write_protected(), "CKF_WRITE_PROTECTED"),
-        (t.login_required(), "CKF_LOGIN_REQUIRED"),
-        (t.user_pin_initialized(), "CKF_USER_PIN_INITIALIZED"),
-        (t.restore_key_not_needed(), "CKF_RESTORE_KEY_NOT_NEEDED"),
-        (t.clock_on_token(), "CKF_CLOCK_ON_TOKEN"),
+    use cryptoki_sys as ck;
+    let names: [(ck::CK_FLAGS, &'static str); 19] = [
+        (ck::CKF_RNG, "CKF_RNG"),
+        (ck::CKF_WRITE_PROTECTED, "CKF_WRITE_PROTECTED"),
+        (ck::CKF_LOGIN_REQUIRED, "CKF_LOGIN_REQUIRED"),
+        (ck::CKF_USER_PIN_INITIALIZED, "CKF_USER_PIN_INITIALIZED"),
+        (ck::CKF_RESTORE_KEY_NOT_NEEDED, "CKF_RESTORE_KEY_NOT_NEEDED"),
+        (ck::CKF_CLOCK_ON_TOKEN, "CKF_CLOCK_ON_TOKEN"),
         (
-            t.protected_authentication_path(),
+            ck::CKF_PROTECTED_AUTHENTICATION_PATH,
             "CKF_PROTECTED_AUTHENTICATION_PATH",
         ),
-        (t.dual_crypto_operations(), "CKF_DUAL_CRYPTO_OPERATIONS"),
-        (t.token_initialized(), "CKF_TOKEN_INITIALIZED"),
-        (t.secondary_authentication(), "CKF_SECONDARY_AUTHENTICATION"),
-        (t.user_pin_count_low(), "CKF_USER_PIN_COUNT_LOW"),
-        (t.user_pin_final_try(), "CKF_USER_PIN_FINAL_TRY"),
-        (t.user_pin_locked(), "CKF_USER_PIN_LOCKED"),
-        (t.user_pin_to_be_changed(), "CKF_USER_PIN_TO_BE_CHANGED"),
-        (t.so_pin_count_low(), "CKF_SO_PIN_COUNT_LOW"),
-        (t.so_pin_final_try(), "CKF_SO_PIN_FINAL_TRY"),
-        (t.so_pin_locked(), "CKF_SO_PIN_LOCKED"),
-        (t.so_pin_to_be_changed(), "CKF_SO_PIN_TO_BE_CHANGED"),
-        (t.error_state(), "CKF_ERROR_STATE"),
+        (ck::CKF_DUAL_CRYPTO_OPERATIONS, "CKF_DUAL_CRYPTO_OPERATIONS"),
+        (ck::CKF_TOKEN_INITIALIZED, "CKF_TOKEN_INITIALIZED"),
+        (
+            ck::CKF_SECONDARY_AUTHENTICATION,
+            "CKF_SECONDARY_AUTHENTICATION",
+        ),
+        (ck::CKF_USER_PIN_COUNT_LOW, "CKF_USER_PIN_COUNT_LOW"),
+        (ck::CKF_USER_PIN_FINAL_TRY, "CKF_USER_PIN_FINAL_TRY"),
+        (ck::CKF_USER_PIN_LOCKED, "CKF_USER_PIN_LOCKED"),
+        (ck::CKF_USER_PIN_TO_BE_CHANGED, "CKF_USER_PIN_TO_BE_CHANGED"),
+        (ck::CKF_SO_PIN_COUNT_LOW, "CKF_SO_PIN_COUNT_LOW"),
+        (ck::CKF_SO_PIN_FINAL_TRY, "CKF_SO_PIN_FINAL_TRY"),
+        (ck::CKF_SO_PIN_LOCKED, "CKF_SO_PIN_LOCKED"),
+        (ck::CKF_SO_PIN_TO_BE_CHANGED, "CKF_SO_PIN_TO_BE_CHANGED"),
+        (ck::CKF_ERROR_STATE, "CKF_ERROR_STATE"),
     ];
+    let bits: Vec<(bool, &'static str)> = names
+        .iter()
+        .map(|(bit, name)| (t.flags() & bit != 0, *name))
+        .collect();
     let mechanisms = if with_mechanisms {
         let types = match raw_mechanisms::mechanism_types(&module.path, slot.id()) {
             Some(types) => types,
@@ -144,8 +153,8 @@ fn token_entry(
         model: t.model().trim_end().to_string(),
         serial: t.serial_number().trim_end().to_string(),
         flags: bits.iter().filter(|(on, _)| *on).map(|(_, n)| *n).collect(),
-        hardware_version: t.hardware_version().to_string(),
-        firmware_version: t.firmware_version().to_string(),
+        hardware_version: t.hardware_version(),
+        firmware_version: t.firmware_version(),
         mechanisms,
     })
 }

@@ -51,6 +51,7 @@ pub fn same_key(
         Some(KeyType::EC) => KeyKind::Ec,
         Some(KeyType::EC_EDWARDS) => KeyKind::Edwards,
         Some(KeyType::ML_DSA) => KeyKind::MlDsa,
+        Some(KeyType::SLH_DSA) => KeyKind::SlhDsa,
         _ => return Ok(Identity::Different),
     };
     if kind != info.kind {
@@ -78,6 +79,13 @@ pub fn same_key(
             }
             let (message, sig) = probe(session, handle, info, signer)?;
             answer(verify(info, &probe_scheme(info), &message, &sig)?)
+        }
+        // SLH-DSA: only the private object's own public key tells (no software verifier).
+        KeyKind::SlhDsa => {
+            let own_public = info
+                .slh_set
+                .and_then(|set| super::public::slh_public_from_spki(own.spki.as_deref(), set));
+            answer(own_public.is_some() && own_public == info.public_value)
         }
         KeyKind::MlDsa => {
             let Some(set) = info.param_set else {

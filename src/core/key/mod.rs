@@ -6,7 +6,7 @@
 use cryptoki::object::{Attribute, ObjectClass};
 
 use crate::core::error::{Error, Kind, Result};
-use crate::core::mechanism::{hex, Curve, KeyKind, MechanismSet, MlDsa};
+use crate::core::mechanism::{hex, Curve, KeyKind, MechanismSet, MlDsa, SlhDsa};
 use crate::core::raw::RawFunctions;
 
 mod find;
@@ -91,6 +91,8 @@ pub struct KeyInfo {
     pub param_set: Option<MlDsa>,
     /// ML-DSA: the raw public key (FIPS 204 pkEncode; a public object's `CKA_VALUE`).
     pub public_value: Option<Vec<u8>>,
+    /// SLH-DSA: the parameter set (the public key is in `public_value`).
+    pub slh_set: Option<SlhDsa>,
 }
 
 impl KeyInfo {
@@ -103,13 +105,15 @@ impl KeyInfo {
             && self.ec_point == other.ec_point
             && self.param_set == other.param_set
             && self.public_value == other.public_value
+            && self.slh_set == other.slh_set
     }
 
     /// Room for any signature of this key (the module reports the length it wrote).
     pub fn max_signature_len(&self) -> usize {
-        match self.param_set {
-            Some(p) => p.signature_len(),
-            None => sign::max_signature_len(self.bits),
+        match (self.param_set, self.slh_set) {
+            (Some(p), _) => p.signature_len(),
+            (_, Some(s)) => s.signature_len(),
+            _ => sign::max_signature_len(self.bits),
         }
     }
 
@@ -120,6 +124,9 @@ impl KeyInfo {
         };
         if let Some(p) = self.param_set {
             return format!("{name} is {}", p.name());
+        }
+        if let Some(s) = self.slh_set {
+            return format!("{name} is {}", s.name());
         }
         match (self.kind, self.curve) {
             (KeyKind::Rsa, _) => format!("{name} is RSA {}", self.bits),

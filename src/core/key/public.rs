@@ -11,7 +11,7 @@ use cryptoki::session::Session;
 use super::verify::{probe_scheme, verify};
 use super::{KeyInfo, KeyQuery, Signer};
 use crate::core::error::{Context, Error, Kind, Result};
-use crate::core::mechanism::{der_tlv, public_from_spki, Curve, KeyKind, MlDsa};
+use crate::core::mechanism::{der_tlv, public_from_spki, Curve, KeyKind, MlDsa, SlhDsa};
 
 /// What the private object says of itself (no public-key object consulted).
 pub struct OwnAttributes {
@@ -112,13 +112,15 @@ fn point_from_spki(curve: Curve, spki: &[u8]) -> Option<Vec<u8>> {
 ///
 /// `public` is the public-key object when the caller knows it is genuine (it just made the
 /// pair in this session); otherwise an EC or Edwards key without its own point gets it from
-/// a public-key object that a probe signature proves.
+/// a public-key object that a probe signature proves. Without a `signer` the first candidate
+/// is taken unproven: only for what is never published nor used to verify (the duplicate
+/// check of an import).
 pub fn read_info(
     session: &Session,
     handle: ObjectHandle,
     public: Option<ObjectHandle>,
     query: &KeyQuery,
-    signer: Signer<'_>,
+    signer: Option<Signer<'_>>,
 ) -> Result<KeyInfo> {
     let own = own_attributes(session, handle)?;
     let kind = match own.kind {
@@ -126,6 +128,7 @@ pub fn read_info(
         Some(KeyType::EC) => KeyKind::Ec,
         Some(KeyType::EC_EDWARDS) => KeyKind::Edwards,
         Some(KeyType::ML_DSA) => KeyKind::MlDsa,
+        Some(KeyType::SLH_DSA) => KeyKind::SlhDsa,
         other => {
             return Err(Error::mechanism(format!(
                 "the private key with {} has a key type hsmkey does not sign with ({other:?})",
@@ -145,6 +148,7 @@ pub fn read_info(
         unique_id: own.unique_id.clone(),
         param_set: None,
         public_value: None,
+        slh_set: None,
     };
     match kind {
         KeyKind::Rsa => {
@@ -205,8 +209,74 @@ pub fn read_info(
             };
             info.public_value = Some(value);
         }
+        KeyKind::SlhDsa => {
+            let set = slh_parameter_set(session, handle)?.ok_or_else(|| {
+                Error::mechanism(format!(
+                    "the SLH-DSA key with {} has no CKA_PARAMETER_SET",
+                    query.describe()
+                ))
+            })?;
+            info.slh_set = Some(set);
+            // No software verifier for SLH-DSA: a public-key object cannot be proven, so the
+            // public key comes from the private object itself, or from the pair just made.
+            let value = match (slh_public_from_spki(own.spki.as_deref(), set), public) {
+                (Some(v), _) => v,
+                (None, Some(h)) => read_value(session, h, set.public_len())?.ok_or_else(|| {
+                    Error::mechanism("the new SLH-DSA public key has no CKA_VALUE")
+                })?,
+                (None, None) => {
+                    return Err(Error::mechanism(format!(
+                        "the {} private key with {} does not carry its public key \
+                         (CKA_PUBLIC_KEY_INFO), and hsmkey cannot prove a public-key object's \
+                         SLH-DSA key (it has no SLH-DSA verifier)",
+                        set.name(),
+                        query.describe()
+                    )))
+                }
+            };
+            info.public_value = Some(value);
+        }
     }
     Ok(info)
+}
+
+/// CKA_PARAMETER_SET of an SLH-DSA key object.
+pub fn slh_parameter_set(session: &Session, handle: ObjectHandle) -> Result<Option<SlhDsa>> {
+    let attrs = session
+        .get_attributes(handle, &[AttributeType::ParameterSet])
+        .context("reading CKA_PARAMETER_SET")?;
+    for a in attrs {
+        if let Attribute::ParameterSet(p) = a {
+            return SlhDsa::from_parameter_set(p).map(Some);
+        }
+    }
+    Ok(None)
+}
+
+/// The SLH-DSA public key inside the private object's CKA_PUBLIC_KEY_INFO (the BIT STRING at
+/// its end, of the set's length).
+pub fn slh_public_from_spki(spki: Option<&[u8]>, set: SlhDsa) -> Option<Vec<u8>> {
+    let (0x30, body) = der_tlv(spki?)? else {
+        return None;
+    };
+    let want = set.public_len();
+    let start = body.len().checked_sub(want)?;
+    let header = [0x03, (want + 1) as u8, 0];
+    if start < header.len() || body[start - header.len()..start] != header {
+        return None;
+    }
+    Some(body[start..].to_vec())
+}
+
+/// CKA_VALUE of a public-key object, if it has `len` bytes.
+fn read_value(session: &Session, handle: ObjectHandle, len: usize) -> Result<Option<Vec<u8>>> {
+    let attrs = session
+        .get_attributes(handle, &[AttributeType::Value])
+        .context("reading CKA_VALUE")?;
+    Ok(attrs.into_iter().find_map(|a| match a {
+        Attribute::Value(v) if v.len() == len => Some(v),
+        _ => None,
+    }))
 }
 
 /// CKA_PARAMETER_SET of an ML-DSA key object (read on its own: other key types do not have
@@ -264,7 +334,7 @@ fn proven_mldsa_public(
     handle: ObjectHandle,
     info: &KeyInfo,
     query: &KeyQuery,
-    signer: Signer<'_>,
+    signer: Option<Signer<'_>>,
 ) -> Result<Vec<u8>> {
     let Some(set) = info.param_set else {
         return Err(Error::mechanism("an ML-DSA key without a parameter set"));
@@ -301,6 +371,9 @@ fn proven_mldsa_public(
                 continue;
             }
             tried.push(value.clone());
+            let Some(signer) = signer else {
+                return Ok(value);
+            };
             if probe_sig.is_none() {
                 probe_sig = Some(probe(session, handle, info, signer)?);
             }
@@ -388,7 +461,7 @@ fn proven_point(
     handle: ObjectHandle,
     info: &KeyInfo,
     query: &KeyQuery,
-    signer: Signer<'_>,
+    signer: Option<Signer<'_>>,
 ) -> Result<Vec<u8>> {
     let Some(curve) = info.curve else {
         return Err(Error::mechanism("an EC key without a curve"));
@@ -428,6 +501,9 @@ fn proven_point(
                 continue;
             }
             tried.push(point.clone());
+            let Some(signer) = signer else {
+                return Ok(point);
+            };
             if probe_sig.is_none() {
                 probe_sig = Some(probe(session, handle, info, signer)?);
             }

@@ -22,6 +22,10 @@ pub fn verify(info: &KeyInfo, scheme: &Scheme, data: &[u8], signature: &[u8]) ->
         KeyKind::Ec => verify_ecdsa(info, scheme, data, signature),
         KeyKind::Edwards => verify_eddsa(info, scheme, data, signature),
         KeyKind::MlDsa => verify_mldsa(info, scheme, data, signature),
+        KeyKind::SlhDsa => Err(Error::mechanism(format!(
+            "hsmkey has no software verifier for SLH-DSA: {} cannot be checked",
+            info.describe()
+        ))),
     }
 }
 
@@ -36,6 +40,10 @@ pub fn probe_scheme(info: &KeyInfo) -> Scheme {
         (KeyKind::Edwards, _) => Scheme::EdDsa,
         // Hedged, empty context: the form every ML-DSA token makes.
         (KeyKind::MlDsa, _) => Scheme::MlDsa {
+            deterministic: false,
+            context: MlDsaContext::EMPTY,
+        },
+        (KeyKind::SlhDsa, _) => Scheme::SlhDsa {
             deterministic: false,
             context: MlDsaContext::EMPTY,
         },
@@ -266,6 +274,7 @@ mod tests {
             unique_id: None,
             param_set: None,
             public_value: None,
+            slh_set: None,
         }
     }
 
@@ -290,6 +299,7 @@ mod tests {
             unique_id: None,
             param_set: Some(MlDsa::P44),
             public_value: Some(hex_bytes(public)),
+            slh_set: None,
         };
         let scheme = probe_scheme(&info);
         let sig = hex_bytes(sig);
@@ -373,6 +383,7 @@ mod tests {
             unique_id: None,
             param_set: None,
             public_value: None,
+            slh_set: None,
         };
         let s = probe_scheme(&rsa);
         assert!(matches!(verify(&rsa, &s, b"m", &[0xff, 0xff]), Ok(false)));
@@ -403,6 +414,7 @@ mod tests {
             unique_id: None,
             param_set: None,
             public_value: None,
+            slh_set: None,
         };
         let m = b"hsmkey verify vector";
         let v15 = Scheme::RsaPkcs {

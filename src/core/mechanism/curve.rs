@@ -12,6 +12,8 @@ pub enum KeyKind {
     Edwards,
     /// ML-DSA (FIPS 204), `CKK_ML_DSA`.
     MlDsa,
+    /// SLH-DSA (FIPS 205), `CKK_SLH_DSA`: the low-level signer only.
+    SlhDsa,
 }
 
 impl KeyKind {
@@ -21,6 +23,7 @@ impl KeyKind {
             KeyKind::Ec => "EC",
             KeyKind::Edwards => "EC_EDWARDS",
             KeyKind::MlDsa => "ML_DSA",
+            KeyKind::SlhDsa => "SLH_DSA",
         }
     }
 }

@@ -17,12 +17,14 @@ mod hash;
 mod jose;
 mod mldsa;
 mod rsa;
+mod slhdsa;
 
 pub use curve::{Curve, KeyKind};
 pub use encoding::{der_tlv, ecdsa_der, hex};
 pub use hash::HashAlg;
 pub use jose::{JoseAlg, Needs};
 pub use mldsa::{public_from_spki, Context as MlDsaContext, MlDsa};
+pub use slhdsa::SlhDsa;
 
 /// What to sign, independent of the token.
 ///
@@ -50,6 +52,11 @@ pub enum Scheme {
         deterministic: bool,
         context: MlDsaContext,
     },
+    /// Pure SLH-DSA (FIPS 205), like ML-DSA.
+    SlhDsa {
+        deterministic: bool,
+        context: MlDsaContext,
+    },
 }
 
 /// Checks that a scheme fits a key family (the low-level `sign_raw` path).
@@ -63,6 +70,7 @@ pub fn check_scheme_key(
         Scheme::Ecdsa { .. } => kind == KeyKind::Ec,
         Scheme::EdDsa => kind == KeyKind::Edwards,
         Scheme::MlDsa { .. } => kind == KeyKind::MlDsa,
+        Scheme::SlhDsa { .. } => kind == KeyKind::SlhDsa,
     };
     if ok {
         Ok(())
@@ -82,12 +90,17 @@ fn scheme_name(scheme: &Scheme) -> &'static str {
         Scheme::Ecdsa { .. } => "ECDSA",
         Scheme::EdDsa => "EdDSA",
         Scheme::MlDsa { .. } => "ML-DSA",
+        Scheme::SlhDsa { .. } => "SLH-DSA",
     }
 }
 
 /// The mechanisms a token offers, as far as signing cares.
 pub trait MechanismSet {
     fn has(&self, mechanism: MechanismType) -> bool;
+    /// How errors name the token ("token \"x\" (serial y)").
+    fn describe(&self) -> String {
+        "the token".to_string()
+    }
 }
 
 /// A scheme made concrete for one token: the mechanism to pass and the bytes to sign.
@@ -120,6 +133,10 @@ pub fn prepare<'a>(
             deterministic,
             context,
         } => mldsa::prepare_mldsa(*deterministic, context, token),
+        Scheme::SlhDsa {
+            deterministic,
+            context,
+        } => slhdsa::prepare_slhdsa(*deterministic, context, token),
     }
 }
 
@@ -127,7 +144,11 @@ pub(crate) fn require(token: &dyn MechanismSet, m: MechanismType, name: &str) ->
     if token.has(m) {
         Ok(())
     } else {
-        Err(Error::mechanism(format!("the token does not offer {name}")))
+        Err(Error::mechanism(format!(
+            "{} does not offer {name} (its mechanism list), and hsmkey has no way around it \
+             for this key and algorithm",
+            token.describe()
+        )))
     }
 }
 

@@ -20,6 +20,8 @@ impl Pool {
             conn.token.forget_anchor_after_fork();
         }
         st.in_use = 0;
+        st.in_use_rw = 0;
+        st.learned_cap = None;
         st.waiting = 0;
         st.pid = pid;
         self.keys.clear();

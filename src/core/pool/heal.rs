@@ -209,10 +209,12 @@ impl Pool {
     }
 
     fn relogin(&self, lease: &Lease, seen_epoch: u64) -> Result<()> {
-        match lease
-            .token
-            .relogin(&self.cfg.pin, self.cfg.pin_policy, seen_epoch)
-        {
+        let Some(pin) = self.cfg.pin.as_ref() else {
+            // A pool without a PIN (on a token that needs no login) has no login to lose:
+            // the one retry runs as it is.
+            return Ok(());
+        };
+        match lease.token.relogin(pin, self.cfg.pin_policy, seen_epoch) {
             Ok(did) => {
                 if did {
                     lock(&self.state).stats.relogins += 1;

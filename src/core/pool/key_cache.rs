@@ -195,7 +195,7 @@ impl Pool {
                     }
                 }
             }
-            let info = key::read_info(session, handle, None, query, signer(token))?;
+            let info = key::read_info(session, handle, None, query, Some(signer(token)))?;
             if let Some((old, _)) = &previous {
                 if !old.is_changed() && old.info.same_public_key(&info) {
                     old.set_handle(epoch, handle);
@@ -257,7 +257,7 @@ impl Pool {
                         let id = query.id.as_deref().unwrap_or_default();
                         key::refuse_taken_names(session, label, id)?;
                         if let Some(new) = &public {
-                            let others = self.infos(session, token)?;
+                            let others = self.infos(session)?;
                             key::refuse_same_public_key(new, &others)?;
                         }
                     }
@@ -267,7 +267,7 @@ impl Pool {
                 }
             };
             tried = true;
-            let info = key::read_info(session, handle, public_handle, &query, signer(token))?;
+            let info = key::read_info(session, handle, public_handle, &query, Some(signer(token)))?;
             Ok(KeyEntry::new(query.clone(), info, epoch, handle))
         })?;
         self.keys.insert(&entry.query, &entry, Instant::now());
@@ -275,13 +275,13 @@ impl Pool {
     }
     /// The public halves of every usable private key of the token (for the duplicate check
     /// of an import).
-    fn infos(&self, session: &Session, token: &TokenState) -> Result<Vec<KeyInfo>> {
+    fn infos(&self, session: &Session) -> Result<Vec<KeyInfo>> {
         let mut out = Vec::new();
         for listed in key::list_private_keys(session)? {
             // Best effort: a key that cannot be read cannot be the same key either.
-            if let Ok(info) =
-                key::read_info(session, listed.handle, None, &listed.query, signer(token))
-            {
+            // Unproven points will do: a match only refuses the import, and a proof of every
+            // key of the token would cost a signature each.
+            if let Ok(info) = key::read_info(session, listed.handle, None, &listed.query, None) {
                 out.push(info);
             }
         }
@@ -318,7 +318,7 @@ impl Pool {
                     listed.handle,
                     None,
                     &listed.query,
-                    signer(token),
+                    Some(signer(token)),
                 ) {
                     Ok(info) => info,
                     // Keys hsmkey cannot use (other types, EC keys with no proven public

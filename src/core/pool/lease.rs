@@ -7,12 +7,17 @@ use std::time::{Duration, Instant};
 use cryptoki::session::Session;
 
 use super::{close_all, Conn, Idle, Pool, State};
+use cryptoki::error::RvError;
+
 use crate::core::error::{Error, Kind, Result};
 use crate::core::log;
 use crate::core::module::lock;
 use crate::core::token::TokenState;
 
 const WAIT_SLICE: Duration = Duration::from_millis(50);
+/// How long a session limit learned from `CKR_SESSION_COUNT` holds before the pool tries to
+/// open one more again (other applications may have returned theirs).
+const LEARNED_CAP_TTL: Duration = Duration::from_secs(2);
 
 /// A session lent out by the pool.
 pub struct Lease {
@@ -79,10 +84,14 @@ impl Pool {
             }
             let now = Instant::now();
             let mut expired = self.take_expired(&mut st, now);
-            let free = st.in_use < self.cfg.max_sessions;
+            let cap = self.session_cap(&mut st, &conn.token, now);
+            let free = st.in_use < cap;
             let idle = if rw { &mut st.idle_rw } else { &mut st.idle_ro };
             if let Some(Idle { session, .. }) = idle.pop().filter(|_| free) {
                 st.in_use += 1;
+                if rw {
+                    st.in_use_rw += 1;
+                }
                 st.stats.reused += 1;
                 st.stats.max_in_use = st.stats.max_in_use.max(st.in_use as u64);
                 let clear = conn.token.module.lease_taken();
@@ -102,18 +111,28 @@ impl Pool {
                 close_all(expired);
                 return Ok(lease);
             }
-            if free {
-                // Keep the sessions open on the token (lent + idle of both kinds) within
-                // max_sessions too: make room by closing the oldest idle one of the other kind.
-                if st.in_use + st.idle_ro.len() + st.idle_rw.len() >= self.cfg.max_sessions {
+            // The token's ulMaxRwSessionCount, when it states one: read-write sessions wait
+            // for one of theirs (idle read-write ones were taken above; the login's anchor
+            // session is read-only).
+            let rw_full = rw
+                && conn
+                    .token
+                    .max_rw_sessions
+                    .is_some_and(|max| (st.in_use_rw + st.idle_rw.len()) as u64 >= max.max(1));
+            if free && !rw_full {
+                // Keep the sessions open on the token (lent + idle of both kinds) within the
+                // cap too: make room by closing the oldest idle one of the other kind.
+                if st.in_use + st.idle_ro.len() + st.idle_rw.len() >= cap {
                     let other = if rw { &mut st.idle_ro } else { &mut st.idle_rw };
                     if !other.is_empty() {
                         expired.push(other.remove(0).session);
                     }
                 }
                 st.in_use += 1;
+                if rw {
+                    st.in_use_rw += 1;
+                }
                 st.stats.created += 1;
-                st.stats.max_in_use = st.stats.max_in_use.max(st.in_use as u64);
                 let pid = st.pid;
                 let clear = conn.token.module.lease_taken();
                 drop(st);
@@ -121,8 +140,13 @@ impl Pool {
                     conn.token.module.wait_rescan();
                 }
                 close_all(expired);
-                return match conn.token.open_session(rw) {
+                match conn.token.open_session(rw) {
                     Ok(session) => {
+                        // Counted once the session is open (a refused open lent nothing).
+                        {
+                            let mut st = lock(&self.state);
+                            st.stats.max_in_use = st.stats.max_in_use.max(st.in_use as u64);
+                        }
                         log::log(
                             log::DEBUG,
                             &format!(
@@ -131,30 +155,79 @@ impl Pool {
                                 conn.token.describe()
                             ),
                         );
-                        Ok(Lease {
+                        return Ok(Lease {
                             session: Some(session),
                             rw,
                             token: conn.token.clone(),
                             gen: conn.gen,
                             pid,
-                        })
+                        });
                     }
                     Err(e) => {
                         conn.token.module.lease_returned();
-                        let mut st = lock(&self.state);
-                        st.in_use = st.in_use.saturating_sub(1);
-                        st.stats.created -= 1;
+                        let mut st2 = lock(&self.state);
+                        st2.in_use = st2.in_use.saturating_sub(1);
+                        if rw {
+                            st2.in_use_rw = st2.in_use_rw.saturating_sub(1);
+                        }
+                        st2.stats.created -= 1;
                         self.cond.notify_one();
-                        Err(e)
+                        if e.rv != Some(RvError::SessionCount) {
+                            return Err(e);
+                        }
+                        // The token allows no more sessions (its limit, stated or not, or
+                        // other applications hold the rest). Make room with an idle session
+                        // of the other kind, or wait for a lent one to come back.
+                        let other = if rw {
+                            &mut st2.idle_ro
+                        } else {
+                            &mut st2.idle_rw
+                        };
+                        if !other.is_empty() {
+                            let spare = other.remove(0).session;
+                            drop(st2);
+                            let _calls = conn.token.module.calls_guard();
+                            let _ = spare.close();
+                            drop(_calls);
+                            st = lock(&self.state);
+                            continue;
+                        }
+                        let held = st2.in_use + st2.idle_ro.len() + st2.idle_rw.len();
+                        if held == 0 {
+                            return Err(Error {
+                                kind: Kind::PoolExhausted,
+                                message: format!(
+                                    "{} refuses another session (CKR_SESSION_COUNT) and this \
+                                     pool holds none: other applications, or other pools of \
+                                     this process, hold every session the token allows",
+                                    conn.token.describe()
+                                ),
+                                rv: e.rv,
+                                function: e.function,
+                            });
+                        }
+                        if st2.learned_cap.is_none_or(|(n, _)| n != held) {
+                            log::log(
+                                log::INFO,
+                                &format!(
+                                    "{} allows no more sessions (CKR_SESSION_COUNT) with {held} \
+                                     open by this pool: waiting for one to come back",
+                                    conn.token.describe()
+                                ),
+                            );
+                        }
+                        st2.learned_cap = Some((held, Instant::now()));
+                        st = st2;
                     }
-                };
+                }
+            } else {
+                drop(st);
+                if !expired.is_empty() {
+                    let _calls = conn.token.module.calls_guard();
+                    close_all(expired);
+                }
+                st = lock(&self.state);
             }
-            drop(st);
-            if !expired.is_empty() {
-                let _calls = conn.token.module.calls_guard();
-                close_all(expired);
-            }
-            st = lock(&self.state);
             if !waited {
                 waited = true;
                 st.stats.waits += 1;
@@ -163,7 +236,7 @@ impl Pool {
             let deadline = *deadline.get_or_insert(now + self.cfg.acquire_timeout);
             if now >= deadline {
                 st.stats.timeouts += 1;
-                return Err(self.exhausted_error(&conn.token.describe()));
+                return Err(self.exhausted_error(&conn.token.describe(), st.in_use));
             }
             let slice = (deadline - now).min(WAIT_SLICE);
             st.waiting += 1;
@@ -183,7 +256,7 @@ impl Pool {
         let mut st = lock(&self.state);
         let conn = self.current(&mut st).ok()??;
         // Callers already waiting for a session come first.
-        if st.in_use >= self.cfg.max_sessions || st.waiting > 0 {
+        if st.in_use >= self.session_cap(&mut st, &conn.token, Instant::now()) || st.waiting > 0 {
             return None;
         }
         let idle = if rw { &mut st.idle_rw } else { &mut st.idle_ro };
@@ -205,6 +278,9 @@ impl Pool {
             return None;
         }
         st.in_use += 1;
+        if rw {
+            st.in_use_rw += 1;
+        }
         st.stats.reused += 1;
         st.stats.max_in_use = st.stats.max_in_use.max(st.in_use as u64);
         Some(Lease {
@@ -222,15 +298,40 @@ impl Pool {
         matches!(self.current(&mut lock(&self.state)), Ok(Some(_)))
     }
 
+    /// The most sessions this pool lends at once now: `max_sessions`, within the token's
+    /// stated `ulMaxSessionCount` (less the login's anchor session) and a limit learned from
+    /// `CKR_SESSION_COUNT` in the last seconds.
+    fn session_cap(&self, st: &mut State, token: &TokenState, now: Instant) -> usize {
+        let mut cap = self.cfg.max_sessions;
+        if let Some(max) = token.max_sessions {
+            let anchor = u64::from(token.login_required);
+            let allowed = usize::try_from(max.saturating_sub(anchor).max(1)).unwrap_or(usize::MAX);
+            cap = cap.min(allowed);
+        }
+        match st.learned_cap {
+            Some((n, since)) if now.duration_since(since) < LEARNED_CAP_TTL => cap.min(n.max(1)),
+            Some(_) => {
+                st.learned_cap = None;
+                cap
+            }
+            None => cap,
+        }
+    }
+
     /// What a caller gets when no session became free within `acquire_timeout`.
-    fn exhausted_error(&self, token: &str) -> Error {
+    fn exhausted_error(&self, token: &str, in_use: usize) -> Error {
         Error::new(
             Kind::PoolExhausted,
             format!(
-                "no session on {token} became free within {:.3} s: all {} are in use; \
+                "no session on {token} became free within {:.3} s: all {} are in use{}; \
                  return sessions sooner or raise max_sessions= / acquire_timeout=",
                 self.cfg.acquire_timeout.as_secs_f64(),
-                self.cfg.max_sessions
+                in_use,
+                if in_use < self.cfg.max_sessions {
+                    " (as many as the token allows)"
+                } else {
+                    ""
+                }
             ),
         )
     }
@@ -249,8 +350,9 @@ impl Pool {
             .as_ref()
             .map(|c| c.token.describe())
             .unwrap_or_else(|| self.describe());
+        let in_use = st.in_use;
         drop(st);
-        self.exhausted_error(&token)
+        self.exhausted_error(&token, in_use)
     }
 
     fn take_expired(&self, st: &mut State, now: Instant) -> Vec<Session> {
@@ -281,6 +383,9 @@ impl Pool {
         }
         lease.token.module.lease_returned();
         st.in_use = st.in_use.saturating_sub(1);
+        if lease.rw {
+            st.in_use_rw = st.in_use_rw.saturating_sub(1);
+        }
         let current = st.conn.as_ref().map(|c| c.gen) == Some(lease.gen);
         let mut close = None;
         if let Some(s) = session {

@@ -43,7 +43,10 @@ pub const DEFAULT_MAX_SESSIONS: usize = 64;
 pub struct PoolConfig {
     pub module_path: PathBuf,
     pub criteria: TokenCriteria,
-    pub pin: Pin,
+    /// None: no PIN (a token that requires no login).
+    pub pin: Option<Pin>,
+    /// `C_Initialize`'s reserved string (`init_args=`, `HSM_INIT_ARGS`).
+    pub init_args: Option<String>,
     pub max_sessions: usize,
     pub acquire_timeout: Duration,
     pub max_idle: Duration,
@@ -76,6 +79,12 @@ struct State {
     idle_ro: Vec<Idle>,
     idle_rw: Vec<Idle>,
     in_use: usize,
+    /// Read-write sessions among `in_use` (for the token's `ulMaxRwSessionCount`).
+    in_use_rw: usize,
+    /// Sessions open when the token last answered `CKR_SESSION_COUNT`, and when: the pool
+    /// opens no more than that for a while (tokens that do not state their limit, or whose
+    /// sessions other applications hold).
+    learned_cap: Option<(usize, Instant)>,
     /// Threads blocked in `acquire` (a return wakes one only if there is one).
     waiting: usize,
     stats: Stats,
@@ -105,6 +114,8 @@ impl Pool {
                 idle_ro: Vec::new(),
                 idle_rw: Vec::new(),
                 in_use: 0,
+                in_use_rw: 0,
+                learned_cap: None,
                 waiting: 0,
                 stats: Stats::default(),
             }),
@@ -169,7 +180,7 @@ impl Pool {
         }
     }
     fn connect(&self, held: usize) -> Result<(Arc<TokenState>, bool)> {
-        let module = module::load(&self.cfg.module_path)?;
+        let module = module::load_with(&self.cfg.module_path, self.cfg.init_args.as_deref())?;
         let mut attempt = 0u64;
         let mut rescanned = false;
         let token = loop {
@@ -234,7 +245,7 @@ impl Pool {
         // Logging in is a call outside any lease: never while a rescan re-initializes.
         let joined = {
             let _calls = module.calls_guard();
-            token.join(&self.cfg.pin, self.cfg.pin_policy)?
+            token.join(self.cfg.pin.as_ref(), self.cfg.pin_policy)?
         };
         Ok((token, joined.logged_in))
     }

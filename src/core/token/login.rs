@@ -137,7 +137,30 @@ impl TokenState {
     /// one the token accepted for this login is refused without logging anyone out. A login
     /// the token never checked a PIN for (another library's) is joined with any PIN but one
     /// the token refused before: hsmkey cannot tell without logging the other library out.
-    pub fn join(&self, pin: &Pin, policy: PinPolicy) -> Result<Joined> {
+    ///
+    /// Without a PIN (`None`): on a token that requires no login (`CKF_LOGIN_REQUIRED` off,
+    /// as kmsp11) the pool joins without any `C_Login`; on one that does, a clear
+    /// `HSMPinError` (nothing is tried).
+    pub fn join(&self, pin: Option<&Pin>, policy: PinPolicy) -> Result<Joined> {
+        let Some(pin) = pin else {
+            if self.login_required {
+                return Err(Error::new(
+                    Kind::Pin,
+                    format!(
+                        "{} requires a login (CKF_LOGIN_REQUIRED) and this pool has no PIN: \
+                         pass user_pin= (or set HSM_PIN)",
+                        self.describe()
+                    ),
+                ));
+            }
+            let mut login = lock(&self.login);
+            if login.refs == 0 {
+                // A new epoch for the handles cached under this (login-less) state.
+                self.epoch.store(next_epoch(), Ordering::Release);
+            }
+            login.refs += 1;
+            return Ok(Joined { logged_in: false });
+        };
         let fingerprint = pin.fingerprint();
         let mut login = lock(&self.login);
         if login.refs > 0 {
@@ -148,6 +171,13 @@ impl TokenState {
                 Some(fp) if fp.matches(&fingerprint) => {
                     login.refs += 1;
                     Ok(Joined { logged_in: false })
+                }
+                // Only pools without a PIN (on a login-less token) hold it: log in now.
+                None if login.anchor.is_none() => {
+                    let verified = self.login_locked(&mut login, pin, &fingerprint, policy)?;
+                    login.fingerprint = verified.then_some(fingerprint);
+                    login.refs += 1;
+                    Ok(Joined { logged_in: true })
                 }
                 None => {
                     login.refs += 1;

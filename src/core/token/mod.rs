@@ -15,14 +15,17 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use cryptoki::mechanism::MechanismType;
 use cryptoki::session::{Session, SessionState};
-use cryptoki::slot::{Slot, TokenInfo};
+use cryptoki::slot::Slot;
 
 use crate::core::error::{Context, Error, Result};
 use crate::core::mechanism::MechanismSet;
 use crate::core::module::{lock, Module};
 
+mod info;
 mod login;
 mod slot;
+
+pub use info::{read as read_token_info, TokenInfo};
 
 use login::Login;
 pub use login::{forget_failed_logins, is_lasting_pin_failure, is_pin_verdict, Joined, PinPolicy};
@@ -52,11 +55,21 @@ pub struct TokenState {
     /// Set when the token went away: this state is dead, the next pool to connect makes a
     /// new one.
     gone: AtomicBool,
+    /// `CKF_LOGIN_REQUIRED`: off on tokens whose keys need no login (kmsp11); a pool without
+    /// a PIN makes no `C_Login` there.
+    pub login_required: bool,
+    /// `ulMaxSessionCount` / `ulMaxRwSessionCount` when the token states a number: the pool
+    /// never opens more.
+    pub max_sessions: Option<u64>,
+    pub max_rw_sessions: Option<u64>,
 }
 
 impl MechanismSet for TokenState {
     fn has(&self, mechanism: MechanismType) -> bool {
         self.mechanisms.contains(&*mechanism)
+    }
+    fn describe(&self) -> String {
+        TokenState::describe(self)
     }
 }
 
@@ -144,6 +157,9 @@ impl TokenState {
             epoch: AtomicU64::new(0),
             login: Mutex::new(Login::default()),
             gone: AtomicBool::new(false),
+            login_required: info.login_required(),
+            max_sessions: info.max_session_count(),
+            max_rw_sessions: info.max_rw_session_count(),
         })
     }
     /// The current login epoch: changes on every (re-)login; 0 before the first.

@@ -1,7 +1,9 @@
 //! Finding the one slot whose token a pool names.
 
 use cryptoki::error::{Error as CkError, RvError};
-use cryptoki::slot::{Slot, TokenInfo};
+use cryptoki::slot::Slot;
+
+use super::info::{self, TokenInfo};
 
 use crate::core::error::{Context, Error, Kind, Result};
 use crate::core::module::{lock, Module};
@@ -149,7 +151,7 @@ fn not_initialized(module: &Module, criteria: &TokenCriteria) -> Error {
 pub(super) fn token_info(module: &Module, slot: Slot) -> std::result::Result<TokenInfo, CkError> {
     let mut attempt = 0u64;
     loop {
-        match module.ctx.get_token_info(slot) {
+        match info::read(module, slot) {
             Err(CkError::Pkcs11(RvError::GeneralError | RvError::FunctionFailed, _))
                 if attempt < 4 =>
             {

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use cryptoki_sys::{CK_FLAGS, CK_RV, CK_SLOT_ID};
+use cryptoki_sys::{CK_FLAGS, CK_MECHANISM_TYPE, CK_RV, CK_SLOT_ID};
 
 use crate::funcs::Func;
 use crate::rv;
@@ -95,6 +95,22 @@ pub struct Config {
     pub dump: bool,
     /// `trace PATH`: append one line per call to PATH.
     pub trace: Option<PathBuf>,
+    /// `init_args TEXT`: C_Initialize must carry exactly TEXT as pReserved (else
+    /// CKR_ARGUMENTS_BAD, as NSS softokn); the real module gets NULL there.
+    pub init_args: Option<String>,
+    /// `max_sessions N [report]`: C_OpenSession answers CKR_SESSION_COUNT while N sessions
+    /// of the slot are open through the module; `report` states N as ulMaxSessionCount
+    /// (else CK_UNAVAILABLE_INFORMATION, as YubiHSM 2's number says nothing useful).
+    pub max_sessions: Option<(u64, bool)>,
+    /// `no_login PIN`: a token that requires no login (kmsp11): CKF_LOGIN_REQUIRED cleared,
+    /// and every new session is logged in to the real module with PIN by the module itself.
+    pub no_login: Option<String>,
+    /// `hide_mechanism CKM_X ...`: left out of C_GetMechanismList; C_GetMechanismInfo and
+    /// the *Init calls with it answer CKR_MECHANISM_INVALID.
+    pub hidden_mechanisms: Vec<CK_MECHANISM_TYPE>,
+    /// `utc_time TEXT`: C_GetTokenInfo's utcTime (16 bytes, blank-padded), e.g. the
+    /// non-digits opencryptoki writes there beside CKF_CLOCK_ON_TOKEN.
+    pub utc_time: Option<[u8; 16]>,
     /// `unreachable [code=CKR_...] [delay=DURATION]`: every call (but C_Initialize,
     /// C_Finalize, C_GetFunctionList and C_GetInfo) returns the code (default CKR_DEVICE_ERROR) after the
     /// delay, without reaching the real module.
@@ -315,6 +331,59 @@ pub fn parse(text: &str) -> Config {
                     );
                 }
                 "dump" if args.is_empty() => cfg.dump = true,
+                "init_args" => {
+                    let text = line
+                        .trim_start()
+                        .strip_prefix("init_args")
+                        .unwrap_or("")
+                        .trim();
+                    if text.is_empty() {
+                        return Err("init_args needs the text C_Initialize must carry".into());
+                    }
+                    cfg.init_args = Some(text.to_string());
+                }
+                "utc_time" => {
+                    let text = line
+                        .trim_start()
+                        .strip_prefix("utc_time")
+                        .unwrap_or("")
+                        .trim();
+                    if text.is_empty() || text.len() > 16 {
+                        return Err("utc_time needs 1 to 16 characters".into());
+                    }
+                    let mut field = [b' '; 16];
+                    field[..text.len()].copy_from_slice(text.as_bytes());
+                    cfg.utc_time = Some(field);
+                }
+                "max_sessions" => {
+                    let (n, report) = match args {
+                        [n] => (n, false),
+                        [n, "report"] => (n, true),
+                        _ => return Err("max_sessions N [report]".into()),
+                    };
+                    let n = parse_u64("max_sessions", n)?;
+                    if n == 0 {
+                        return Err("max_sessions must be 1 or more".into());
+                    }
+                    cfg.max_sessions = Some((n, report));
+                }
+                "no_login" => {
+                    let [pin] = args else {
+                        return Err("no_login needs the PIN the module logs in with".into());
+                    };
+                    cfg.no_login = Some((*pin).to_string());
+                }
+                "hide_mechanism" => {
+                    if args.is_empty() {
+                        return Err("hide_mechanism needs at least one mechanism".into());
+                    }
+                    for arg in args {
+                        cfg.hidden_mechanisms.push(
+                            rv::parse_mechanism(arg)
+                                .ok_or_else(|| format!("unknown mechanism {arg:?}"))?,
+                        );
+                    }
+                }
                 "trace" => {
                     let [path] = args else {
                         return Err("trace needs one path (without spaces)".into());
@@ -445,6 +514,33 @@ mod tests {
         assert!(cfg.errors[0].contains("C_Bogus"));
         assert_eq!(cfg.rules.len(), 1);
         assert_eq!(cfg.rules[0].trigger, Trigger::Nth(2));
+    }
+
+    #[test]
+    fn token_models() {
+        let cfg = parse(
+            "init_args configdir='sql:/tmp/x' flags=readOnly\nmax_sessions 3 report\n\
+             no_login 1234\nhide_mechanism CKM_SHA256_RSA_PKCS 0x41\n",
+        );
+        assert!(cfg.errors.is_empty(), "{:?}", cfg.errors);
+        assert_eq!(
+            cfg.init_args.as_deref(),
+            Some("configdir='sql:/tmp/x' flags=readOnly")
+        );
+        assert_eq!(cfg.max_sessions, Some((3, true)));
+        assert_eq!(cfg.no_login.as_deref(), Some("1234"));
+        assert_eq!(cfg.hidden_mechanisms, vec![0x40, 0x41]);
+        assert_eq!(
+            parse("utc_time ??\n").utc_time.map(|t| t[..3].to_vec()),
+            Some(b"?? ".to_vec())
+        );
+        assert_eq!(parse("max_sessions 2\n").max_sessions, Some((2, false)));
+        assert_eq!(
+            parse("max_sessions 0\nhide_mechanism CKM_NOPE\n")
+                .errors
+                .len(),
+            2
+        );
     }
 
     #[test]

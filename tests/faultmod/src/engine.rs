@@ -307,6 +307,13 @@ struct State {
     dead: HashMap<CK_SESSION_HANDLE, CK_SLOT_ID>,
     errors: usize,
     trace: Tracer,
+    init_args: Option<String>,
+    max_sessions: Option<(u64, bool)>,
+    /// Sessions being opened (counted against `max_sessions` until they are open or failed).
+    opening: HashMap<CK_SLOT_ID, u64>,
+    no_login: Option<String>,
+    hidden: Vec<CK_MECHANISM_TYPE>,
+    utc_time: Option<[u8; 16]>,
     /// `unreachable`: (code, delay) answered to every call while the line stays.
     unreachable: Option<(CK_RV, Duration)>,
     /// The module just became unreachable: its sessions are to be closed in the real module.
@@ -418,6 +425,15 @@ impl State {
         self.latency = cfg.latency;
         self.flags_set = cfg.flags_set;
         self.flags_clear = cfg.flags_clear;
+        if cfg.no_login.is_some() {
+            self.flags_clear |= CKF_LOGIN_REQUIRED;
+            self.flags_set &= !CKF_LOGIN_REQUIRED;
+        }
+        self.init_args = cfg.init_args;
+        self.max_sessions = cfg.max_sessions;
+        self.no_login = cfg.no_login;
+        self.hidden = cfg.hidden_mechanisms;
+        self.utc_time = cfg.utc_time;
         self.pin = match (cfg.pin_retries, self.pin.take()) {
             (Some(max), Some(p)) if p.max == max => Some(p),
             (Some(max), _) => Some(PinCounter { max, left: max }),
@@ -676,10 +692,17 @@ pub fn generic(
 
 // ---- hooks of the functions with special behaviour ----
 
-pub fn session_opened(slot: CK_SLOT_ID, handle: CK_SESSION_HANDLE) {
+/// A session was opened: counted, and (in the same step) no longer "being opened" if
+/// `reserve_session` reserved it.
+pub fn session_opened(slot: CK_SLOT_ID, handle: CK_SESSION_HANDLE, reserved: bool) {
     let mut st = state();
     st.dead.remove(&handle);
     st.sessions.insert(handle, slot);
+    if reserved {
+        if let Some(n) = st.opening.get_mut(&slot) {
+            *n = n.saturating_sub(1);
+        }
+    }
 }
 
 pub fn session_closed(handle: CK_SESSION_HANDLE) {
@@ -780,4 +803,89 @@ pub fn write_counts(open_sessions: u64) -> Result<(), i32> {
 /// A scratch output buffer for ending an operation the caller will never finish.
 pub fn scratch(len: CK_ULONG) -> Vec<u8> {
     vec![0u8; (len as usize).clamp(1, 1 << 20)]
+}
+
+// ---- the token models of the control file (init_args, max_sessions, no_login,
+// hide_mechanism) ----
+
+/// The text C_Initialize must carry as pReserved, if the control file asks for one.
+pub fn required_init_args() -> Option<String> {
+    let mut st = state();
+    st.refresh(false);
+    st.init_args.clone()
+}
+
+/// Before a C_OpenSession on `slot`: CKR_SESSION_COUNT when the slot has `max_sessions`
+/// open (or being opened); otherwise Ok(true) when a place was reserved (until
+/// `session_opened` or `opening_done`), Ok(false) when there is no limit.
+pub fn reserve_session(slot: CK_SLOT_ID) -> Result<bool, CK_RV> {
+    let mut st = state();
+    let Some((max, _)) = st.max_sessions else {
+        return Ok(false);
+    };
+    let open = st.sessions.values().filter(|s| **s == slot).count() as u64;
+    let opening = st.opening.get(&slot).copied().unwrap_or(0);
+    if open + opening >= max {
+        return Err(CKR_SESSION_COUNT);
+    }
+    *st.opening.entry(slot).or_insert(0) += 1;
+    Ok(true)
+}
+
+/// The C_OpenSession reserved by `reserve_session` is over (opened or failed).
+pub fn opening_done(slot: CK_SLOT_ID) {
+    let mut st = state();
+    if let Some(n) = st.opening.get_mut(&slot) {
+        *n = n.saturating_sub(1);
+    }
+}
+
+/// ulMaxSessionCount as the control file states it: Some(value) to report instead of the
+/// real module's.
+pub fn reported_max_sessions() -> Option<CK_ULONG> {
+    match state().max_sessions {
+        None => None,
+        Some((n, true)) => CK_ULONG::try_from(n).ok(),
+        Some((_, false)) => Some(CK_UNAVAILABLE_INFORMATION),
+    }
+}
+
+/// A login-less token (`no_login PIN`): the module logs the new session `h` in itself, in the
+/// real module (not counted), unless the process is logged in already.
+pub fn log_in_quietly(h: CK_SESSION_HANDLE) {
+    let Some(pin) = state().no_login.clone() else {
+        return;
+    };
+    // SAFETY: CK_SESSION_INFO is plain data: zeros are valid.
+    let mut info: CK_SESSION_INFO = unsafe { std::mem::zeroed() };
+    if real!(C_GetSessionInfo(h, &mut info)) == CKR_OK
+        && (info.state == CKS_RO_USER_FUNCTIONS || info.state == CKS_RW_USER_FUNCTIONS)
+    {
+        return;
+    }
+    let mut bytes = pin.into_bytes();
+    let len = bytes.len() as CK_ULONG;
+    let _ = real!(C_Login(h, CKU_USER, bytes.as_mut_ptr(), len));
+}
+
+/// Whether `hide_mechanism` hides `mechanism`.
+pub fn is_hidden(mechanism: CK_MECHANISM_TYPE) -> bool {
+    let st = state();
+    st.hidden.contains(&mechanism)
+}
+
+/// The mechanisms `hide_mechanism` hides (empty: none).
+pub fn hidden_mechanisms() -> Vec<CK_MECHANISM_TYPE> {
+    state().hidden.clone()
+}
+
+/// Counts a failure the module made up by itself (a token model's answer, such as
+/// `max_sessions`' CKR_SESSION_COUNT) as injected.
+pub fn note_injected(func: Func) {
+    INJECTED[func as usize].fetch_add(1, Ordering::Relaxed);
+}
+
+/// `utc_time`: the utcTime field to report, if the control file sets one.
+pub fn utc_time() -> Option<[u8; 16]> {
+    state().utc_time
 }

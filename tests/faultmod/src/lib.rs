@@ -65,10 +65,6 @@ macro_rules! forward_then_end {
 
 forward! {
     C_GetInfo(info: *mut CK_INFO) Scope::Global;
-    C_GetMechanismList(slot: CK_SLOT_ID, list: *mut CK_MECHANISM_TYPE, n: *mut CK_ULONG)
-        Scope::Slot(slot);
-    C_GetMechanismInfo(slot: CK_SLOT_ID, ty: CK_MECHANISM_TYPE, info: *mut CK_MECHANISM_INFO)
-        Scope::Slot(slot);
     C_InitToken(slot: CK_SLOT_ID, pin: *mut CK_UTF8CHAR, len: CK_ULONG, label: *mut CK_UTF8CHAR)
         Scope::Slot(slot);
     C_InitPIN(h: CK_SESSION_HANDLE, pin: *mut CK_UTF8CHAR, len: CK_ULONG) Scope::Session(h);
@@ -97,10 +93,7 @@ forward! {
     C_FindObjectsFinal(h: CK_SESSION_HANDLE) Scope::Session(h);
     C_EncryptInit(h: CK_SESSION_HANDLE, m: *mut CK_MECHANISM, k: CK_OBJECT_HANDLE)
         Scope::Session(h);
-    C_DecryptInit(h: CK_SESSION_HANDLE, m: *mut CK_MECHANISM, k: CK_OBJECT_HANDLE)
-        Scope::Session(h);
     C_DigestInit(h: CK_SESSION_HANDLE, m: *mut CK_MECHANISM) Scope::Session(h);
-    C_SignInit(h: CK_SESSION_HANDLE, m: *mut CK_MECHANISM, k: CK_OBJECT_HANDLE) Scope::Session(h);
     C_SignRecoverInit(h: CK_SESSION_HANDLE, m: *mut CK_MECHANISM, k: CK_OBJECT_HANDLE)
         Scope::Session(h);
     C_VerifyInit(h: CK_SESSION_HANDLE, m: *mut CK_MECHANISM, k: CK_OBJECT_HANDLE)
@@ -235,13 +228,174 @@ forward_then_end! {
 
 // ---- functions with behaviour of their own ----
 
+/// `init_args TEXT` in the control file: a module that needs C_Initialize arguments (NSS
+/// softokn, kmsp11): anything but pReserved = TEXT is CKR_ARGUMENTS_BAD; the real module gets
+/// the same arguments with pReserved NULL (SoftHSM2 refuses a non-NULL one).
 #[allow(non_snake_case)]
 unsafe extern "C" fn C_Initialize(args: *mut c_void) -> CK_RV {
     guard(Func::C_Initialize, Scope::Global, || {
+        let Some(required) = engine::required_init_args() else {
+            return generic(
+                Func::C_Initialize,
+                Scope::Global,
+                || real!(C_Initialize(args)),
+                |_| {},
+            );
+        };
+        let refuse = || {
+            generic(
+                Func::C_Initialize,
+                Scope::Global,
+                || CKR_ARGUMENTS_BAD,
+                |_| {},
+            )
+        };
+        if args.is_null() {
+            return refuse();
+        }
+        // SAFETY: a non-NULL C_Initialize argument is a CK_C_INITIALIZE_ARGS (PKCS#11).
+        let mut copy: CK_C_INITIALIZE_ARGS =
+            unsafe { std::ptr::read(args.cast::<CK_C_INITIALIZE_ARGS>()) };
+        if copy.pReserved.is_null() {
+            return refuse();
+        }
+        // SAFETY: the modules that take init args read pReserved as a NUL-terminated string.
+        let given = unsafe { CStr::from_ptr(copy.pReserved.cast::<c_char>()) };
+        if given.to_bytes() != required.as_bytes() {
+            return refuse();
+        }
+        copy.pReserved = std::ptr::null_mut();
+        let ptr: *mut CK_C_INITIALIZE_ARGS = &mut copy;
         generic(
             Func::C_Initialize,
             Scope::Global,
-            || real!(C_Initialize(args)),
+            || real!(C_Initialize(ptr.cast::<c_void>())),
+            |_| {},
+        )
+    })
+}
+
+/// `hide_mechanism`: hidden mechanisms are left out of the list.
+#[allow(non_snake_case)]
+unsafe extern "C" fn C_GetMechanismList(
+    slot: CK_SLOT_ID,
+    list: *mut CK_MECHANISM_TYPE,
+    n: *mut CK_ULONG,
+) -> CK_RV {
+    guard(Func::C_GetMechanismList, Scope::Slot(slot), || {
+        let hidden = engine::hidden_mechanisms();
+        if hidden.is_empty() || n.is_null() {
+            return generic(
+                Func::C_GetMechanismList,
+                Scope::Slot(slot),
+                || real!(C_GetMechanismList(slot, list, n)),
+                |_| {},
+            );
+        }
+        let mut all: Vec<CK_MECHANISM_TYPE> = Vec::new();
+        let rv = generic(
+            Func::C_GetMechanismList,
+            Scope::Slot(slot),
+            || {
+                let mut count: CK_ULONG = 0;
+                let rv = real!(C_GetMechanismList(slot, std::ptr::null_mut(), &mut count));
+                if rv != CKR_OK {
+                    return rv;
+                }
+                all = vec![0; count as usize];
+                let rv = real!(C_GetMechanismList(slot, all.as_mut_ptr(), &mut count));
+                all.truncate(count as usize);
+                rv
+            },
+            |_| {},
+        );
+        if rv != CKR_OK {
+            return rv;
+        }
+        all.retain(|m| !hidden.contains(m));
+        let count = all.len() as CK_ULONG;
+        // SAFETY: `n` is the caller's non-null in/out count; `list`, when non-null, has room
+        // for `*n` entries (the PKCS#11 contract), and at most that many are written.
+        unsafe {
+            if list.is_null() {
+                *n = count;
+                return CKR_OK;
+            }
+            if *n < count {
+                *n = count;
+                return CKR_BUFFER_TOO_SMALL;
+            }
+            std::ptr::copy_nonoverlapping(all.as_ptr(), list, all.len());
+            *n = count;
+        }
+        CKR_OK
+    })
+}
+
+#[allow(non_snake_case)]
+unsafe extern "C" fn C_GetMechanismInfo(
+    slot: CK_SLOT_ID,
+    ty: CK_MECHANISM_TYPE,
+    info: *mut CK_MECHANISM_INFO,
+) -> CK_RV {
+    guard(Func::C_GetMechanismInfo, Scope::Slot(slot), || {
+        generic(
+            Func::C_GetMechanismInfo,
+            Scope::Slot(slot),
+            || {
+                if engine::is_hidden(ty) {
+                    return CKR_MECHANISM_INVALID;
+                }
+                real!(C_GetMechanismInfo(slot, ty, info))
+            },
+            |_| {},
+        )
+    })
+}
+
+/// The mechanism type of a *Init call's mechanism (None for NULL).
+fn mechanism_type(m: *mut CK_MECHANISM) -> Option<CK_MECHANISM_TYPE> {
+    // SAFETY: a non-NULL mechanism pointer of a PKCS#11 call points to a CK_MECHANISM.
+    unsafe { m.as_ref() }.map(|m| m.mechanism)
+}
+
+#[allow(non_snake_case)]
+unsafe extern "C" fn C_SignInit(
+    h: CK_SESSION_HANDLE,
+    m: *mut CK_MECHANISM,
+    k: CK_OBJECT_HANDLE,
+) -> CK_RV {
+    guard(Func::C_SignInit, Scope::Session(h), || {
+        generic(
+            Func::C_SignInit,
+            Scope::Session(h),
+            || {
+                if mechanism_type(m).is_some_and(engine::is_hidden) {
+                    return CKR_MECHANISM_INVALID;
+                }
+                real!(C_SignInit(h, m, k))
+            },
+            |_| {},
+        )
+    })
+}
+
+#[allow(non_snake_case)]
+unsafe extern "C" fn C_DecryptInit(
+    h: CK_SESSION_HANDLE,
+    m: *mut CK_MECHANISM,
+    k: CK_OBJECT_HANDLE,
+) -> CK_RV {
+    guard(Func::C_DecryptInit, Scope::Session(h), || {
+        generic(
+            Func::C_DecryptInit,
+            Scope::Session(h),
+            || {
+                if mechanism_type(m).is_some_and(engine::is_hidden) {
+                    return CKR_MECHANISM_INVALID;
+                }
+                real!(C_DecryptInit(h, m, k))
+            },
             |_| {},
         )
     })
@@ -363,6 +517,14 @@ unsafe extern "C" fn C_GetTokenInfo(slot: CK_SLOT_ID, info: *mut CK_TOKEN_INFO) 
         if rv == CKR_OK && !info.is_null() {
             // SAFETY: `info` is the caller's non-null CK_TOKEN_INFO, just filled in.
             unsafe { (*info).flags = engine::token_flags((*info).flags) };
+            if let Some(time) = engine::utc_time() {
+                // SAFETY: as above.
+                unsafe { (*info).utcTime = time };
+            }
+            if let Some(max) = engine::reported_max_sessions() {
+                // SAFETY: as above.
+                unsafe { (*info).ulMaxSessionCount = max };
+            }
         }
         rv
     })
@@ -377,6 +539,14 @@ unsafe extern "C" fn C_OpenSession(
     session: *mut CK_SESSION_HANDLE,
 ) -> CK_RV {
     guard(Func::C_OpenSession, Scope::Slot(slot), || {
+        // `max_sessions`: the token's session limit (checked, and a place reserved, first).
+        let reserved = match engine::reserve_session(slot) {
+            Ok(reserved) => reserved,
+            Err(rv) => {
+                engine::note_injected(Func::C_OpenSession);
+                return generic(Func::C_OpenSession, Scope::Slot(slot), || rv, |_| {});
+            }
+        };
         let rv = generic(
             Func::C_OpenSession,
             Scope::Slot(slot),
@@ -392,7 +562,11 @@ unsafe extern "C" fn C_OpenSession(
         );
         if rv == CKR_OK && !session.is_null() {
             // SAFETY: `session` is the caller's non-null handle, just written.
-            engine::session_opened(slot, unsafe { *session });
+            let h = unsafe { *session };
+            engine::session_opened(slot, h, reserved);
+            engine::log_in_quietly(h);
+        } else if reserved {
+            engine::opening_done(slot);
         }
         rv
     })

@@ -226,6 +226,34 @@ pub fn parse_token_flag(text: &str) -> Option<CK_FLAGS> {
         .map(|(_, v)| *v)
 }
 
+/// The mechanisms `hide_mechanism` knows by name (the ones hsmkey signs and decrypts with),
+/// or a number.
+pub fn parse_mechanism(text: &str) -> Option<CK_MECHANISM_TYPE> {
+    if let Some(n) = parse_number(text) {
+        return CK_MECHANISM_TYPE::try_from(n).ok();
+    }
+    let upper = text.to_ascii_uppercase();
+    let name = upper.strip_prefix("CKM_").unwrap_or(&upper);
+    Some(match name {
+        "RSA_PKCS" => CKM_RSA_PKCS,
+        "RSA_X_509" => CKM_RSA_X_509,
+        "RSA_PKCS_OAEP" => CKM_RSA_PKCS_OAEP,
+        "RSA_PKCS_PSS" => CKM_RSA_PKCS_PSS,
+        "SHA1_RSA_PKCS" => CKM_SHA1_RSA_PKCS,
+        "SHA256_RSA_PKCS" => CKM_SHA256_RSA_PKCS,
+        "SHA384_RSA_PKCS" => CKM_SHA384_RSA_PKCS,
+        "SHA512_RSA_PKCS" => CKM_SHA512_RSA_PKCS,
+        "SHA256_RSA_PKCS_PSS" => CKM_SHA256_RSA_PKCS_PSS,
+        "SHA384_RSA_PKCS_PSS" => CKM_SHA384_RSA_PKCS_PSS,
+        "SHA512_RSA_PKCS_PSS" => CKM_SHA512_RSA_PKCS_PSS,
+        "ECDSA" => CKM_ECDSA,
+        "ECDSA_SHA256" => CKM_ECDSA_SHA256,
+        "EDDSA" => CKM_EDDSA,
+        "ECDH1_DERIVE" => CKM_ECDH1_DERIVE,
+        _ => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
