@@ -476,10 +476,11 @@ def bench(session: nox.Session) -> None:
     """Signing throughput on a throwaway SoftHSM2 token: the raw PKCS#11 limit (bench/limit,
     Rust) against hsmkey at each layer, python-pkcs11, PyKCS11 and jwcrypto with a software
     key, with threads, a busy neighbour thread, session blocks, memory, worker processes and a
-    simulated network HSM (0/1/5 ms round trips, threads against asyncio; section ``remote``)
-    and ML-DSA-65 on kryoptic against the limit on the same token (section ``pqc``; it builds
-    kryoptic with scripts/build-kryoptic the first time) (about 12 minutes on 2 cores;
-    ``nox -s bench -- --quick``: about 1.5 minutes). See docs/performance.rst."""
+    simulated network HSM (0/1/2/5 ms round trips, the two-call Rust loop against threads and
+    asyncio, client CPU per signature; section ``remote``) and ML-DSA-65 on kryoptic against
+    the limit on the same token (section ``pqc``; it builds kryoptic with scripts/build-kryoptic
+    the first time) (about 12 minutes on 2 cores; ``nox -s bench -- --quick``: about 1.5
+    minutes). See docs/performance.rst."""
     ensure_system_packages(session)
     ensure_cargo(session)
     session.install(".", "jwcrypto", "PyJWT", "python-pkcs11", "PyKCS11")
