@@ -466,7 +466,7 @@ def docs(session: nox.Session) -> None:
     installed package, compiled core included). The examples in the pages run in the tests
     session (tests/test_docs.py)."""
     ensure_cargo(session)
-    session.install(".", "sphinx>=7.2")
+    session.install(".", "sphinx>=7.2", *METRICS_DEPS)
     html = "docs/_build/html"
     session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", html, *session.posargs)
 
