@@ -3,7 +3,7 @@
 - ``tests``: install the package, ``cargo test`` (the core's unit tests, without Python), ``pytest``
 - ``pqc``: the post-quantum tests (ML-DSA keys: JOSE, cryptography, X.509, the CLI) against
   kryoptic built with PQC (``scripts/build-kryoptic``, cached outside the clone), with
-  cryptography >= 51
+  cryptography >= 50.0.2
 - ``remote``: the pool, key, JWK, asyncio and recovery tests through a real remote token
   (p11-kit's RPC: a p11-kit server in front of SoftHSM2, p11-kit-client.so in the tests)
 - ``backends``: the pool, key, JOSE, decryption and recovery tests (tests/test_backends.py)
@@ -49,8 +49,9 @@ RUFF = "ruff==0.17.6"
 # mypy 2 no longer checks for Python 3.9, the oldest this package supports.
 MYPY = "mypy>=1.11,<2"
 TEST_EXTRAS = ".[test]"
-# The PQC tests need cryptography >= 51 (ML-DSA), which the client libraries of TEST_DEPS
-# cannot have yet (pyOpenSSL pins cryptography < 51): their own session, without them.
+# The PQC tests (cryptography >= 50.0.2 has ML-DSA) in a session of their own: it builds
+# kryoptic, installs the newest cryptography (the client libraries of TEST_DEPS hold it
+# below 51 through pyOpenSSL) and fails instead of skipping when anything is missing.
 PQC_EXTRAS = ".[test,pqc]"
 PQC_TESTS = ["tests/test_pqc.py", "tests/test_docs.py::test_page_examples_run[pqc.rst]"]
 # The client libraries hsmkey.adapters and the recipes are tested against (docs/clients.rst).
@@ -165,7 +166,7 @@ def kryoptic_module(session: nox.Session) -> str:
 @nox.session
 def pqc(session: nox.Session) -> None:
     """ML-DSA keys in a PKCS#11 3.2 token: the PQC tests against kryoptic (built by
-    scripts/build-kryoptic) with cryptography >= 51. Nothing skips here: a missing piece
+    scripts/build-kryoptic) with cryptography >= 50.0.2. Nothing skips here: a missing piece
     fails the session (HSMKEY_REQUIRE_PQC=1)."""
     ensure_system_packages(session)
     module = kryoptic_module(session)
@@ -465,7 +466,7 @@ def docs(session: nox.Session) -> None:
     installed package, compiled core included). The examples in the pages run in the tests
     session (tests/test_docs.py)."""
     ensure_cargo(session)
-    session.install(".", "sphinx>=7.2")
+    session.install(".", "sphinx>=7.2", *METRICS_DEPS)
     html = "docs/_build/html"
     session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", html, *session.posargs)
 
@@ -475,10 +476,11 @@ def bench(session: nox.Session) -> None:
     """Signing throughput on a throwaway SoftHSM2 token: the raw PKCS#11 limit (bench/limit,
     Rust) against hsmkey at each layer, python-pkcs11, PyKCS11 and jwcrypto with a software
     key, with threads, a busy neighbour thread, session blocks, memory, worker processes and a
-    simulated network HSM (0/1/5 ms round trips, threads against asyncio; section ``remote``)
-    and ML-DSA-65 on kryoptic against the limit on the same token (section ``pqc``; it builds
-    kryoptic with scripts/build-kryoptic the first time) (about 12 minutes on 2 cores;
-    ``nox -s bench -- --quick``: about 1.5 minutes). See docs/performance.rst."""
+    simulated network HSM (0/1/2/5 ms round trips, the two-call Rust loop against threads and
+    asyncio, client CPU per signature; section ``remote``) and ML-DSA-65 on kryoptic against
+    the limit on the same token (section ``pqc``; it builds kryoptic with scripts/build-kryoptic
+    the first time) (about 12 minutes on 2 cores; ``nox -s bench -- --quick``: about 1.5
+    minutes). See docs/performance.rst."""
     ensure_system_packages(session)
     ensure_cargo(session)
     session.install(".", "jwcrypto", "PyJWT", "python-pkcs11", "PyKCS11")

@@ -4,6 +4,7 @@ ticking while the token works, and cancelled waits leave nothing borrowed."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import pytest
@@ -81,19 +82,27 @@ def test_cancelled_wait_leaves_nothing_borrowed(softhsm: SoftHSM) -> None:
         pool = SessionPool(
             softhsm.module, softhsm.token_label, softhsm.pin, max_sessions=1, acquire_timeout=5
         )
-        async with pool.session():
+        async with pool.session() as held:
+            held.find_key(key_label="ec-key")  # found once: later look-ups need no session
             waiting = pool.session()
+            entered = asyncio.Event()
 
             async def enter() -> None:
-                async with waiting:
-                    pass  # pragma: no cover - cancelled before
+                # No session is free: the block is entered with none, and its first call
+                # waits for one (with the pool's other callers).
+                async with waiting as s:
+                    entered.set()
+                    await s.find_key(key_label="ec-key").sign_async("ES256", b"waits")
+                    raise AssertionError("cancelled before")  # pragma: no cover
 
             task = asyncio.create_task(enter())
+            await asyncio.wait_for(entered.wait(), 5)
             await asyncio.sleep(0.1)
+            assert pool.stats()["in_use"] == 1
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-        # The cancelled waiter gets the session once it is free, and hands it straight back.
+        # The cancelled call borrowed nothing; its block has ended.
         for _ in range(100):
             if pool.stats()["in_use"] == 0:
                 break
@@ -104,6 +113,67 @@ def test_cancelled_wait_leaves_nothing_borrowed(softhsm: SoftHSM) -> None:
             waiting.find_key(key_label="ec-key")
         async with pool.session() as s:
             await s.find_key(key_label="ec-key").sign_async("ES256", b"still works")
+        pool.close()
+
+    asyncio.run(main())
+
+
+def test_entering_and_leaving_a_block_on_a_warm_pool_never_suspends(softhsm: SoftHSM) -> None:
+    """On a warm pool, ``async with pool.session()`` is entered and left without a future,
+    a step of the loop or a worker thread, whether a session is free (it is taken at once) or
+    not (the block's first call borrows it): the coroutine runs to its end in one step."""
+
+    async def main() -> None:
+        pool = SessionPool(softhsm.module, softhsm.token_label, softhsm.pin, max_sessions=1)
+        key = pool.find_key(key_label="ec-key")  # connected, logged in, the key cached
+
+        async def block() -> bool:
+            async with pool.session() as s:
+                s.find_key(key_label="ec-key")
+                return s.closed
+
+        def one_step() -> bool:
+            coro = block()
+            try:
+                suspended_on = coro.send(None)
+            except StopIteration as done:
+                return bool(done.value)
+            coro.close()
+            raise AssertionError(f"the block suspended on {suspended_on!r}")
+
+        assert one_step() is False  # a free session: taken at once
+        async with pool.session() as held:  # the only session, lent out
+            assert one_step() is False  # none free: entered with none, left at once
+            await held.find_key(key_label="ec-key").sign_async("ES256", b"held")
+        assert pool.stats()["in_use"] == 0
+        # The deferred block's first call borrows the session, and its end returns it.
+        async with pool.session() as s:
+            await s.find_key(key_label="ec-key").sign_async("ES256", b"first call")
+            assert pool.stats()["in_use"] == 1
+        assert pool.stats()["in_use"] == 0
+        assert len(await key.sign_async("ES256", b"pool-bound")) == 64
+        pool.close()
+
+    asyncio.run(main())
+
+
+def test_synchronous_call_in_a_block_entered_with_no_session(softhsm: SoftHSM) -> None:
+    """A block entered while no session was free borrows one for its first synchronous call
+    that needs it (here ``list_keys``), there and then; the block keeps it until it ends."""
+
+    async def main() -> None:
+        pool = SessionPool(
+            softhsm.module, softhsm.token_label, softhsm.pin, max_sessions=1, acquire_timeout=5
+        )
+        pool.check()
+        held = pool.open_session()  # the only session, given back by a thread soon
+        threading.Timer(0.2, held.close).start()
+        async with pool.session() as s:
+            assert pool.stats()["in_use"] == 1  # still the held one: entered with none
+            assert "ec-key" in {k.label for k in s.list_keys()}
+            assert held.closed and pool.stats()["in_use"] == 1  # now the block's
+            await s.find_key(key_label="ec-key").sign_async("ES256", b"same session")
+        assert pool.stats()["in_use"] == 0
         pool.close()
 
     asyncio.run(main())

@@ -100,3 +100,69 @@ def test_interpreter_exit_closes_live_pools(spy: Spy) -> None:
     assert run.calls["C_OpenSession"] >= 3
     assert run.calls["C_CloseSession"] == run.calls["C_OpenSession"]
     assert run.calls["C_Logout"] == 1
+
+
+RSA_DECRYPTIONS = """
+import os
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from hsmkey import SessionPool
+
+pool = SessionPool(os.environ["HSM_MODULE"], os.environ["HSM_TOKEN"], os.environ["HSM_PIN"])
+key = pool.find_key(key_label="rsa-key")
+public = rsa.RSAPublicNumbers(
+    int.from_bytes(key.public_exponent, "big"), int.from_bytes(key.modulus, "big")
+).public_key()
+oaep = padding.OAEP(mgf=padding.MGF1(hashes.SHA1()), algorithm=hashes.SHA1(), label=None)
+for i in range(20):
+    data = b"secret %d" % i
+    assert key.decrypt("RSA_OAEP", public.encrypt(data, oaep), hash="sha1") == data
+    assert key.decrypt("RSA_PKCS", public.encrypt(data, padding.PKCS1v15())) == data
+pool.close()
+"""
+
+
+def test_rsa_decryption_makes_two_calls(spy: Spy) -> None:
+    """A decryption is ``C_DecryptInit`` and one ``C_Decrypt`` into a buffer of the modulus'
+    size: two round trips on a network HSM, not three (no length query)."""
+    run = spy(RSA_DECRYPTIONS)
+    assert run.calls["C_DecryptInit"] >= 40, run.calls
+    # One C_Decrypt per C_DecryptInit; at most one more, for the per-key secret of PKCS#1
+    # v1.5's implicit rejection (derived once per key and process). Three calls per
+    # decryption would be 40 more.
+    assert run.calls["C_Decrypt"] - run.calls["C_DecryptInit"] <= 1, run.calls
+
+
+ASYNC_BLOCKS = """
+import asyncio, os
+from hsmkey import SessionPool
+
+async def main():
+    pool = SessionPool(os.environ["HSM_MODULE"], os.environ["HSM_TOKEN"], os.environ["HSM_PIN"],
+                       max_sessions=2)
+    pool.find_key(key_label="ec-key")  # found once, for the login epoch
+
+    async def work():
+        for i in range(10):
+            async with pool.session() as s:
+                await s.find_key(key_label="ec-key").sign_async("ES256", b"item %d" % i)
+
+    await asyncio.gather(*(work() for _ in range(5)))
+    pool.close()
+
+asyncio.run(main())
+"""
+
+
+def test_async_blocks_look_keys_up_in_the_cache(spy: Spy) -> None:
+    """``async with pool.session() as s: await s.find_key(...).sign_async(...)`` per item, from
+    more tasks than sessions: the key lookup in the block makes no PKCS#11 call (the key was
+    found before, in this login epoch), and each item makes the signature's two calls."""
+    run = spy(ASYNC_BLOCKS)
+    # 50 signatures, plus the probe signature that proves the EC key's public-key object
+    # when it is first found.
+    assert run.calls["C_SignInit"] == 50 + 1, run.calls
+    assert run.calls["C_Sign"] == 50 + 1, run.calls
+    # The key and its public-key object, looked up once.
+    assert run.calls["C_FindObjectsInit"] <= 2, run.calls
+    assert run.calls["C_OpenSession"] <= 3, run.calls  # the anchor and the pool's two

@@ -27,7 +27,7 @@ How the examples are found and run (keep the docs to these rules):
   ``ML-DSA-44``, ``ML-DSA-65``, ``ML-DSA-87``.
 - A page with the comment line ``.. docs-test: pqc`` (post-quantum keys) runs against a
   kryoptic token with PQC (``tests/helpers/kryoptic.py``: label ``my-token``, user PIN
-  ``12345678``) instead of SoftHSM2, with cryptography >= 51: in ``nox -s pqc``. Where
+  ``12345678``) instead of SoftHSM2, with cryptography >= 50.0.2: in ``nox -s pqc``. Where
   kryoptic or cryptography's ML-DSA is missing the page skips, saying why (a failure under
   ``HSMKEY_REQUIRE_PQC=1``).
 - The literal SoftHSM2 path ``/usr/lib/softhsm/libsofthsm2.so`` in a block is replaced by the
@@ -324,7 +324,9 @@ def _pqc_token(directory: Path) -> dict[str, str]:
     try:
         from cryptography.hazmat.primitives.asymmetric import mldsa  # noqa: F401
     except ImportError:
-        unavailable("cryptography < 51 has no ML-DSA: PQC pages run in `nox -s pqc`")
+        unavailable(
+            "this cryptography has no ML-DSA (it needs >= 50.0.2): PQC pages run in `nox -s pqc`"
+        )
     try:
         token = build_kryoptic(
             directory, label="my-token", pin="12345678", external_keys=(), set_env=False

@@ -94,9 +94,10 @@ def test_cancelled_sign_async_calls_never_reach_the_token(
 def test_async_acquire_timeout_keeps_the_loop_running(
     faultmod: FaultModule, softhsm: SoftHSM
 ) -> None:
-    """With every session lent out, a pool-bound sign_async and an `async with` block wait at
-    most acquire_timeout, then raise HSMPoolExhaustedError; the loop runs other tasks all the
-    while, and the waits leave nothing borrowed."""
+    """With every session lent out, a pool-bound sign_async and the first call of an `async
+    with` block (entered at once, with no session yet) wait at most acquire_timeout, then raise
+    HSMPoolExhaustedError; the loop runs other tasks all the while, and the waits leave nothing
+    borrowed."""
 
     async def main() -> None:
         pool = SessionPool(
@@ -117,8 +118,8 @@ def test_async_acquire_timeout_keeps_the_loop_running(
             with pytest.raises(HSMPoolExhaustedError, match="acquire_timeout"):
                 await key.sign_async("ES256", b"no session")
             with pytest.raises(HSMPoolExhaustedError):
-                async with pool.session():
-                    pass  # pragma: no cover - never entered
+                async with pool.session() as s:
+                    await s.find_key(key_label="ec-key").sign_async("ES256", b"no session")
             stats = pool.stats()
             assert stats["in_use"] == 1
             assert stats["timeouts"] == 2

@@ -5,7 +5,7 @@ library (PyKCS11, in a child process: C_GenerateKeyPair and C_CreateObject with 
 RFC 9964 Appendix A reproduced exactly with deterministic signing; hedged signatures
 verified by jwcrypto and cryptography; CSRs and certificates signed in the token.
 
-Runs in ``nox -s pqc`` (kryoptic built by ``scripts/build-kryoptic``, cryptography >= 51).
+Runs in ``nox -s pqc`` (kryoptic built by ``scripts/build-kryoptic``, cryptography >= 50.0.2).
 Elsewhere the module skips, saying why; with ``HSMKEY_REQUIRE_PQC=1`` it fails instead.
 """
 
@@ -37,7 +37,9 @@ def _unavailable(reason: str) -> None:
 try:
     from cryptography.hazmat.primitives.asymmetric import mldsa
 except ImportError:
-    _unavailable("cryptography < 51 has no ML-DSA: these tests run in `nox -s pqc`")
+    _unavailable(
+        "this cryptography has no ML-DSA (it needs >= 50.0.2): these tests run in `nox -s pqc`"
+    )
 
 from helpers.kryoptic import (  # noqa: E402
     EXTERNAL_KEYS,

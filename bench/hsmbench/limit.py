@@ -57,6 +57,7 @@ class LimitServer:
             text=True,
             env={**os.environ, **(env or {})},
         )
+        self.last_cpu = 0.0  # CPU seconds the limit's process used in the last measurement
         hello = self._read()
         if not hello.get("ready"):
             raise RuntimeError(f"bench/limit --serve: {hello}")
@@ -68,20 +69,22 @@ class LimitServer:
             raise RuntimeError(f"bench/limit ended (exit code {self.proc.wait()})")
         return dict(json.loads(line))
 
-    def start(self, alg: str, threads: int, seconds: float) -> None:
-        """Starts a measurement; :meth:`result` waits for it."""
+    def start(self, alg: str, threads: int, seconds: float, calls: int = 2) -> None:
+        """Starts a measurement (``calls`` PKCS#11 calls per signature: 2, or cryptoki's 3);
+        :meth:`result` waits for it."""
         assert self.proc.stdin is not None
-        self.proc.stdin.write(f"{KEY_FOR[alg]} {alg} {threads} {seconds:.6f}\n")
+        self.proc.stdin.write(f"{KEY_FOR[alg]} {alg} {threads} {seconds:.6f} {calls}\n")
         self.proc.stdin.flush()
 
     def result(self) -> Slice:
         answer = self._read()
         if "error" in answer:
             raise RuntimeError(f"bench/limit: {answer['error']}")
+        self.last_cpu = float(answer.get("cpu", 0.0))
         return int(answer["ops"]), float(answer["seconds"])
 
-    def slice(self, alg: str, threads: int, seconds: float) -> Slice:
-        self.start(alg, threads, seconds)
+    def slice(self, alg: str, threads: int, seconds: float, calls: int = 2) -> Slice:
+        self.start(alg, threads, seconds, calls)
         return self.result()
 
     def close(self) -> None:

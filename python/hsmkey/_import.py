@@ -103,10 +103,10 @@ def key_components(key: Any, allow_weak: bool = False) -> tuple[str, str | None,
 
 
 def _mldsa_components(key: Any) -> tuple[str, str | None, dict[str, bytes]] | None:
-    """ML-DSA (cryptography >= 51): the 32-byte seed (CKA_SEED) and the raw public key."""
+    """ML-DSA (cryptography >= 50.0.2): the 32-byte seed (CKA_SEED) and the raw public key."""
     try:
         from cryptography.hazmat.primitives.asymmetric import mldsa
-    except ImportError:  # cryptography < 51
+    except ImportError:  # cryptography < 50.0.2
         return None
     for name, cls in (
         ("ML-DSA-44", mldsa.MLDSA44PrivateKey),

@@ -44,7 +44,7 @@ impl KeyRef {
         op: impl FnOnce(&mut Lease) -> Result<T>,
     ) -> Result<T> {
         match &self.binding {
-            Binding::Session(slot) => slot.with_lease(op),
+            Binding::Session(slot) => slot.with_lease_waiting(interrupt, op),
             Binding::Pool => {
                 let mut lease = self.pool.acquire(false, interrupt)?;
                 let r = op(&mut lease);

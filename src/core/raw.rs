@@ -163,6 +163,62 @@ impl RawFunctions {
         Ok(out)
     }
 
+    /// `C_DecryptInit` + one `C_Decrypt` into a zeroizing buffer of `max_len` bytes (two
+    /// calls; cryptoki's `Session::decrypt` asks for the length first, a third). A token that
+    /// answers `CKR_BUFFER_TOO_SMALL` (the operation stays active) gets a second `C_Decrypt`
+    /// with the length it asked for. Errors carry `Function::DecryptInit` or
+    /// `Function::Decrypt`, as cryptoki's would.
+    pub fn decrypt(
+        &self,
+        session: &Session,
+        mechanism: &Mechanism,
+        key: ObjectHandle,
+        data: &[u8],
+        max_len: usize,
+    ) -> cryptoki::error::Result<Zeroizing<Vec<u8>>> {
+        // SAFETY: `list` is valid for the life of `self` (see the Send impl).
+        let list = unsafe { &*self.list };
+        let (Some(decrypt_init), Some(decrypt)) = (list.C_DecryptInit, list.C_Decrypt) else {
+            return Err(CkError::NullFunctionPointer);
+        };
+        let mut mech: CK_MECHANISM = mechanism.into();
+        // SAFETY: `mech` (and the parameters it points into, owned by `mechanism`) outlives
+        // the call; the session and key handles are plain numbers the module checks.
+        let rv = unsafe { decrypt_init(session.handle(), &mut mech, key.handle()) };
+        Rv::from(rv).into_result(Function::DecryptInit)?;
+        let data_len: CK_ULONG = data.len().try_into()?;
+        let mut out = Zeroizing::new(vec![0u8; max_len.max(1)]);
+        let mut len: CK_ULONG = out.len().try_into()?;
+        // SAFETY: `data` is only read by C_Decrypt (`*mut` in the C prototype); `out` has
+        // room for `len` bytes, and the module writes at most that many.
+        let mut rv = unsafe {
+            decrypt(
+                session.handle(),
+                data.as_ptr().cast_mut(),
+                data_len,
+                out.as_mut_ptr(),
+                &mut len,
+            )
+        };
+        if rv == CKR_BUFFER_TOO_SMALL {
+            // Nothing was written: a new buffer of the length asked for.
+            out = Zeroizing::new(vec![0u8; usize::try_from(len)?.max(1)]);
+            // SAFETY: as above, with `out` of the length the module asked for.
+            rv = unsafe {
+                decrypt(
+                    session.handle(),
+                    data.as_ptr().cast_mut(),
+                    data_len,
+                    out.as_mut_ptr(),
+                    &mut len,
+                )
+            };
+        }
+        Rv::from(rv).into_result(Function::Decrypt)?;
+        out.truncate(usize::try_from(len)?);
+        Ok(out)
+    }
+
     /// One attribute of at most `max_len` bytes, read with one `C_GetAttributeValue` straight
     /// into zeroizing memory (for secrets: nothing else ever holds the value). A value longer
     /// than `max_len` is an error (`CKR_BUFFER_TOO_SMALL`), not a second call.

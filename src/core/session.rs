@@ -7,8 +7,14 @@
 //! `closed`, `repr()` or a forked child never wait for the token. The process that borrowed
 //! the lease is kept outside both locks and checked first: a child forked while the parent
 //! used the session fails at once with `HSMSessionError`, taking no lock.
+//!
+//! An `async with` block entered when no session is free borrows none yet ([`SessionSlot::
+//! take_idle_or_defer`]): the first call that needs the session borrows it, waiting as the
+//! block's entry would have, and the block keeps it until it ends. So entering and leaving a
+//! block on a warm pool never waits, and a task never holds a session while it only waits
+//! for one.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::core::error::{Error, Kind, Result};
@@ -24,6 +30,10 @@ pub struct SessionSlot {
     user: CallLock,
     /// The process that borrowed the lease (0: not borrowed yet).
     owner: AtomicU32,
+    /// Set while a deferred block's session is still to be borrowed by its first
+    /// asynchronous call (which then waits with the pool's other callers); cleared once the
+    /// session is borrowed or that call is under way.
+    first_call: AtomicBool,
 }
 
 struct SlotState {
@@ -31,6 +41,9 @@ struct SlotState {
     closed: bool,
     /// The lease is out for an operation (taken from `lease` by `with_lease`).
     busy: bool,
+    /// `Some(rw)`: the block was entered with no session; the first call that needs one
+    /// borrows it (read-write or not).
+    deferred: Option<bool>,
 }
 
 fn not_open() -> Error {
@@ -57,9 +70,11 @@ impl SessionSlot {
                 lease,
                 closed: false,
                 busy: false,
+                deferred: None,
             }),
             user: CallLock::new(),
             owner: AtomicU32::new(owner),
+            first_call: AtomicBool::new(false),
         }
     }
 
@@ -82,8 +97,28 @@ impl SessionSlot {
 
     /// Runs `f` on the lease, one thread at a time.
     pub fn with_lease<T>(&self, f: impl FnOnce(&mut Lease) -> Result<T>) -> Result<T> {
+        self.with_lease_waiting(&|| Ok(()), f)
+    }
+
+    /// [`with_lease`](Self::with_lease), borrowing the session first if the block was
+    /// entered with none (`interrupt` as for [`Pool::acquire`]).
+    pub fn with_lease_waiting<T>(
+        &self,
+        interrupt: &dyn Fn() -> Result<()>,
+        f: impl FnOnce(&mut Lease) -> Result<T>,
+    ) -> Result<T> {
         self.check_owner()?;
         let _user = self.user.lock();
+        let deferred = {
+            let st = lock(&self.state);
+            match (&st.lease, st.closed, st.busy, st.deferred) {
+                (None, false, false, Some(rw)) => Some(rw),
+                _ => None,
+            }
+        };
+        if let Some(rw) = deferred {
+            self.open(rw, interrupt)?;
+        }
         let mut lease = {
             let mut st = lock(&self.state);
             if st.closed {
@@ -115,6 +150,39 @@ impl SessionSlot {
             }
         }
         st.lease.is_some() || st.busy
+    }
+
+    /// [`take_idle`](Self::take_idle), or, when no session is free on a connected pool,
+    /// enters the block with none: the first call that needs one borrows it. No wait, no
+    /// PKCS#11 call. Returns whether the block is entered (else the caller borrows the way
+    /// that may connect and wait).
+    pub fn take_idle_or_defer(&self, rw: bool) -> bool {
+        if self.take_idle(rw) {
+            return true;
+        }
+        let connected = self.pool.is_connected();
+        let mut st = lock(&self.state);
+        if st.closed {
+            return false;
+        }
+        if st.deferred.is_none() && connected {
+            st.deferred = Some(rw);
+            self.first_call.store(true, Ordering::Release);
+        }
+        st.deferred.is_some()
+    }
+
+    /// True once for the first asynchronous call of a block entered with no session, while
+    /// it has none yet.
+    pub fn take_first_call(&self) -> bool {
+        self.first_call.load(Ordering::Acquire) && self.first_call.swap(false, Ordering::AcqRel)
+    }
+
+    /// True if the block has been entered (it holds its session, or will borrow it on first
+    /// use) and has not ended.
+    pub fn entered(&self) -> bool {
+        let st = lock(&self.state);
+        !st.closed && (st.lease.is_some() || st.busy || st.deferred.is_some())
     }
 
     /// Borrows the session from the pool, unless it already is. The slot's lock is not held
@@ -151,15 +219,19 @@ impl SessionSlot {
         } else {
             self.owner.store(lease.pid(), Ordering::Release);
             st.lease = Some(lease);
+            self.first_call.store(false, Ordering::Release);
         }
         Ok(())
     }
 
-    /// Whether the session went back to its pool, and whether it is borrowed now. Never
-    /// waits for an operation.
+    /// Whether the session went back to its pool, and whether it is borrowed now (or is to
+    /// be, by the first call of a block entered with none). Never waits for an operation.
     pub fn status(&self) -> (bool, bool) {
         let st = lock(&self.state);
-        (st.closed, st.lease.is_some() || st.busy)
+        (
+            st.closed,
+            st.lease.is_some() || st.busy || st.deferred.is_some(),
+        )
     }
 
     /// Returns the session to its pool (after the operation running on it, if any).

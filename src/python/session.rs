@@ -71,6 +71,17 @@ impl PySession {
         key_id: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<PyKey> {
         let query: KeyQuery = key_query(key_label, key_id)?;
+        // A key found before in this login epoch, in a block that is open: no PKCS#11 call,
+        // no session needed (a deferred block borrows none for it), no GIL-free section.
+        if self.slot.entered() {
+            if let Some(entry) = self.slot.pool.cached_key(&query) {
+                return Ok(PyKey::new(
+                    self.slot.pool.clone(),
+                    Binding::Session(self.slot.clone()),
+                    entry,
+                ));
+            }
+        }
         let slot = self.slot.clone();
         let entry = detach(py, move || {
             slot.with_lease(|lease| slot.pool.find_key(lease, &query))
@@ -199,17 +210,21 @@ impl PySession {
         detach(py, move || slot.close());
     }
 
-    /// ``async with pool.session() as session:`` borrows the session on a worker thread;
-    /// a task cancelled while it waits leaves nothing borrowed.
+    /// ``async with pool.session() as session:`` on a warm pool takes a free session at
+    /// once, or, when none is free, enters with none: the block's first call that needs the
+    /// session borrows it (waiting as entering would have). On a pool not connected yet, it
+    /// connects and borrows the session on a worker thread; a task cancelled while it waits
+    /// leaves nothing borrowed.
     fn __aenter__<'py>(slf: Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         let me = slf.clone().into_any().unbind();
         let slot = slf.get().slot.clone();
         let rw = slf.get().rw;
         let pool = slot.pool.clone();
-        // A warm idle session: taken here, at once (no PKCS#11 call, no worker). Without the
-        // GIL: the session's lock may be held by a thread that waits for it.
-        let ready = py.detach(|| slot.take_idle(rw));
+        // No PKCS#11 call, no worker, no future: a warm idle session, or (none free on a
+        // connected pool) none yet. Without the GIL: the session's lock may be held by a
+        // thread that waits for it.
+        let ready = py.detach(|| slot.take_idle_or_defer(rw));
         if ready {
             return crate::python::asyncio::ready(py, slf.into_any());
         }

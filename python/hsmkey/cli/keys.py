@@ -256,7 +256,7 @@ ACCEPTED_FILES = (
 )
 IMPORTABLE = (
     "RSA, EC (P-256, P-384, P-521, secp256k1), Ed25519, Ed448 and ML-DSA (with cryptography "
-    ">= 51) private keys"
+    ">= 50.0.2) private keys"
 )
 # What other PEM blocks hold (the "-----BEGIN <kind>-----" of files that are not private keys).
 _PEM_KINDS = {
@@ -309,7 +309,7 @@ def _check_importable(key: object, name: str) -> None:
         return
     if isinstance(key, (rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)):
         return
-    try:  # cryptography >= 51
+    try:  # cryptography >= 50.0.2
         from cryptography.hazmat.primitives.asymmetric import mldsa
     except ImportError:
         pass

@@ -1,5 +1,5 @@
 """ML-DSA (FIPS 204) private keys in the token, as cryptography ``MLDSA44PrivateKey``,
-``MLDSA65PrivateKey`` and ``MLDSA87PrivateKey`` objects (cryptography >= 51).
+``MLDSA65PrivateKey`` and ``MLDSA87PrivateKey`` objects (cryptography >= 50.0.2).
 
 ``sign(data, context=None)`` makes a pure ML-DSA signature in the token (``CKM_ML_DSA``),
 hedged by default, with the context string given (at most 255 bytes). Set
@@ -29,13 +29,13 @@ if TYPE_CHECKING:
     from .._hsmkey import Key
     from ._base import Buffer
 
-try:  # cryptography >= 51
+try:  # cryptography >= 50.0.2
     from cryptography.hazmat.primitives.asymmetric import mldsa as _mldsa
 except ImportError:  # pragma: no cover - older cryptography: ML-DSA keys cannot be used
     _mldsa = None  # type: ignore[assignment]
 
 HAS_MLDSA = _mldsa is not None
-"""Whether the installed cryptography has ML-DSA (``cryptography.hazmat...mldsa``, >= 51)."""
+"""Whether the installed cryptography has ML-DSA (its ``mldsa`` module; 50.0.2 has it)."""
 
 __all__ = [
     "HAS_MLDSA",
@@ -123,7 +123,7 @@ if _mldsa is not None:
         "ML-DSA-65": (HSMMLDSA65PrivateKey, _mldsa.MLDSA65PublicKey),
         "ML-DSA-87": (HSMMLDSA87PrivateKey, _mldsa.MLDSA87PublicKey),
     }
-else:  # pragma: no cover - cryptography < 51: the names exist, no token key maps to them
+else:  # pragma: no cover - older cryptography: the names exist, no token key maps to them
 
     class HSMMLDSA44PrivateKey(_HSMMLDSAMixin):  # type: ignore[no-redef]
         pass
@@ -155,7 +155,7 @@ def _public_class(key: Key, set_name: str | None) -> Any:
     if entry is None:
         if _mldsa is None:
             raise HSMMechanismError(
-                f"HSM key {_describe(key)} is {set_name}: ML-DSA keys need cryptography >= 51 "
+                f"HSM key {_describe(key)} is {set_name}: ML-DSA keys need cryptography >= 50.0.2 "
                 "(pip install 'hsmkey[pqc]')"
             )
         raise HSMMechanismError(f"HSM key {_describe(key)}: {set_name} is not supported")

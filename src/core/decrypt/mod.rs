@@ -136,9 +136,9 @@ pub fn decrypt(
                 // Before any decryption, whatever the ciphertext: no oracle.
                 return Err(rejection::no_secret_error(info));
             }
-            pkcs1v15_decrypt(session, handle, &key, data, k)
+            pkcs1v15_decrypt(session, token, handle, &key, data, k)
         }
-        Decryption::Raw => raw(session, handle, data, k),
+        Decryption::Raw => raw(session, token, handle, data, k),
         Decryption::Oaep {
             hash,
             mgf_hash,
@@ -158,16 +158,33 @@ pub fn decrypt(
     }
 }
 
+/// One decryption in the token: `C_DecryptInit` and one `C_Decrypt` into a buffer of the
+/// modulus' size `k` (no plaintext is longer), through the module's function list: two round
+/// trips. cryptoki's `Session::decrypt` (which asks for the length first: three) where the
+/// list does not reach the session's instance.
+fn token_decrypt(
+    session: &Session,
+    token: &TokenState,
+    mechanism: &Mechanism,
+    handle: ObjectHandle,
+    data: &[u8],
+    k: usize,
+) -> std::result::Result<Zeroizing<Vec<u8>>, CkError> {
+    match token.module.raw.as_ref().filter(|r| r.reaches(session)) {
+        Some(raw) => raw.decrypt(session, mechanism, handle, data, k),
+        None => session.decrypt(mechanism, handle, data).map(Zeroizing::new),
+    }
+}
+
 /// Raw RSA in the token, right-aligned in a `k`-byte zeroizing buffer.
 fn raw(
     session: &Session,
+    token: &TokenState,
     handle: ObjectHandle,
     data: &[u8],
     k: usize,
 ) -> Result<Zeroizing<Vec<u8>>> {
-    let out = session
-        .decrypt(&Mechanism::RsaX509, handle, data)
-        .map(Zeroizing::new)
+    let out = token_decrypt(session, token, &Mechanism::RsaX509, handle, data, k)
         .map_err(|e| decrypt_error(e, "decrypting (raw RSA)"))?;
     ct::right_align(&out, k)
         .ok_or_else(|| Error::mechanism("the token's raw RSA result is longer than the modulus"))
@@ -177,6 +194,7 @@ fn raw(
 /// (derived once per key and process).
 fn pkcs1v15_decrypt(
     session: &Session,
+    token: &TokenState,
     handle: ObjectHandle,
     key: &rejection::RejectionKey,
     data: &[u8],
@@ -184,15 +202,12 @@ fn pkcs1v15_decrypt(
 ) -> Result<Zeroizing<Vec<u8>>> {
     let reject = Choice::from(u8::from(key.is_derivation_input(data)));
     let em = match key.source {
-        rejection::Source::Raw => raw(session, handle, data, k)?,
+        rejection::Source::Raw => raw(session, token, handle, data, k)?,
         // The key refuses raw RSA: the token removes the padding, and its verdict (returned
         // or refused) is folded into the same constant-time decoding.
         rejection::Source::Signature | rejection::Source::Process => {
-            match session.decrypt(&Mechanism::RsaPkcs, handle, data) {
-                Ok(m) => {
-                    let m = Zeroizing::new(m);
-                    pkcs1v15::reencode(Some(&m), k)
-                }
+            match token_decrypt(session, token, &Mechanism::RsaPkcs, handle, data, k) {
+                Ok(m) => pkcs1v15::reencode(Some(&m), k),
                 Err(e) if is_data_error(&e) => pkcs1v15::reencode(None, k),
                 Err(e) => return Err(Error::from_cryptoki(e, "decrypting (RSA PKCS#1 v1.5)")),
             }
@@ -233,6 +248,38 @@ fn token_oaep(
         .map(Zeroizing::new)
 }
 
+/// The token's OAEP in two round trips ([`token_decrypt`]): the decryptions themselves
+/// (`token_oaep` stays cryptoki's, for the label probe).
+#[allow(clippy::too_many_arguments)]
+fn token_oaep_sized(
+    session: &Session,
+    token: &TokenState,
+    handle: ObjectHandle,
+    hash: HashAlg,
+    mgf_hash: HashAlg,
+    label: &[u8],
+    data: &[u8],
+    k: usize,
+) -> std::result::Result<Zeroizing<Vec<u8>>, CkError> {
+    let params = PkcsOaepParams::new(
+        hash.digest_mechanism(),
+        mgf_hash.mgf1(),
+        if label.is_empty() {
+            PkcsOaepSource::empty()
+        } else {
+            PkcsOaepSource::data_specified(label)
+        },
+    );
+    token_decrypt(
+        session,
+        token,
+        &Mechanism::RsaPkcsOaep(params),
+        handle,
+        data,
+        k,
+    )
+}
+
 /// An init error that means "not these OAEP parameters" (SoftHSM2 answers
 /// `CKR_ARGUMENTS_BAD` for SHA-256).
 fn oaep_init_refused(err: &CkError) -> bool {
@@ -271,7 +318,7 @@ fn oaep_decrypt(
         mgf_hash,
     );
     if has_oaep && label.is_empty() && !lock(oaep_refused()).contains(&id) {
-        match token_oaep(session, handle, hash, mgf_hash, label, data) {
+        match token_oaep_sized(session, token, handle, hash, mgf_hash, label, data, k) {
             Ok(plain) => return Ok(plain),
             Err(e) if has_raw && oaep_init_refused(&e) => {
                 lock(oaep_refused()).insert(id);
@@ -280,9 +327,8 @@ fn oaep_decrypt(
         }
     }
     if has_raw {
-        match session.decrypt(&Mechanism::RsaX509, handle, data) {
+        match token_decrypt(session, token, &Mechanism::RsaX509, handle, data, k) {
             Ok(out) => {
-                let out = Zeroizing::new(out);
                 let em = ct::right_align(&out, k).ok_or_else(|| {
                     Error::mechanism("the token's raw RSA result is longer than the modulus")
                 })?;
@@ -298,7 +344,7 @@ fn oaep_decrypt(
         if !label.is_empty() {
             label_probe::require_labels(session, handle, token, n, exponent, hash, mgf_hash, k)?;
         }
-        return token_oaep(session, handle, hash, mgf_hash, label, data)
+        return token_oaep_sized(session, token, handle, hash, mgf_hash, label, data, k)
             .map_err(|e| decrypt_error(e, "decrypting (RSA-OAEP)"));
     }
     Err(Error::mechanism(

@@ -133,6 +133,24 @@ fn unique_id(session: &Session, handle: ObjectHandle) -> Result<Option<Vec<u8>>>
 }
 
 impl Pool {
+    /// The entry for `query` if the cache holds it as `find_key` would return it (found in
+    /// the current login epoch, within `key_cache_ttl`, not forced or changed): no session,
+    /// no PKCS#11 call. Else None (then `find_key`).
+    pub fn cached_key(&self, query: &KeyQuery) -> Option<Arc<KeyEntry>> {
+        let epoch = {
+            let mut st = lock(&self.state);
+            self.current(&mut st).ok()??.token.epoch()
+        };
+        let map = self.keys.map();
+        let c = map.get(query)?;
+        let (found_epoch, _, changed) = c.entry.state();
+        let fresh = !c.forced
+            && !changed
+            && found_epoch == epoch
+            && Instant::now().saturating_duration_since(c.found) < self.cfg.key_cache_ttl;
+        fresh.then(|| c.entry.clone())
+    }
+
     /// Forgets every cached lookup: the next `find_key` / `list_keys` looks at the token as
     /// it is now (and compares what it finds with what the pool's key objects were made
     /// with).

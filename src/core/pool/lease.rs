@@ -255,7 +255,8 @@ impl Pool {
     pub fn try_acquire_idle(&self, rw: bool) -> Option<Lease> {
         let mut st = lock(&self.state);
         let conn = self.current(&mut st).ok()??;
-        if st.in_use >= self.session_cap(&mut st, &conn.token, Instant::now()) {
+        // Callers already waiting for a session come first.
+        if st.in_use >= self.session_cap(&mut st, &conn.token, Instant::now()) || st.waiting > 0 {
             return None;
         }
         let idle = if rw { &mut st.idle_rw } else { &mut st.idle_ro };
@@ -289,6 +290,12 @@ impl Pool {
             gen: conn.gen,
             pid: st.pid,
         })
+    }
+
+    /// True if the pool is open and connected (logged in): a session can be borrowed
+    /// without connecting first.
+    pub fn is_connected(&self) -> bool {
+        matches!(self.current(&mut lock(&self.state)), Ok(Some(_)))
     }
 
     /// The most sessions this pool lends at once now: `max_sessions`, within the token's
