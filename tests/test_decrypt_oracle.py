@@ -1,12 +1,13 @@
 """No decryption oracle on kryoptic: a token's refusal of a ciphertext never reaches healing.
 
-kryoptic answers ``CKR_DEVICE_ERROR`` from ``C_Decrypt`` for a bad RSA-OAEP block. Such a code, taken for a session fault, made the pool ask the
-session about its health (``C_GetSessionInfo``), close it and open another (``discarded``
-in the stats), for bad ciphertexts only: an oracle in the call sequence, the stats and the
-error. Every ``C_Decrypt`` failure that does not say the session is gone is now "the data":
-good and bad ciphertexts make the same PKCS#11 calls (proven with pkcs11-spy in front of
-kryoptic), leave the same stats, and OAEP fails with one error. ECDH with another valid peer
-point makes the same calls too.
+kryoptic answers ``CKR_DEVICE_ERROR`` from ``C_Decrypt`` for a bad RSA-OAEP block. Taken for
+a session fault, that code made the pool ask the session about its health
+(``C_GetSessionInfo``), close it and open another (``discarded`` in the stats), for bad
+ciphertexts only: an oracle in the call sequence, the stats and the error. Every
+``C_Decrypt`` failure that does not say the session is gone is now "the data": good and bad
+ciphertexts make the same PKCS#11 calls (pkcs11-spy, in front of the fault module without
+faults, in front of kryoptic), leave the same stats, and OAEP fails with one error. ECDH with
+another valid peer point makes the same calls too.
 """
 
 from __future__ import annotations
@@ -25,9 +26,8 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-
-from helpers.softhsm import PKCS11_SPY_CANDIDATES
 from helpers.faultmod import FaultModBuildError, build_faultmod
+from helpers.softhsm import PKCS11_SPY_CANDIDATES
 from helpers.spy import Call, parse_spy_log
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,8 +83,18 @@ def kryoptic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kryoptic]:
         # Any RSA mechanism: OAEP through the token's own CKM_RSA_PKCS_OAEP.
         [*user, "--keypairgen", "--key-type", "rsa:2048", "--label", "rsa", "--id", "01"],
         # PKCS#1 v1.5 only: the token removes the padding (no raw RSA).
-        [*user, "--keypairgen", "--key-type", "rsa:2048", "--label", "v15", "--id", "02"]
-        + ["--allowed-mechanisms", "RSA-PKCS"],
+        [
+            *user,
+            "--keypairgen",
+            "--key-type",
+            "rsa:2048",
+            "--label",
+            "v15",
+            "--id",
+            "02",
+            "--allowed-mechanisms",
+            "RSA-PKCS",
+        ],
         [*user, "--keypairgen", "--key-type", "EC:prime256v1", "--label", "ec", "--id", "03"],
     ):
         subprocess.run([*tool, *args], env=env, capture_output=True, timeout=300, check=True)
@@ -111,7 +121,9 @@ SNIPPET = """
 """
 
 
-def run(k: Kryoptic, key: str, calls: list[dict[str, Any]]) -> tuple[list[Call], list[Any], dict[str, int]]:
+def run(
+    k: Kryoptic, key: str, calls: list[dict[str, Any]]
+) -> tuple[list[Call], list[Any], dict[str, int]]:
     """The calls through pkcs11-spy in front of kryoptic, each result, the pool's stats."""
     n = len(list(k.tmp.glob("spy-*.log")))
     log = k.tmp / f"spy-{n}.log"
@@ -144,8 +156,18 @@ def run(k: Kryoptic, key: str, calls: list[dict[str, Any]]) -> tuple[list[Call],
 
 def public_rsa(k: Kryoptic, label: str) -> rsa.RSAPublicKey:
     der = subprocess.run(
-        ["pkcs11-tool", "--module", k.module, "--token-label", LABEL, "--read-object"]
-        + ["--type", "pubkey", "--label", label],
+        [
+            "pkcs11-tool",
+            "--module",
+            k.module,
+            "--token-label",
+            LABEL,
+            "--read-object",
+            "--type",
+            "pubkey",
+            "--label",
+            label,
+        ],
         env=k.env,
         capture_output=True,
         timeout=60,
@@ -210,9 +232,8 @@ def test_oaep_good_and_bad_make_the_same_calls_on_kryoptic(
     assert_no_oracle(g, b)
     errors = b[1][1:]
     assert len(set(errors)) == 1, errors
-    assert errors[0].startswith("HSMError: decryption failed") and errors[0].endswith(
-        "rv=None"
-    ), errors
+    assert errors[0].startswith("HSMError: decryption failed"), errors
+    assert errors[0].endswith("rv=None"), errors
     # The token's OAEP did it: a C_DecryptInit per decryption, no session calls in between.
     assert "C_GetSessionInfo" not in functions(b[0][functions(b[0]).index("C_DecryptInit") :])
 
