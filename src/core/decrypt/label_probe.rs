@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
 use cryptoki::context::Function;
-use cryptoki::error::Error as CkError;
+use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::object::ObjectHandle;
 use cryptoki::session::Session;
 use num_bigint::BigUint;
@@ -82,6 +82,16 @@ pub fn require_labels(
     }
 }
 
+fn is_device_fault(err: &CkError) -> bool {
+    matches!(
+        err,
+        CkError::Pkcs11(
+            RvError::DeviceError | RvError::DeviceMemory | RvError::HostMemory,
+            _
+        )
+    )
+}
+
 /// `m^e mod n` as `k` bytes (public values only).
 fn rsa_public(n: &[u8], e: &[u8], m: &[u8], k: usize) -> Option<Vec<u8>> {
     let n = BigUint::from_bytes_be(n);
@@ -133,8 +143,11 @@ fn probe(
     match token_oaep(session, handle, hash, mgf_hash, PROBE_LABEL, &labelled) {
         Ok(m) if m.as_slice() == PROBE_MESSAGE => Ok(Labels::Honoured),
         Ok(_) => Ok(Labels::Ignored),
-        Err(err) if is_data_error(&err) => Ok(Labels::Ignored),
-        Err(err) => Err(decrypt_error(err, what)),
+        // Cached: only a refusal of the block itself says "ignored". A device or memory error
+        // on hsmkey's own ciphertext (no caller data, so no oracle) keeps its code, for the
+        // pool's healing, and the probe runs again next time.
+        Err(err) if is_data_error(&err) && !is_device_fault(&err) => Ok(Labels::Ignored),
+        Err(err) => Err(Error::from_cryptoki(err, what)),
     }
 }
 
