@@ -26,9 +26,18 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from helpers.faultmod import FaultModBuildError, build_faultmod
+from helpers import SoftHSM
+from helpers.faultmod import (  # noqa: F401  (faultmod_fixture: the `faultmod` fixture)
+    FaultModBuildError,
+    FaultModule,
+    build_faultmod,
+    faultmod_fixture,
+)
 from helpers.softhsm import PKCS11_SPY_CANDIDATES
 from helpers.spy import Call, parse_spy_log
+from hsmkey import SessionPool
+from hsmkey.exceptions import HSMError
+from hsmkey.keys import HSMRSAPrivateKey, private_key_for
 
 ROOT = Path(__file__).resolve().parents[1]
 PIN = "87654321"
@@ -292,3 +301,44 @@ def test_ecdh_with_another_valid_peer_makes_the_same_calls_on_kryoptic(
     b = run(kryoptic, "ec", [{"mech": "ECDH", "data": point()} for _ in range(3)])
     assert a[1] == b[1] == [32, 32, 32]
     assert_no_oracle(a, b)
+
+
+# -- SoftHSM2, with the fault module answering as kryoptic does ------------------------------
+
+
+def test_any_c_decrypt_refusal_is_the_data_and_a_lost_session_still_heals(
+    faultmod: FaultModule, softhsm: SoftHSM
+) -> None:
+    """On SoftHSM2, the fault module answers a good ciphertext's C_Decrypt with kryoptic's
+    CKR_DEVICE_ERROR (after the real call, which ended the operation): the one "decryption
+    failed" error, no C_GetSessionInfo, nothing discarded or recovered, and the session
+    decrypts next time. A session really lost at C_Decrypt (CKR_SESSION_HANDLE_INVALID, the
+    session closed in the token) is still healed and the decryption retried."""
+    pool = SessionPool(faultmod.path, softhsm.token_label, softhsm.pin)
+    try:
+        key = private_key_for(pool.find_key(key_label="rsa-key"))
+        assert isinstance(key, HSMRSAPrivateKey)
+        oaep = padding.OAEP(padding.MGF1(hashes.SHA1()), hashes.SHA1(), None)
+        ct = key.public_key().encrypt(b"k" * 16, oaep)
+        assert key.decrypt(ct, oaep) == b"k" * 16
+        before = pool.stats()
+        infos = faultmod.count("C_GetSessionInfo")
+        faultmod.fail("C_Decrypt", "CKR_DEVICE_ERROR", nth=1, mode="after")
+        with pytest.raises(HSMError) as info:
+            key.decrypt(ct, oaep)
+        assert str(info.value).startswith("decryption failed")
+        assert info.value.rv is None
+        assert faultmod.injected("C_Decrypt") == 1
+        assert faultmod.count("C_GetSessionInfo") == infos
+        after = pool.stats()
+        for counter in ("discarded", "recoveries", "relogins", "created"):
+            assert after[counter] == before[counter], counter
+        assert key.decrypt(ct, oaep) == b"k" * 16
+        faultmod.fail(
+            "C_Decrypt", "CKR_SESSION_HANDLE_INVALID", nth=1, mode="after", effect="close_session"
+        )
+        assert key.decrypt(ct, oaep) == b"k" * 16
+        assert faultmod.injected("C_Decrypt") == 2
+        assert pool.stats()["recoveries"] == before["recoveries"] + 1
+    finally:
+        pool.close()
