@@ -351,3 +351,38 @@ fn oaep_decrypt(
         "the token offers neither CKM_RSA_PKCS_OAEP nor CKM_RSA_X_509",
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_c_decrypt_failure_but_a_lost_session_is_the_data() {
+        for rv in [
+            RvError::DeviceError, // kryoptic, bad OAEP block
+            RvError::GeneralError,
+            RvError::EncryptedDataInvalid,
+            RvError::FunctionFailed,
+            RvError::DeviceMemory,
+        ] {
+            let err = CkError::Pkcs11(rv, Function::Decrypt);
+            assert!(is_data_error(&err), "{rv:?}");
+            let e = decrypt_error(err, "x");
+            assert!(e.rv.is_none() && e.message == decryption_failed().message);
+        }
+        for rv in [
+            RvError::SessionHandleInvalid,
+            RvError::SessionClosed,
+            RvError::UserNotLoggedIn,
+            RvError::DeviceRemoved,
+            RvError::TokenNotPresent,
+        ] {
+            let err = CkError::Pkcs11(rv, Function::Decrypt);
+            assert!(!is_data_error(&err), "{rv:?}");
+            assert!(decrypt_error(err, "x").rv.is_some(), "{rv:?}");
+        }
+        // C_DecryptInit reads no ciphertext: its codes are kept.
+        let init = CkError::Pkcs11(RvError::DeviceError, Function::DecryptInit);
+        assert!(!is_data_error(&init));
+    }
+}
