@@ -6,31 +6,31 @@
 
 Instruments (attribute ``db.client.connection.pool.name`` is the member's name everywhere):
 
-======================================== ============= =====================================
-name                                     kind          attributes / meaning
-======================================== ============= =====================================
-``db.client.connection.count``           updown (obs.) ``db.client.connection.state``
-                                                       = ``idle`` | ``used``: sessions
-``db.client.connection.max``             updown (obs.) most sessions the pool lends
-``db.client.connection.pending_requests`` updown (obs.) operations waiting for a session
-``db.client.connection.timeouts``        counter (obs.) waits that hit ``acquire_timeout``
-``db.client.operation.duration``         histogram (s) ``db.operation.name`` (sign, decrypt,
-                                                       ecdh, sign_many, ...),
-                                                       ``hsmkey.algorithm``, ``error.type``
-                                                       (``CKR_*``) on failures
-``hsmkey.member.up``                     gauge (obs.)  1 up (or excluded), 0 down
-``hsmkey.member.state``                  gauge (obs.)  ``hsmkey.member.state`` = up |
-                                                       down | excluded: 1 for the current
-``hsmkey.member.operations``             counter (obs.) operations that succeeded
-``hsmkey.member.errors``                 counter (obs.) ``error.type``: ``CKR_*`` code or
-                                                       exception class
-``hsmkey.member.failovers``              counter (obs.) calls that left this member
-``hsmkey.member.excluded_keys``          updown (obs.) keys this member is not used for
-``hsmkey.pool.events``                   counter (obs.) ``hsmkey.event`` = created, reused,
-                                                       waits, relogins, discarded,
-                                                       recoveries, logins
-``hsmkey.group.unavailable``             counter (obs.) calls refused: no member could serve
-======================================== ============= =====================================
+========================================= ============== =====================================
+name                                      kind           attributes / meaning
+========================================= ============== =====================================
+``db.client.connection.count``            updown (obs.)  ``db.client.connection.state``
+                                                         = ``idle`` | ``used``: sessions
+``db.client.connection.max``              updown (obs.)  most sessions the pool lends
+``db.client.connection.pending_requests`` updown (obs.)  operations waiting for a session
+``db.client.connection.timeouts``         counter (obs.) waits that hit ``acquire_timeout``
+``db.client.operation.duration``          histogram (s)  ``db.operation.name`` (sign, decrypt,
+                                                         ecdh, sign_many, ...),
+                                                         ``hsmkey.algorithm``, ``error.type``
+                                                         (``CKR_*``) on failures
+``hsmkey.member.up``                      gauge (obs.)   1 up (or excluded), 0 down
+``hsmkey.member.state``                   gauge (obs.)   ``hsmkey.member.state`` = up |
+                                                         down | excluded: 1 for the current
+``hsmkey.member.operations``              counter (obs.) operations that succeeded
+``hsmkey.member.errors``                  counter (obs.) ``error.type``: ``CKR_*`` code or
+                                                         exception class
+``hsmkey.member.failovers``               counter (obs.) calls that left this member
+``hsmkey.member.excluded_keys``           updown (obs.)  keys this member is not used for
+``hsmkey.pool.events``                    counter (obs.) ``hsmkey.event`` = created, reused,
+                                                         waits, relogins, discarded,
+                                                         recoveries, logins
+``hsmkey.group.unavailable``              counter (obs.) calls refused: no member could serve
+========================================= ============== =====================================
 """
 
 from __future__ import annotations
