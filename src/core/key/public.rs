@@ -327,18 +327,19 @@ fn read_mldsa_public(
     Ok(value.or_else(|| spki.and_then(|s| public_from_spki(&s, set))))
 }
 
-/// The public key of the public-key object (same CKA_ID, else same label) that a probe
-/// signature of the private key proves, as for EC keys ([`proven_point`]).
-fn proven_mldsa_public(
+/// The first public-key object beside the private key (same CKA_ID, then same label) whose
+/// public key, read by `read`, a probe signature of the private key proves (`as_info` makes
+/// the key description to verify it with); without a signer, the first one found. Planted
+/// twins (objects that anyone with a public session can create) are skipped. `Err(n)`: no
+/// candidate proven, `n` of them tried.
+fn proven_candidate(
     session: &Session,
     handle: ObjectHandle,
     info: &KeyInfo,
-    query: &KeyQuery,
     signer: Option<Signer<'_>>,
-) -> Result<Vec<u8>> {
-    let Some(set) = info.param_set else {
-        return Err(Error::mechanism("an ML-DSA key without a parameter set"));
-    };
+    read: impl Fn(ObjectHandle) -> Result<Option<Vec<u8>>>,
+    as_info: impl Fn(Vec<u8>) -> KeyInfo,
+) -> Result<std::result::Result<Vec<u8>, usize>> {
     let mut searches = Vec::new();
     if !info.id.is_empty() {
         searches.push(KeyQuery {
@@ -364,7 +365,7 @@ fn proven_mldsa_public(
                 continue;
             }
             seen_objects.push(object);
-            let Some(value) = read_mldsa_public(session, object, set)? else {
+            let Some(value) = read(object)? else {
                 continue;
             };
             if tried.contains(&value) {
@@ -372,7 +373,7 @@ fn proven_mldsa_public(
             }
             tried.push(value.clone());
             let Some(signer) = signer else {
-                return Ok(value);
+                return Ok(Ok(value));
             };
             if probe_sig.is_none() {
                 probe_sig = Some(probe(session, handle, info, signer)?);
@@ -380,16 +381,41 @@ fn proven_mldsa_public(
             let Some((message, sig)) = &probe_sig else {
                 continue;
             };
-            let candidate = KeyInfo {
-                public_value: Some(value.clone()),
-                ..info.clone()
-            };
-            if verify(&candidate, &probe_scheme(info), message, sig)? {
-                return Ok(value);
+            if verify(&as_info(value.clone()), &probe_scheme(info), message, sig)? {
+                return Ok(Ok(value));
             }
         }
     }
-    let what = if tried.is_empty() {
+    Ok(Err(tried.len()))
+}
+
+/// The public key of the public-key object (same CKA_ID, else same label) that a probe
+/// signature of the private key proves, as for EC keys ([`proven_point`]).
+fn proven_mldsa_public(
+    session: &Session,
+    handle: ObjectHandle,
+    info: &KeyInfo,
+    query: &KeyQuery,
+    signer: Option<Signer<'_>>,
+) -> Result<Vec<u8>> {
+    let Some(set) = info.param_set else {
+        return Err(Error::mechanism("an ML-DSA key without a parameter set"));
+    };
+    let tried = match proven_candidate(
+        session,
+        handle,
+        info,
+        signer,
+        |object| read_mldsa_public(session, object, set),
+        |value| KeyInfo {
+            public_value: Some(value),
+            ..info.clone()
+        },
+    )? {
+        Ok(value) => return Ok(value),
+        Err(tried) => tried,
+    };
+    let what = if tried == 0 {
         "it does not carry its public key (CKA_PUBLIC_KEY_INFO) and there is no public-key \
          object with the same CKA_ID or label; import its public key as well"
             .to_string()
@@ -398,7 +424,7 @@ fn proven_mldsa_public(
             "{} public-key object(s) with its CKA_ID or label carry a key that does not verify \
              a signature made by the private key (a public-key object can be created without \
              the PIN); delete them and import the key's genuine public key",
-            tried.len()
+            tried
         )
     };
     Err(Error::new(
@@ -466,60 +492,21 @@ fn proven_point(
     let Some(curve) = info.curve else {
         return Err(Error::mechanism("an EC key without a curve"));
     };
-    let mut searches = Vec::new();
-    if !info.id.is_empty() {
-        searches.push(KeyQuery {
-            label: None,
-            id: Some(info.id.clone()),
-        });
-    }
-    if let Some(l) = info.label.as_ref().filter(|l| !l.is_empty()) {
-        searches.push(KeyQuery {
-            label: Some(l.clone()),
-            id: None,
-        });
-    }
-    let mut seen_objects = Vec::new();
-    let mut tried: Vec<Vec<u8>> = Vec::new();
-    let mut probe_sig: Option<(Vec<u8>, Vec<u8>)> = None;
-    for q in searches {
-        let found = session
-            .find_objects(&q.template(ObjectClass::PUBLIC_KEY))
-            .context("searching for the public key beside the private key")?;
-        for object in found {
-            if seen_objects.contains(&object) {
-                continue;
-            }
-            seen_objects.push(object);
-            let Some(raw) = read_point(session, object)? else {
-                continue;
-            };
-            let Ok(point) = curve.unwrap_point(&raw) else {
-                continue;
-            };
-            if tried.contains(&point) {
-                continue;
-            }
-            tried.push(point.clone());
-            let Some(signer) = signer else {
-                return Ok(point);
-            };
-            if probe_sig.is_none() {
-                probe_sig = Some(probe(session, handle, info, signer)?);
-            }
-            let Some((message, sig)) = &probe_sig else {
-                continue;
-            };
-            let candidate = KeyInfo {
-                ec_point: Some(point.clone()),
-                ..info.clone()
-            };
-            if verify(&candidate, &probe_scheme(info), message, sig)? {
-                return Ok(point);
-            }
-        }
-    }
-    if tried.is_empty() {
+    let tried = match proven_candidate(
+        session,
+        handle,
+        info,
+        signer,
+        |object| Ok(read_point(session, object)?.and_then(|raw| curve.unwrap_point(&raw).ok())),
+        |point| KeyInfo {
+            ec_point: Some(point),
+            ..info.clone()
+        },
+    )? {
+        Ok(point) => return Ok(point),
+        Err(tried) => tried,
+    };
+    if tried == 0 {
         return Err(Error::new(
             Kind::KeyNotFound,
             format!(
@@ -541,7 +528,7 @@ fn proven_point(
              delete them and import the key's genuine public key",
             curve.name(),
             query.describe(),
-            tried.len()
+            tried
         ),
     ))
 }
