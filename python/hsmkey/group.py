@@ -835,6 +835,32 @@ class PoolGroup:
 
     # -- operations ---------------------------------------------------------------------
 
+    def _fails_over(
+        self,
+        member: _Member,
+        key: GroupKey,
+        method: str,
+        alg: str,
+        start: float,
+        exc: BaseException,
+        tried: set[int],
+    ) -> bool:
+        """Records a failed call of `key`'s operation on `member`; True when the call moves on
+        to another member (the member is then in `tried`), False when `exc` is the caller's."""
+        outcome = self._failed(member, key, method, alg, start, exc)
+        if outcome == "key" and key._state(member).reason is None:
+            key._exclude(
+                member,
+                "missing" if isinstance(exc, HSMKeyNotFoundError) else "different key",
+            )
+        if outcome not in ("unavailable", "busy", "key"):
+            return False
+        tried.add(member.index)
+        with self._lock:
+            self._failovers += 1
+            member.failovers += 1
+        return True
+
     def _call(
         self, key: GroupKey, method: str, alg: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
@@ -846,20 +872,10 @@ class PoolGroup:
             try:
                 result = getattr(key._member_key(member), method)(*args, **kwargs)
             except BaseException as exc:
-                outcome = self._failed(member, key, method, alg, start, exc)
-                if outcome == "key" and key._state(member).reason is None:
-                    key._exclude(
-                        member,
-                        "missing" if isinstance(exc, HSMKeyNotFoundError) else "different key",
-                    )
-                if outcome in ("unavailable", "busy", "key"):
-                    tried.add(member.index)
-                    last = exc
-                    with self._lock:
-                        self._failovers += 1
-                        member.failovers += 1
-                    continue
-                raise
+                if not self._fails_over(member, key, method, alg, start, exc, tried):
+                    raise
+                last = exc
+                continue
             self._done(member, method, alg, start)
             return result
 
@@ -878,20 +894,10 @@ class PoolGroup:
                     mkey = await asyncio.to_thread(key._member_key, member)
                 result = await getattr(mkey, method)(*args, **kwargs)
             except BaseException as exc:
-                outcome = self._failed(member, key, method, alg, start, exc)
-                if outcome == "key" and key._state(member).reason is None:
-                    key._exclude(
-                        member,
-                        "missing" if isinstance(exc, HSMKeyNotFoundError) else "different key",
-                    )
-                if outcome in ("unavailable", "busy", "key"):
-                    tried.add(member.index)
-                    last = exc
-                    with self._lock:
-                        self._failovers += 1
-                        member.failovers += 1
-                    continue
-                raise
+                if not self._fails_over(member, key, method, alg, start, exc, tried):
+                    raise
+                last = exc
+                continue
             self._done(member, method, alg, start)
             return result
 

@@ -16,8 +16,8 @@ use cryptoki::object::ObjectHandle;
 use cryptoki::session::Session;
 use cryptoki_sys::{
     CKR_BUFFER_TOO_SMALL, CKR_CRYPTOKI_NOT_INITIALIZED, CKR_OK, CKR_SESSION_HANDLE_INVALID,
-    CK_ATTRIBUTE, CK_ATTRIBUTE_TYPE, CK_FUNCTION_LIST, CK_MECHANISM, CK_RV, CK_SESSION_INFO,
-    CK_SLOT_ID, CK_TOKEN_INFO, CK_ULONG,
+    CK_ATTRIBUTE, CK_ATTRIBUTE_TYPE, CK_BYTE_PTR, CK_FUNCTION_LIST, CK_MECHANISM, CK_RV,
+    CK_SESSION_HANDLE, CK_SESSION_INFO, CK_SLOT_ID, CK_TOKEN_INFO, CK_ULONG, CK_ULONG_PTR,
 };
 use zeroize::Zeroizing;
 
@@ -131,36 +131,12 @@ impl RawFunctions {
         // the call; the session and key handles are plain numbers the module checks.
         let rv = unsafe { sign_init(session.handle(), &mut mech, key.handle()) };
         Rv::from(rv).into_result(Function::SignInit)?;
-        let data_len: CK_ULONG = data.len().try_into()?;
-        let mut out = vec![0u8; max_len.max(1)];
-        let mut len: CK_ULONG = out.len().try_into()?;
-        // SAFETY: `data` is only read by C_Sign (the pointer is `*mut` in the C prototype);
-        // `out` has room for `len` bytes, and the module writes at most that many.
-        let mut rv = unsafe {
-            sign(
-                session.handle(),
-                data.as_ptr().cast_mut(),
-                data_len,
-                out.as_mut_ptr(),
-                &mut len,
-            )
-        };
-        if rv == CKR_BUFFER_TOO_SMALL {
-            out.resize(usize::try_from(len)?, 0);
-            // SAFETY: as above, with `out` grown to the length the module asked for.
-            rv = unsafe {
-                sign(
-                    session.handle(),
-                    data.as_ptr().cast_mut(),
-                    data_len,
-                    out.as_mut_ptr(),
-                    &mut len,
-                )
-            };
-        }
+        let mut out = Zeroizing::new(vec![0u8; max_len.max(1)]);
+        // SAFETY: `sign` is the module's C_Sign, called right after C_SignInit on `session`.
+        let rv = unsafe { single_part(sign, session, data, &mut out)? };
         Rv::from(rv).into_result(Function::Sign)?;
-        out.truncate(usize::try_from(len)?);
-        Ok(out)
+        // A signature is no secret: the buffer leaves its zeroizing wrapper as it is.
+        Ok(std::mem::take(&mut *out))
     }
 
     /// `C_DecryptInit` + one `C_Decrypt` into a zeroizing buffer of `max_len` bytes (two
@@ -186,36 +162,11 @@ impl RawFunctions {
         // the call; the session and key handles are plain numbers the module checks.
         let rv = unsafe { decrypt_init(session.handle(), &mut mech, key.handle()) };
         Rv::from(rv).into_result(Function::DecryptInit)?;
-        let data_len: CK_ULONG = data.len().try_into()?;
         let mut out = Zeroizing::new(vec![0u8; max_len.max(1)]);
-        let mut len: CK_ULONG = out.len().try_into()?;
-        // SAFETY: `data` is only read by C_Decrypt (`*mut` in the C prototype); `out` has
-        // room for `len` bytes, and the module writes at most that many.
-        let mut rv = unsafe {
-            decrypt(
-                session.handle(),
-                data.as_ptr().cast_mut(),
-                data_len,
-                out.as_mut_ptr(),
-                &mut len,
-            )
-        };
-        if rv == CKR_BUFFER_TOO_SMALL {
-            // Nothing was written: a new buffer of the length asked for.
-            out = Zeroizing::new(vec![0u8; usize::try_from(len)?.max(1)]);
-            // SAFETY: as above, with `out` of the length the module asked for.
-            rv = unsafe {
-                decrypt(
-                    session.handle(),
-                    data.as_ptr().cast_mut(),
-                    data_len,
-                    out.as_mut_ptr(),
-                    &mut len,
-                )
-            };
-        }
+        // SAFETY: `decrypt` is the module's C_Decrypt, called right after C_DecryptInit on
+        // `session`.
+        let rv = unsafe { single_part(decrypt, session, data, &mut out)? };
         Rv::from(rv).into_result(Function::Decrypt)?;
-        out.truncate(usize::try_from(len)?);
         Ok(out)
     }
 
@@ -254,4 +205,58 @@ impl RawFunctions {
         out.truncate(len);
         Ok(out)
     }
+}
+
+/// The C prototype `C_Sign` and `C_Decrypt` share (single-part, output into a buffer).
+type SinglePart = unsafe extern "C" fn(
+    CK_SESSION_HANDLE,
+    CK_BYTE_PTR,
+    CK_ULONG,
+    CK_BYTE_PTR,
+    CK_ULONG_PTR,
+) -> CK_RV;
+
+/// One single-part call (`C_Sign` or `C_Decrypt`) of `data` into `out`, truncated to the
+/// length the module wrote. A module that answers `CKR_BUFFER_TOO_SMALL` (nothing written;
+/// the operation stays active, as PKCS#11 says) is called once more with a new buffer of the
+/// length it asked for. Returns the module's return value.
+///
+/// # Safety
+/// `f` must be the module's function for an operation initialized on `session`.
+unsafe fn single_part(
+    f: SinglePart,
+    session: &Session,
+    data: &[u8],
+    out: &mut Zeroizing<Vec<u8>>,
+) -> cryptoki::error::Result<CK_RV> {
+    let data_len: CK_ULONG = data.len().try_into()?;
+    let mut len: CK_ULONG = out.len().try_into()?;
+    // SAFETY: `data` is only read (`*mut` in the C prototype); `out` has room for `len`
+    // bytes, and the module writes at most that many.
+    let mut rv = unsafe {
+        f(
+            session.handle(),
+            data.as_ptr().cast_mut(),
+            data_len,
+            out.as_mut_ptr(),
+            &mut len,
+        )
+    };
+    if rv == CKR_BUFFER_TOO_SMALL {
+        *out = Zeroizing::new(vec![0u8; usize::try_from(len)?.max(1)]);
+        // SAFETY: as above, with `out` of the length the module asked for.
+        rv = unsafe {
+            f(
+                session.handle(),
+                data.as_ptr().cast_mut(),
+                data_len,
+                out.as_mut_ptr(),
+                &mut len,
+            )
+        };
+    }
+    if rv == CKR_OK {
+        out.truncate(usize::try_from(len)?);
+    }
+    Ok(rv)
 }
