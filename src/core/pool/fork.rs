@@ -21,6 +21,7 @@ impl Pool {
         }
         st.in_use = 0;
         st.in_use_rw = 0;
+        st.checking = 0;
         st.learned_cap = None;
         st.waiting = 0;
         st.pid = pid;

@@ -237,10 +237,15 @@ impl Pool {
         let (ro, rw) = {
             let mut st = lock(&self.state);
             let State {
-                idle_ro, idle_rw, ..
+                idle_ro,
+                idle_rw,
+                checking,
+                ..
             } = &mut *st;
+            *checking += idle_ro.len() + idle_rw.len();
             (std::mem::take(idle_ro), std::mem::take(idle_rw))
         };
+        let taken = ro.len() + rw.len();
         let mut purged = 0;
         let mut check = |idle: Vec<Idle>| {
             let mut keep = Vec::with_capacity(idle.len());
@@ -256,6 +261,9 @@ impl Pool {
         };
         let (ro, rw) = (check(ro), check(rw));
         let mut st = lock(&self.state);
+        st.checking = st.checking.saturating_sub(taken);
+        // Callers that waited for these places may go on.
+        self.cond.notify_all();
         if st.pid != crate::core::fork::pid() {
             // Forked meanwhile: they are the parent's.
             drop(st);

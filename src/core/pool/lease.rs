@@ -85,9 +85,10 @@ impl Pool {
             let now = Instant::now();
             let mut expired = self.take_expired(&mut st, now);
             let cap = self.session_cap(&mut st, &conn.token, now);
-            let free = st.in_use < cap;
+            // Sessions out for a liveness check are open too: they keep their place.
+            let free = st.in_use + st.checking < cap;
             let idle = if rw { &mut st.idle_rw } else { &mut st.idle_ro };
-            if let Some(Idle { session, .. }) = idle.pop().filter(|_| free) {
+            if let Some(Idle { session, .. }) = if free { idle.pop() } else { None } {
                 st.in_use += 1;
                 if rw {
                     st.in_use_rw += 1;
@@ -122,7 +123,7 @@ impl Pool {
             if free && !rw_full {
                 // Keep the sessions open on the token (lent + idle of both kinds) within the
                 // cap too: make room by closing the oldest idle one of the other kind.
-                if st.in_use + st.idle_ro.len() + st.idle_rw.len() >= cap {
+                if st.in_use + st.checking + st.idle_ro.len() + st.idle_rw.len() >= cap {
                     let other = if rw { &mut st.idle_ro } else { &mut st.idle_rw };
                     if !other.is_empty() {
                         expired.push(other.remove(0).session);

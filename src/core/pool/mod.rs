@@ -81,6 +81,9 @@ struct State {
     in_use: usize,
     /// Read-write sessions among `in_use` (for the token's `ulMaxRwSessionCount`).
     in_use_rw: usize,
+    /// Idle sessions taken out of the idle lists for a liveness check (`purge_dead_idle`):
+    /// still open on the token, so they count against the cap until they are put back.
+    checking: usize,
     /// Sessions open when the token last answered `CKR_SESSION_COUNT`, and when: the pool
     /// opens no more than that for a while (tokens that do not state their limit, or whose
     /// sessions other applications hold).
@@ -115,6 +118,7 @@ impl Pool {
                 idle_rw: Vec::new(),
                 in_use: 0,
                 in_use_rw: 0,
+                checking: 0,
                 learned_cap: None,
                 waiting: 0,
                 stats: Stats::default(),
