@@ -82,26 +82,27 @@ def test_cancelled_wait_leaves_nothing_borrowed(softhsm: SoftHSM) -> None:
         pool = SessionPool(
             softhsm.module, softhsm.token_label, softhsm.pin, max_sessions=1, acquire_timeout=5
         )
-        async with pool.session() as held:
-            held.find_key(key_label="ec-key")  # found once: later look-ups need no session
-            waiting = pool.session()
-            entered = asyncio.Event()
+        pool.find_key(key_label="ec-key")  # found once: later look-ups need no session
+        held = pool.open_session()  # the only session, lent out
+        waiting = pool.session()
+        entered = asyncio.Event()
 
-            async def enter() -> None:
-                # No session is free: the block is entered with none, and its first call
-                # waits for one (with the pool's other callers).
-                async with waiting as s:
-                    entered.set()
-                    await s.find_key(key_label="ec-key").sign_async("ES256", b"waits")
-                    raise AssertionError("cancelled before")  # pragma: no cover
+        async def enter() -> None:
+            # No session is free: the block is entered all the same, and its call waits for
+            # one (with the pool's other callers).
+            async with waiting as s:
+                entered.set()
+                await s.find_key(key_label="ec-key").sign_async("ES256", b"waits")
+                raise AssertionError("cancelled before")  # pragma: no cover
 
-            task = asyncio.create_task(enter())
-            await asyncio.wait_for(entered.wait(), 5)
-            await asyncio.sleep(0.1)
-            assert pool.stats()["in_use"] == 1
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
+        task = asyncio.create_task(enter())
+        await asyncio.wait_for(entered.wait(), 5)
+        await asyncio.sleep(0.1)
+        assert pool.stats()["in_use"] == 1
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        held.close()
         # The cancelled call borrowed nothing; its block has ended.
         for _ in range(100):
             if pool.stats()["in_use"] == 0:
@@ -120,8 +121,8 @@ def test_cancelled_wait_leaves_nothing_borrowed(softhsm: SoftHSM) -> None:
 
 def test_entering_and_leaving_a_block_on_a_warm_pool_never_suspends(softhsm: SoftHSM) -> None:
     """On a warm pool, ``async with pool.session()`` is entered and left without a future,
-    a step of the loop or a worker thread, whether a session is free (it is taken at once) or
-    not (the block's first call borrows it): the coroutine runs to its end in one step."""
+    a step of the loop or a worker thread, whether a session is free or not (the block's
+    calls borrow it): the coroutine runs to its end in one step."""
 
     async def main() -> None:
         pool = SessionPool(softhsm.module, softhsm.token_label, softhsm.pin, max_sessions=1)
@@ -141,15 +142,15 @@ def test_entering_and_leaving_a_block_on_a_warm_pool_never_suspends(softhsm: Sof
             coro.close()
             raise AssertionError(f"the block suspended on {suspended_on!r}")
 
-        assert one_step() is False  # a free session: taken at once
-        async with pool.session() as held:  # the only session, lent out
-            assert one_step() is False  # none free: entered with none, left at once
-            await held.find_key(key_label="ec-key").sign_async("ES256", b"held")
+        assert one_step() is False  # a free session: none is taken
+        held = pool.open_session()  # the only session, lent out
+        assert one_step() is False  # none free: entered all the same, left at once
+        held.close()
         assert pool.stats()["in_use"] == 0
-        # The deferred block's first call borrows the session, and its end returns it.
+        # A call of the block borrows the session for itself and gives it back when it ends.
         async with pool.session() as s:
             await s.find_key(key_label="ec-key").sign_async("ES256", b"first call")
-            assert pool.stats()["in_use"] == 1
+            assert pool.stats()["in_use"] == 0
         assert pool.stats()["in_use"] == 0
         assert len(await key.sign_async("ES256", b"pool-bound")) == 64
         pool.close()
@@ -158,8 +159,8 @@ def test_entering_and_leaving_a_block_on_a_warm_pool_never_suspends(softhsm: Sof
 
 
 def test_synchronous_call_in_a_block_entered_with_no_session(softhsm: SoftHSM) -> None:
-    """A block entered while no session was free borrows one for its first synchronous call
-    that needs it (here ``list_keys``), there and then; the block keeps it until it ends."""
+    """A synchronous call that needs the session (here ``list_keys``) in an ``async with``
+    block borrows one there and then, waiting for it, and gives it back when it ends."""
 
     async def main() -> None:
         pool = SessionPool(
@@ -171,9 +172,71 @@ def test_synchronous_call_in_a_block_entered_with_no_session(softhsm: SoftHSM) -
         async with pool.session() as s:
             assert pool.stats()["in_use"] == 1  # still the held one: entered with none
             assert "ec-key" in {k.label for k in s.list_keys()}
-            assert held.closed and pool.stats()["in_use"] == 1  # now the block's
-            await s.find_key(key_label="ec-key").sign_async("ES256", b"same session")
+            assert held.closed and pool.stats()["in_use"] == 0  # borrowed and given back
+            await s.find_key(key_label="ec-key").sign_async("ES256", b"same block")
         assert pool.stats()["in_use"] == 0
+        pool.close()
+
+    asyncio.run(main())
+
+
+def test_a_first_look_up_in_a_block_never_waits_for_the_loop(softhsm: SoftHSM) -> None:
+    """Every session is used by a block whose signature is done but whose task has not run
+    yet, and another block looks a key up for the first time (a search, on the loop's
+    thread): the look-up must not wait for a session that only the loop can give back. (It
+    did: the loop stood still until acquire_timeout, then every block failed.)"""
+
+    async def main() -> None:
+        pool = SessionPool(
+            softhsm.module,
+            softhsm.token_label,
+            softhsm.pin,
+            max_sessions=1,
+            acquire_timeout=3,
+            key_cache_ttl=0,  # every look-up searches the token
+        )
+        pool.check()
+
+        async def signer() -> bytes:
+            async with pool.session() as s:
+                key = s.find_key(key_label="ec-key")
+                return await key.sign_async("ES256", b"first")
+
+        async def looker() -> int:
+            async with pool.session() as s:
+                await asyncio.sleep(0)  # the signer's call is under way
+                return len(s.find_key(key_label="ec-key").label)
+
+        start = time.monotonic()
+        signature, size = await asyncio.gather(signer(), looker())
+        assert len(signature) == 64 and size == len("ec-key")
+        assert time.monotonic() - start < 2
+        assert pool.stats()["timeouts"] == 0
+        pool.close()
+
+    asyncio.run(main())
+
+
+def test_a_block_runs_one_call_at_a_time_and_holds_no_session_between_calls(
+    softhsm: SoftHSM,
+) -> None:
+    """The calls of one ``async with`` block take turns (one session for the block, as its
+    name says), and between its calls the block holds no session: ``max_in_use`` stays 1
+    with 16 calls in flight, and a session is never idle in a block that only waits."""
+
+    async def main() -> None:
+        pool = SessionPool(softhsm.module, softhsm.token_label, softhsm.pin, max_sessions=8)
+        pool.find_key(key_label="ec-key")
+        async with pool.session() as s:
+            key = s.find_key(key_label="ec-key")
+            signatures = await asyncio.gather(
+                *(key.sign_async("ES256", b"%d" % i) for i in range(16))
+            )
+            assert pool.stats()["in_use"] == 0
+            await asyncio.sleep(0.01)
+            assert pool.stats()["in_use"] == 0
+        assert len(set(signatures)) == 16
+        assert pool.stats()["max_in_use"] == 1
         pool.close()
 
     asyncio.run(main())

@@ -94,8 +94,8 @@ def test_cancelled_sign_async_calls_never_reach_the_token(
 def test_async_acquire_timeout_keeps_the_loop_running(
     faultmod: FaultModule, softhsm: SoftHSM
 ) -> None:
-    """With every session lent out, a pool-bound sign_async and the first call of an `async
-    with` block (entered at once, with no session yet) wait at most acquire_timeout, then raise
+    """With every session lent out, a pool-bound sign_async and a call of an `async with`
+    block (entered at once, with no session) wait at most acquire_timeout, then raise
     HSMPoolExhaustedError; the loop runs other tasks all the while, and the waits leave nothing
     borrowed."""
 
@@ -114,15 +114,16 @@ def test_async_acquire_timeout_keeps_the_loop_running(
                 ticks += 1
 
         tick = asyncio.create_task(ticker())
-        async with pool.session():
-            with pytest.raises(HSMPoolExhaustedError, match="acquire_timeout"):
-                await key.sign_async("ES256", b"no session")
-            with pytest.raises(HSMPoolExhaustedError):
-                async with pool.session() as s:
-                    await s.find_key(key_label="ec-key").sign_async("ES256", b"no session")
-            stats = pool.stats()
-            assert stats["in_use"] == 1
-            assert stats["timeouts"] == 2
+        held = pool.open_session()  # the only session
+        with pytest.raises(HSMPoolExhaustedError, match="acquire_timeout"):
+            await key.sign_async("ES256", b"no session")
+        with pytest.raises(HSMPoolExhaustedError):
+            async with pool.session() as s:
+                await s.find_key(key_label="ec-key").sign_async("ES256", b"no session")
+        stats = pool.stats()
+        assert stats["in_use"] == 1
+        assert stats["timeouts"] == 2
+        held.close()
         stop.set()
         await tick
         assert ticks >= 20  # 0.6 s of waiting: the loop kept ticking

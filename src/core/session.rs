@@ -8,11 +8,14 @@
 //! the lease is kept outside both locks and checked first: a child forked while the parent
 //! used the session fails at once with `HSMSessionError`, taking no lock.
 //!
-//! An `async with` block entered when no session is free borrows none yet ([`SessionSlot::
-//! take_idle_or_defer`]): the first call that needs the session borrows it, waiting as the
-//! block's entry would have, and the block keeps it until it ends. So entering and leaving a
-//! block on a warm pool never waits, and a task never holds a session while it only waits
-//! for one.
+//! An `async with` block holds a session only while one of its calls runs
+//! ([`SessionSlot::enter_per_call`]): each call borrows one from the pool (waiting with the
+//! pool's other callers) and gives it back when it ends, on its worker thread. Between its
+//! calls, and while a result travels back to the event loop, the block holds nothing. So
+//! entering and leaving a block on a warm pool never waits, a task never holds a session
+//! while it only waits (for one, or for the loop), no session sits idle while a task that
+//! holds it waits for its turn on the loop, and a synchronous call on the loop's thread (a
+//! first `find_key`) waits at most for a call in the token, never for the loop itself.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -30,10 +33,8 @@ pub struct SessionSlot {
     user: CallLock,
     /// The process that borrowed the lease (0: not borrowed yet).
     owner: AtomicU32,
-    /// Set while a deferred block's session is still to be borrowed by its first
-    /// asynchronous call (which then waits with the pool's other callers); cleared once the
-    /// session is borrowed or that call is under way.
-    first_call: AtomicBool,
+    /// An `async with` block: every call borrows the session and gives it back.
+    per_call: AtomicBool,
 }
 
 struct SlotState {
@@ -41,8 +42,8 @@ struct SlotState {
     closed: bool,
     /// The lease is out for an operation (taken from `lease` by `with_lease`).
     busy: bool,
-    /// `Some(rw)`: the block was entered with no session; the first call that needs one
-    /// borrows it (read-write or not).
+    /// `Some(rw)`: the block was entered with no session; a call that needs one borrows it
+    /// (read-write or not).
     deferred: Option<bool>,
 }
 
@@ -74,7 +75,7 @@ impl SessionSlot {
             }),
             user: CallLock::new(),
             owner: AtomicU32::new(owner),
-            first_call: AtomicBool::new(false),
+            per_call: AtomicBool::new(false),
         }
     }
 
@@ -135,47 +136,52 @@ impl SessionSlot {
         let result = lease.check_owner().and_then(|()| f(&mut lease));
         let mut st = lock(&self.state);
         st.busy = false;
-        st.lease = Some(lease);
+        if self.per_call.load(Ordering::Acquire) {
+            // An `async with` block's call: the session goes back as soon as it is done.
+            drop(st);
+            self.pool.release(lease);
+        } else {
+            st.lease = Some(lease);
+        }
         result
     }
 
-    /// Takes a warm idle session from the pool if one is free right now (no wait, no
-    /// PKCS#11 call); returns whether the session is borrowed now.
-    pub fn take_idle(&self, rw: bool) -> bool {
-        let mut st = lock(&self.state);
-        if st.lease.is_none() && !st.busy && !st.closed {
-            st.lease = self.pool.try_acquire_idle(rw);
-            if let Some(lease) = &st.lease {
-                self.owner.store(lease.pid(), Ordering::Release);
-            }
-        }
-        st.lease.is_some() || st.busy
-    }
-
-    /// [`take_idle`](Self::take_idle), or, when no session is free on a connected pool,
-    /// enters the block with none: the first call that needs one borrows it. No wait, no
-    /// PKCS#11 call. Returns whether the block is entered (else the caller borrows the way
-    /// that may connect and wait).
-    pub fn take_idle_or_defer(&self, rw: bool) -> bool {
-        if self.take_idle(rw) {
-            return true;
-        }
-        let connected = self.pool.is_connected();
-        let mut st = lock(&self.state);
-        if st.closed {
+    /// Enters an `async with` block on a connected pool: no session is borrowed (each call
+    /// borrows one and gives it back), no wait, no PKCS#11 call. Returns false when the pool
+    /// must connect first ([`enter_connecting`](Self::enter_connecting), on a worker).
+    pub fn enter_per_call(&self, rw: bool) -> bool {
+        if !self.pool.is_connected() {
             return false;
         }
-        if st.deferred.is_none() && connected {
-            st.deferred = Some(rw);
-            self.first_call.store(true, Ordering::Release);
-        }
-        st.deferred.is_some()
+        self.mark_per_call(rw).is_ok()
     }
 
-    /// True once for the first asynchronous call of a block entered with no session, while
-    /// it has none yet.
-    pub fn take_first_call(&self) -> bool {
-        self.first_call.load(Ordering::Acquire) && self.first_call.swap(false, Ordering::AcqRel)
+    /// [`enter_per_call`](Self::enter_per_call) on a pool that is not connected yet:
+    /// connects and logs in (the errors a block's entry raises), waiting for a session as
+    /// an entry would, then gives the session back at once.
+    pub fn enter_connecting(&self, rw: bool, interrupt: &dyn Fn() -> Result<()>) -> Result<()> {
+        let lease = self.pool.acquire(rw, interrupt)?;
+        self.pool.release(lease);
+        self.mark_per_call(rw)
+    }
+
+    fn mark_per_call(&self, rw: bool) -> Result<()> {
+        let mut st = lock(&self.state);
+        if st.closed {
+            return Err(Error::new(
+                Kind::PoolClosed,
+                "this session was closed (or its task cancelled) while it waited for the pool",
+            ));
+        }
+        self.owner.store(pid(), Ordering::Release);
+        self.per_call.store(true, Ordering::Release);
+        st.deferred = Some(rw);
+        Ok(())
+    }
+
+    /// True for an `async with` block (every call borrows the session and gives it back).
+    pub fn is_per_call(&self) -> bool {
+        self.per_call.load(Ordering::Acquire)
     }
 
     /// True if the block has been entered (it holds its session, or will borrow it on first
@@ -219,13 +225,12 @@ impl SessionSlot {
         } else {
             self.owner.store(lease.pid(), Ordering::Release);
             st.lease = Some(lease);
-            self.first_call.store(false, Ordering::Release);
         }
         Ok(())
     }
 
     /// Whether the session went back to its pool, and whether it is borrowed now (or is to
-    /// be, by the first call of a block entered with none). Never waits for an operation.
+    /// be, by the calls of an `async with` block). Never waits for an operation.
     pub fn status(&self) -> (bool, bool) {
         let st = lock(&self.state);
         (
@@ -239,7 +244,9 @@ impl SessionSlot {
         {
             let mut st = lock(&self.state);
             st.closed = true;
-            if !st.busy {
+            // An `async with` block's call still running gives its session back itself
+            // when it ends: leaving the block never waits for the token.
+            if !st.busy || self.is_per_call() {
                 let lease = st.lease.take();
                 drop(st);
                 if let Some(lease) = lease {

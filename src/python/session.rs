@@ -72,7 +72,7 @@ impl PySession {
     ) -> PyResult<PyKey> {
         let query: KeyQuery = key_query(key_label, key_id)?;
         // A key found before in this login epoch, in a block that is open: no PKCS#11 call,
-        // no session needed (a deferred block borrows none for it), no GIL-free section.
+        // no session needed (an `async with` block borrows none for it), no GIL-free section.
         if self.slot.entered() {
             if let Some(entry) = self.slot.pool.cached_key(&query) {
                 return Ok(PyKey::new(
@@ -210,28 +210,26 @@ impl PySession {
         detach(py, move || slot.close());
     }
 
-    /// ``async with pool.session() as session:`` on a warm pool takes a free session at
-    /// once, or, when none is free, enters with none: the block's first call that needs the
-    /// session borrows it (waiting as entering would have). On a pool not connected yet, it
-    /// connects and borrows the session on a worker thread; a task cancelled while it waits
-    /// leaves nothing borrowed.
+    /// ``async with pool.session() as session:`` on a warm pool is entered at once, with no
+    /// session borrowed: each call of the block that needs the session borrows it (waiting
+    /// without blocking the loop) and gives it back when it ends. On a pool not connected
+    /// yet, it connects on a worker thread; a task cancelled while it waits leaves nothing
+    /// borrowed.
     fn __aenter__<'py>(slf: Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         let me = slf.clone().into_any().unbind();
         let slot = slf.get().slot.clone();
         let rw = slf.get().rw;
         let pool = slot.pool.clone();
-        // No PKCS#11 call, no worker, no future: a warm idle session, or (none free on a
-        // connected pool) none yet. Without the GIL: the session's lock may be held by a
-        // thread that waits for it.
-        let ready = py.detach(|| slot.take_idle_or_defer(rw));
-        if ready {
+        // No PKCS#11 call, no worker, no future on a connected pool. Without the GIL: the
+        // session's lock may be held by a thread that waits for it.
+        if py.detach(|| slot.enter_per_call(rw)) {
             return crate::python::asyncio::ready(py, slf.into_any());
         }
         let fut = crate::python::asyncio::spawn(
             py,
             Gate::Pool(&pool),
-            move |interrupt| slot.open(rw, interrupt),
+            move |interrupt| slot.enter_connecting(rw, interrupt),
             move |_, ()| Ok(me),
         )?;
         crate::python::asyncio::close_when_cancelled(&fut, slf.into_any().unbind())?;
@@ -249,8 +247,8 @@ impl PySession {
         let _ = (exc_type, exc, tb);
         let slot = self.slot.clone();
         if !py.detach(|| slot.pool.is_closed()) {
-            // Giving a session back to an open pool makes no PKCS#11 call: done here, at
-            // once, so that the next task gets it without a trip through a worker.
+            // Leaving a block on an open pool makes no PKCS#11 call and never waits (a call
+            // still running gives its session back itself): done here, at once.
             detach(py, || slot.close());
             let done = false.into_pyobject(py)?.to_owned().into_any();
             return crate::python::asyncio::ready(py, done);

@@ -16,7 +16,8 @@ use crate::core::session::SessionSlot;
 pub enum Gate<'a> {
     /// The pool's lane, `max_sessions` wide (the call borrows a session from the pool).
     Pool(&'a Arc<Pool>),
-    /// The session's lane, one wide (the call works on a session lent to a block).
+    /// The lane of a call on a block's session: the pool's for an `async with` block (the
+    /// call borrows the session), else the session's own, one wide (a `with` block's).
     Session(&'a Arc<SessionSlot>),
     /// No lane (the call borrows nothing and returns quickly).
     Free,
@@ -190,9 +191,9 @@ impl Gate<'_> {
                 lock(&POOL_LANES).get(pool, || Lane::new(pool.cfg.max_sessions, pool)),
                 Arc::clone(pool),
             )),
-            // The first call of a block entered with no session borrows it: it waits with
+            // A call of an `async with` block borrows the session for itself: it waits with
             // the pool's callers, so a session is never held by a call that only waits.
-            Gate::Session(slot) if slot.take_first_call() => Some((
+            Gate::Session(slot) if slot.is_per_call() => Some((
                 lock(&POOL_LANES).get(&slot.pool, || {
                     Lane::new(slot.pool.cfg.max_sessions, &slot.pool)
                 }),
