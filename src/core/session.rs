@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use crate::core::error::{Error, Kind, Result};
 use crate::core::fork::{pid, CallLock};
 use crate::core::module::lock;
-use crate::core::pool::{Lease, Pool};
+use crate::core::pool::{CallsAfterRelease, Lease, Pool};
 
 /// The lease behind a `Session` object, shared with the keys loaded from it.
 pub struct SessionSlot {
@@ -146,6 +146,22 @@ impl SessionSlot {
         result
     }
 
+    /// Takes a warm idle session from the pool if one is free right now (no wait, no
+    /// PKCS#11 call); returns whether the session is borrowed now.
+    pub fn take_idle(&self, rw: bool) -> bool {
+        if self.check_owner().is_err() {
+            return false;
+        }
+        let mut st = lock(&self.state);
+        if st.lease.is_none() && !st.busy && !st.closed {
+            st.lease = self.pool.try_acquire_idle(rw);
+            if let Some(lease) = &st.lease {
+                self.owner.store(lease.pid(), Ordering::Release);
+            }
+        }
+        st.lease.is_some() || st.busy
+    }
+
     /// Enters an `async with` block on a connected pool: no session is borrowed (each call
     /// borrows one and gives it back), no wait, no PKCS#11 call. Returns false when the pool
     /// must connect first ([`enter_connecting`](Self::enter_connecting), on a worker).
@@ -237,6 +253,22 @@ impl SessionSlot {
             st.closed,
             st.lease.is_some() || st.busy || st.deferred.is_some(),
         )
+    }
+
+    /// [`close`](Self::close) if that needs no wait: no operation runs on the session (or
+    /// the block is an `async with` one, whose running call gives it back itself). Then the
+    /// session is back in its pool and `Ok` holds what a closed pool leaves to do in the
+    /// token (to run without the GIL); `Err(())`: an operation runs, call `close`.
+    #[allow(clippy::result_unit_err)]
+    pub fn close_now(&self) -> std::result::Result<Option<CallsAfterRelease>, ()> {
+        let mut st = lock(&self.state);
+        if st.busy && !self.is_per_call() {
+            return Err(());
+        }
+        st.closed = true;
+        let lease = st.lease.take();
+        drop(st);
+        Ok(lease.and_then(|lease| self.pool.give_back(lease)))
     }
 
     /// Returns the session to its pool (after the operation running on it, if any).

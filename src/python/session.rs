@@ -221,9 +221,9 @@ impl PySession {
         let slot = slf.get().slot.clone();
         let rw = slf.get().rw;
         let pool = slot.pool.clone();
-        // No PKCS#11 call, no worker, no future on a connected pool. Without the GIL: the
-        // session's lock may be held by a thread that waits for it.
-        if py.detach(|| slot.enter_per_call(rw)) {
+        // No PKCS#11 call, no worker, no future on a connected pool; bookkeeping only (the
+        // locks it takes are never held by a thread that waits for the GIL).
+        if slot.enter_per_call(rw) {
             return crate::python::asyncio::ready(py, slf.into_any());
         }
         let fut = crate::python::asyncio::spawn(
@@ -246,10 +246,14 @@ impl PySession {
     ) -> PyResult<Bound<'py, PyAny>> {
         let _ = (exc_type, exc, tb);
         let slot = self.slot.clone();
-        if !py.detach(|| slot.pool.is_closed()) {
+        if !slot.pool.is_closed() {
             // Leaving a block on an open pool makes no PKCS#11 call and never waits (a call
             // still running gives its session back itself): done here, at once.
-            detach(py, || slot.close());
+            match slot.close_now() {
+                Ok(None) => {}
+                Ok(Some(calls)) => detach(py, move || calls.run()),
+                Err(()) => detach(py, || slot.close()),
+            }
             let done = false.into_pyobject(py)?.to_owned().into_any();
             return crate::python::asyncio::ready(py, done);
         }
@@ -266,7 +270,12 @@ impl PySession {
     }
 
     fn __enter__(slf: Bound<'_, Self>) -> PyResult<Bound<'_, Self>> {
-        slf.get().open(slf.py())?;
+        let me = slf.get();
+        // A warm idle session is bookkeeping to take (no PKCS#11 call, no wait): taken with
+        // the GIL held, which saves the GIL hand-off that threads pay for each release.
+        if !me.slot.take_idle(me.rw) {
+            me.open(slf.py())?;
+        }
         Ok(slf)
     }
 
@@ -279,7 +288,13 @@ impl PySession {
         tb: Option<&Bound<'_, PyAny>>,
     ) {
         let _ = (exc_type, exc, tb);
-        self.close(py);
+        // Giving the session back to an open pool is bookkeeping: done with the GIL held.
+        // What may block (an operation still running on it, a closed pool's calls) is not.
+        match self.slot.close_now() {
+            Ok(None) => {}
+            Ok(Some(calls)) => detach(py, move || calls.run()),
+            Err(()) => self.close(py),
+        }
     }
 
     fn __repr__(&self, py: Python<'_>) -> String {

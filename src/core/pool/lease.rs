@@ -373,14 +373,24 @@ impl Pool {
     }
     /// Returns a lease. Sessions of a closed pool are closed; the last one returned to a
     /// closed pool releases its share of the login.
-    pub fn release(&self, mut lease: Lease) {
+    pub fn release(&self, lease: Lease) {
+        if let Some(calls) = self.give_back(lease) {
+            calls.run();
+        }
+    }
+
+    /// [`release`](Self::release) without its PKCS#11 calls: on an open pool, giving a
+    /// session back is bookkeeping only (no call, no wait), and `None` is returned; on a
+    /// closed one, what is left to do in the token (closing the session, logging out) is
+    /// returned, for the caller to run where a blocking call may run (without the GIL).
+    pub fn give_back(&self, mut lease: Lease) -> Option<CallsAfterRelease> {
         let session = lease.session.take();
         let mut st = lock(&self.state);
         let pid = crate::core::fork::pid();
         if lease.pid != pid || st.pid != pid {
             // Inherited from the parent process: not ours to close or reuse.
             std::mem::forget(session);
-            return;
+            return None;
         }
         lease.token.module.lease_returned();
         st.in_use = st.in_use.saturating_sub(1);
@@ -417,15 +427,36 @@ impl Pool {
             self.cond.notify_one();
         }
         drop(st);
-        if close.is_some() || finish.is_some() {
-            // Calls outside a lease: never while a rescan re-initializes the module.
-            let _calls = lease.token.module.calls_guard();
-            if let Some(s) = close {
-                let _ = s.close();
-            }
-            if let Some(conn) = finish {
-                conn.token.leave();
-            }
+        if close.is_none() && finish.is_none() {
+            return None;
+        }
+        Some(CallsAfterRelease {
+            token: lease.token.clone(),
+            close,
+            finish,
+        })
+    }
+}
+
+/// The PKCS#11 calls a lease returned to a closed pool leaves to make: closing its session,
+/// and, for the pool's last one, leaving the login.
+#[must_use = "the session stays open unless run() is called"]
+pub struct CallsAfterRelease {
+    token: Arc<TokenState>,
+    close: Option<Session>,
+    finish: Option<Conn>,
+}
+
+impl CallsAfterRelease {
+    /// Makes the calls (blocking).
+    pub fn run(self) {
+        // Calls outside a lease: never while a rescan re-initializes the module.
+        let _calls = self.token.module.calls_guard();
+        if let Some(s) = self.close {
+            let _ = s.close();
+        }
+        if let Some(conn) = self.finish {
+            conn.token.leave();
         }
     }
 }

@@ -32,7 +32,7 @@ mod registry;
 mod stats;
 
 pub use key_cache::KeyEntry;
-pub use lease::Lease;
+pub use lease::{CallsAfterRelease, Lease};
 pub use registry::{close_all_pools, register};
 pub use stats::{Snapshot, Stats};
 
