@@ -134,10 +134,10 @@ class Session:
         """Return the session to its pool (idempotent)."""
     async def __aenter__(self) -> Session:
         """``async with pool.session() as session:``. On a warm pool, entered at once on the
-        loop's thread: with a free session, or, when none is free, with none (the block's
-        first call that needs the session borrows it, waiting without blocking the loop). A
-        pool not connected yet connects and borrows on a worker thread. A cancelled wait
-        leaves nothing borrowed."""
+        loop's thread, with no session borrowed: each call of the block that needs the
+        session borrows one for itself (waiting without blocking the loop) and gives it back
+        when it ends; the block's calls take turns. A pool not connected yet connects on a
+        worker thread. A cancelled wait leaves nothing borrowed."""
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,

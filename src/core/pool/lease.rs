@@ -237,7 +237,8 @@ impl Pool {
             let deadline = *deadline.get_or_insert(now + self.cfg.acquire_timeout);
             if now >= deadline {
                 st.stats.timeouts += 1;
-                return Err(self.exhausted_error(&conn.token.describe(), st.in_use));
+                let cap = self.session_cap(&mut st, &conn.token, now);
+                return Err(self.exhausted_error(&conn.token.describe(), st.in_use, cap));
             }
             let slice = (deadline - now).min(WAIT_SLICE);
             st.waiting += 1;
@@ -319,20 +320,22 @@ impl Pool {
         }
     }
 
-    /// What a caller gets when no session became free within `acquire_timeout`.
-    fn exhausted_error(&self, token: &str, in_use: usize) -> Error {
+    /// What a caller gets when no session became free within `acquire_timeout`: `in_use`
+    /// sessions lent, of the `cap` this pool may open now.
+    fn exhausted_error(&self, token: &str, in_use: usize, cap: usize) -> Error {
+        let detail = if in_use < cap {
+            format!("{in_use} of {cap} are in use, and the callers ahead of it took every turn")
+        } else if cap < self.cfg.max_sessions {
+            format!("all {in_use} are in use (as many as the token allows)")
+        } else {
+            format!("all {in_use} are in use")
+        };
         Error::new(
             Kind::PoolExhausted,
             format!(
-                "no session on {token} became free within {:.3} s: all {} are in use{}; \
-                 return sessions sooner or raise max_sessions= / acquire_timeout=",
+                "no session on {token} became free within {:.3} s: {detail}; return sessions \
+                 sooner or raise max_sessions= / acquire_timeout=",
                 self.cfg.acquire_timeout.as_secs_f64(),
-                in_use,
-                if in_use < self.cfg.max_sessions {
-                    " (as many as the token allows)"
-                } else {
-                    ""
-                }
             ),
         )
     }
@@ -346,14 +349,17 @@ impl Pool {
             st.stats.waits += 1;
         }
         st.stats.timeouts += 1;
-        let token = st
-            .conn
-            .as_ref()
-            .map(|c| c.token.describe())
-            .unwrap_or_else(|| self.describe());
+        let conn = st.conn.clone();
+        let (token, cap) = match &conn {
+            Some(c) => (
+                c.token.describe(),
+                self.session_cap(&mut st, &c.token, Instant::now()),
+            ),
+            None => (self.describe(), self.cfg.max_sessions),
+        };
         let in_use = st.in_use;
         drop(st);
-        self.exhausted_error(&token, in_use)
+        self.exhausted_error(&token, in_use, cap)
     }
 
     fn take_expired(&self, st: &mut State, now: Instant) -> Vec<Session> {
