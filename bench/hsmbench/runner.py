@@ -80,11 +80,27 @@ def machine_info() -> list[str]:
         except PackageNotFoundError:
             return "-"
 
+    def hsmkey_version() -> str:
+        # The distribution is hsmkey-rs; the package says its version, git which commit.
+        import hsmkey
+
+        try:
+            commit = subprocess.run(
+                ["git", "describe", "--always", "--dirty"],
+                cwd=Path(__file__).resolve().parent,
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout.strip()
+        except OSError:
+            commit = ""
+        return f"{hsmkey.__version__} ({commit})" if commit else hsmkey.__version__
+
     return [
         f"machine: {os.cpu_count()} CPUs ({cpu}), {platform.system()} {platform.release()}, "
         f"load average at start {os.getloadavg()[0]:.2f}",
         f"software: Python {platform.python_version()} (switch interval "
-        f"{sys.getswitchinterval() * 1000:.0f} ms), SoftHSM2 {softhsm}, hsmkey {v('hsmkey')}, "
+        f"{sys.getswitchinterval() * 1000:.0f} ms), SoftHSM2 {softhsm}, hsmkey {hsmkey_version()}, "
         f"cryptography {v('cryptography')}, jwcrypto {v('jwcrypto')}, PyJWT {v('PyJWT')}, "
         f"python-pkcs11 {v('python-pkcs11')}, PyKCS11 {v('pykcs11')}",
     ]
