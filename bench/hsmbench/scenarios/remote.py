@@ -5,8 +5,8 @@ signature, the same loop in cryptoki's three, hsmkey's ``Key.sign`` and the seed
 short-block pattern) against 4N asyncio tasks on one event loop (``sign_async`` on a pool-bound
 key, and ``async with pool.session() as s: await s.find_key(...).sign_async(...)`` blocks),
 with the loop's lag (a 1 ms ``asyncio.sleep`` ticker) while they sign, the client's CPU time
-per signature (process CPU time / signatures: SoftHSM2's own work is in both) and the PKCS#11
-calls per signature.
+per signature (process CPU time / signatures: SoftHSM2's own work is in both), the event
+loop's own share of it (the loop thread's CPU time) and the PKCS#11 calls per signature.
 
 ``HSMKEY_BENCH_REMOTE_ROUND_TRIPS`` (milliseconds, comma-separated) and
 ``HSMKEY_BENCH_REMOTE_SESSIONS`` measure a subset again (a row that noise made doubtful).
@@ -70,9 +70,29 @@ class LoopRunner:
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
         self.lags: dict[Any, list[float]] = {}
+        # key -> [CPU seconds of the loop's thread, signatures]
+        self.loop_cpu: dict[Any, list[float]] = {}
+        # CPU seconds per second that the 1 ms ticker costs on its own (``measure_ticker``):
+        # taken out of the CPU figures, so that they are the signing's.
+        self.ticker_cpu = 0.0
+
+    def measure_ticker(self, seconds: float = 0.5) -> float:
+        """The ticker alone, no task signing: the loop thread's CPU time per second."""
+
+        async def idle() -> None:
+            return None
+
+        t0 = time.thread_time()
+        _, elapsed, _ = self.loop.run_until_complete(self._run(idle, 0, seconds))
+        self.ticker_cpu = (time.thread_time() - t0) / elapsed
+        return self.ticker_cpu
 
     def slice(self, key: Any, make: Callable[[], AsyncCall], tasks: int, seconds: float) -> Slice:
+        t0 = time.thread_time()  # the loop runs on this thread
         done, elapsed, lags = self.loop.run_until_complete(self._run(make(), tasks, seconds))
+        spent = self.loop_cpu.setdefault(key, [0.0, 0])
+        spent[0] += max(0.0, time.thread_time() - t0 - self.ticker_cpu * elapsed)
+        spent[1] += done
         self.lags.setdefault(key, []).extend(lags)
         return done, elapsed
 
@@ -160,15 +180,19 @@ def run(bench: Bench) -> None:
 
             return run
 
-        def timed(key: Any, slicer: Slicer) -> Slicer:
-            """``slicer``, adding the CPU time this process used and the signatures made."""
+        def timed(key: Any, slicer: Slicer, ticker: bool = False) -> Slicer:
+            """``slicer``, adding the CPU time this process used and the signatures made (less
+            the ticker's own cost, for the slices that run it)."""
 
             def run(t: float) -> Slice | None:
                 c0 = time.process_time()
                 done = slicer(t)
                 if done is not None:
+                    spent = time.process_time() - c0
+                    if ticker:
+                        spent = max(0.0, spent - runner.ticker_cpu * done[1])
                     cpu.setdefault(key, [0.0, 0])
-                    cpu[key][0] += time.process_time() - c0
+                    cpu[key][0] += spent
                     cpu[key][1] += done[0]
                 return done
 
@@ -188,10 +212,12 @@ def run(bench: Bench) -> None:
                 ("async", rt, n): timed(
                     ("async", rt, n),
                     partial(runner.slice, ("async", rt, n), partial(async_signer, n), tasks),
+                    ticker=True,
                 ),
                 ("ablock", rt, n): timed(
                     ("ablock", rt, n),
                     partial(runner.slice, ("ablock", rt, n), partial(async_block_signer, n), tasks),
+                    ticker=True,
                 ),
             }
 
@@ -200,7 +226,10 @@ def run(bench: Bench) -> None:
             for s in slicers(0.0, n).values():
                 s(0.05)
         runner.lags.clear()
+        runner.loop_cpu.clear()
         cpu.clear()
+        ticker_us = runner.measure_ticker() * 1e6
+        say(f"remote: the 1 ms ticker alone costs {ticker_us / 1000:.0f} ms of CPU a second")
 
         fig: dict[Any, Figure] = {}
         for rt in ROUND_TRIPS:
@@ -220,7 +249,17 @@ def run(bench: Bench) -> None:
         net.set_round_trip(0.0)
         calls_rows, per_sig = count_calls(net, slicers, secs)
 
-        report(bench, fig, runner.lags, calls_rows, per_sig, cpu, secs)
+        report(
+            bench,
+            fig,
+            runner.lags,
+            calls_rows,
+            per_sig,
+            cpu,
+            runner.loop_cpu,
+            runner.ticker_cpu * 1e6,
+            secs,
+        )
     finally:
         for pool in pools.values():
             pool.close()
@@ -259,6 +298,8 @@ def report(
     calls_rows: list[list[str]],
     per_sig: dict[str, float],
     cpu: dict[Any, list[float]],
+    loop_cpu: dict[Any, list[float]],
+    runner_ticker_us: float,
     secs: float,
 ) -> None:
     def f(layer: str, rt: float, n: int) -> Figure:
@@ -338,8 +379,32 @@ def report(
     table(
         f"11b. Client CPU per signature at {rt * 1000:g} ms, in µs (process CPU time / "
         "signatures, all rounds; SoftHSM2's own work, about 60 µs for ES256, is in every "
-        "figure): x the Rust loop's",
+        "figure; for the tasks, less the 1 ms ticker's own "
+        f"{runner_ticker_us / 1000:.0f} ms of CPU a second): x the Rust loop's",
         ["N", *(named[layer] for layer in cpu_layers)],
+        rows,
+        bench.out,
+    )
+
+    def loop_us(layer: str, rt: float, n: int) -> float:
+        seconds, ops = loop_cpu.get((layer, rt, n), (0.0, 0))
+        return seconds / ops * 1e6 if ops else float("nan")
+
+    rows = [
+        [
+            f"{r * 1000:g} ms",
+            str(n),
+            *(f"{loop_us(layer, r, n):.0f}" for layer in ("async", "ablock")),
+        ]
+        for r in ROUND_TRIPS
+        if r > 0
+        for n in SESSIONS
+    ]
+    table(
+        "11c. The event loop's own CPU per signature, in µs (CPU time of the loop's thread / "
+        "signatures, all rounds, less the 1 ms ticker's own): what one loop spends per item, "
+        "beside the workers",
+        ["round trip", "N", named["async"], named["ablock"]],
         rows,
         bench.out,
     )
@@ -350,6 +415,9 @@ def report(
             for k, v in lags.items()
         },
         "calls_per_signature": per_sig,
+        "loop_cpu_us_per_signature": {
+            f"{k[0]}/{k[1]}/{k[2]}": loop_us(*k) for k in sorted(loop_cpu, key=str)
+        },
         "cpu_us_per_signature": {
             f"{k[0]}/{k[1]}/{k[2]}": per_sig_us(*k) for k in sorted(cpu, key=str)
         },
