@@ -133,6 +133,37 @@ def test_rsa_decryption_makes_two_calls(spy: Spy) -> None:
     assert run.calls["C_Decrypt"] - run.calls["C_DecryptInit"] <= 1, run.calls
 
 
+ECDH_EXCHANGES = """
+import os
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from hsmkey import SessionPool
+
+pool = SessionPool(os.environ["HSM_MODULE"], os.environ["HSM_TOKEN"], os.environ["HSM_PIN"])
+key = pool.find_key(key_label="ec-key")
+for _ in range(20):
+    peer = ec.generate_private_key(ec.SECP256R1())
+    point = peer.public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )
+    assert len(key.ecdh(point)) == 32
+pool.close()
+"""
+
+
+def test_ecdh_makes_three_calls(spy: Spy) -> None:
+    """An ECDH exchange is ``C_DeriveKey``, one ``C_GetAttributeValue`` of the derived
+    secret into a buffer of the field's size (no length query) and ``C_DestroyObject`` (the
+    secret must not outlive the call in a session that goes back to the pool): three round
+    trips on a network HSM, the fewest PKCS#11 allows for a secret the caller gets."""
+    run = spy(ECDH_EXCHANGES)
+    assert run.calls["C_DeriveKey"] == 20, run.calls
+    assert run.calls["C_DestroyObject"] == 20, run.calls
+    # The key's lookup reads attributes too (a few calls, once); each exchange reads one.
+    lookup = run.calls["C_GetAttributeValue"] - 20
+    assert 0 <= lookup <= 6, run.calls
+
+
 ASYNC_BLOCKS = """
 import asyncio, os
 from hsmkey import SessionPool
