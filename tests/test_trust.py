@@ -324,6 +324,117 @@ def test_a_planted_twin_beside_the_genuine_public_key_is_ignored(
         assert len(published) == 1
 
 
+# A P-256 key pair that may derive but not sign (CKA_SIGN false, CKA_DERIVE true), made by
+# another application; SoftHSM2 keeps its point in the public-key object only. Prints the
+# public point (hex).
+DERIVE_ONLY = r"""
+import sys
+import PyKCS11
+from PyKCS11.LowLevel import CKA_EC_PARAMS, CKA_EC_POINT
+module, slot, pin, label, key_id, params = sys.argv[1:7]
+lib = PyKCS11.PyKCS11Lib()
+lib.load(module)
+s = lib.openSession(int(slot), PyKCS11.CKF_SERIAL_SESSION | PyKCS11.CKF_RW_SESSION)
+s.login(pin)
+kid = list(bytes.fromhex(key_id))
+public, private = s.generateKeyPair(
+    [
+        (PyKCS11.CKA_CLASS, PyKCS11.CKO_PUBLIC_KEY),
+        (PyKCS11.CKA_KEY_TYPE, PyKCS11.CKK_EC),
+        (PyKCS11.CKA_TOKEN, PyKCS11.CK_TRUE),
+        (PyKCS11.CKA_VERIFY, PyKCS11.CK_FALSE),
+        (PyKCS11.CKA_DERIVE, PyKCS11.CK_TRUE),
+        (PyKCS11.CKA_LABEL, label),
+        (PyKCS11.CKA_ID, kid),
+        (CKA_EC_PARAMS, list(bytes.fromhex(params))),
+    ],
+    [
+        (PyKCS11.CKA_CLASS, PyKCS11.CKO_PRIVATE_KEY),
+        (PyKCS11.CKA_KEY_TYPE, PyKCS11.CKK_EC),
+        (PyKCS11.CKA_TOKEN, PyKCS11.CK_TRUE),
+        (PyKCS11.CKA_PRIVATE, PyKCS11.CK_TRUE),
+        (PyKCS11.CKA_SENSITIVE, PyKCS11.CK_TRUE),
+        (PyKCS11.CKA_SIGN, PyKCS11.CK_FALSE),
+        (PyKCS11.CKA_DERIVE, PyKCS11.CK_TRUE),
+        (PyKCS11.CKA_LABEL, label),
+        (PyKCS11.CKA_ID, kid),
+    ],
+    mecha=PyKCS11.MechanismECGENERATEKEYPAIR,
+)
+point = bytes(s.getAttributeValue(public, [CKA_EC_POINT])[0])
+print(point.hex())
+s.logout()
+s.closeSession()
+"""
+
+
+def _derive_only_key(softhsm: SoftHSM, label: str, key_id: bytes) -> bytes:
+    """Makes a derive-only P-256 key pair in the token; returns its uncompressed point."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            DERIVE_ONLY,
+            softhsm.module,
+            str(softhsm.slot_id),
+            softhsm.pin,
+            label,
+            key_id.hex(),
+            P256_PARAMS.hex(),
+        ],
+        env={**os.environ, **softhsm.env},
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    der_point = bytes.fromhex(proc.stdout.strip())
+    assert der_point[:2] == b"\x04\x41"  # an OCTET STRING around the uncompressed point
+    return der_point[2:]
+
+
+def test_a_derive_only_key_is_proven_by_ecdh(
+    softhsm: SoftHSM, pool: SessionPool, cleanup: list[dict[str, object]]
+) -> None:
+    """An EC key that may derive but not sign, whose private object does not carry its point,
+    gets its public key from the public-key object whose point gives the token's own ECDH
+    result with a throwaway peer; a planted twin beside it is ignored. (It used to be left
+    out: the proof was a signature, which such a key cannot make.)"""
+    label, key_id = unique("derive-only")
+    cleanup.append({"key_id": key_id})
+    genuine = _derive_only_key(softhsm, label, key_id)
+    planted = plant_public_key(softhsm, label, key_id)
+    assert planted != genuine
+
+    with SessionPool(softhsm.module, softhsm.token_label, softhsm.pin) as fresh:
+        key = fresh.find_key(key_label=label)
+        assert key.ec_point == genuine
+        peer = ec.generate_private_key(ec.SECP256R1())
+        peer_point = peer.public_key().public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+        )
+        expected = peer.exchange(
+            ec.ECDH(), ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), genuine)
+        )
+        assert key.ecdh(peer_point) == expected
+        listed = [k for k in fresh.list_keys() if k.label == label]
+        assert [k.ec_point for k in listed] == [genuine]
+        assert planted not in [k.ec_point for k in fresh.list_keys()]
+
+
+def test_a_derive_only_key_with_only_a_planted_public_key_is_left_out(
+    softhsm: SoftHSM, pool: SessionPool, cleanup: list[dict[str, object]]
+) -> None:
+    label, key_id = unique("derive-planted")
+    cleanup.append({"key_id": key_id})
+    _derive_only_key(softhsm, label, key_id)
+    softhsm.pkcs11_tool("--delete-object", "--type", "pubkey", "--id", key_id.hex())
+    planted = plant_public_key(softhsm, label, key_id)
+    with pytest.raises(HSMKeyNotFoundError, match="does not give the private key's ECDH result"):
+        pool.find_key(key_label=label)
+    assert planted not in [k.ec_point for k in pool.list_keys()]
+
+
 # --- Duplicates ---------------------------------------------------------------------------
 
 

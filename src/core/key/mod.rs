@@ -9,6 +9,7 @@ use crate::core::error::{Error, Kind, Result};
 use crate::core::mechanism::{hex, Curve, KeyKind, MechanismSet, MlDsa, SlhDsa};
 use crate::core::raw::RawFunctions;
 
+mod ecdh_proof;
 mod find;
 mod identity;
 mod public;

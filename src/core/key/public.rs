@@ -2,12 +2,14 @@
 //! proven to belong to it. RSA: the private object's modulus and exponent. EC and Edwards:
 //! the private object's own CKA_PUBLIC_KEY_INFO or CKA_EC_POINT where it has them, else a
 //! public-key object with the key's id or label whose point verifies a probe signature made
-//! by the private key in the token (anyone with a read-write public session can create a
-//! public-key object, with any label and id, without the PIN).
+//! by the private key in the token, or, for an EC key that may derive but not sign, whose
+//! point gives the token's ECDH result with a throwaway peer (anyone with a read-write public
+//! session can create a public-key object, with any label and id, without the PIN).
 
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 
+use super::ecdh_proof::EcdhProbe;
 use super::verify::{probe_scheme, verify};
 use super::{KeyInfo, KeyQuery, Signer};
 use crate::core::error::{Context, Error, Kind, Result};
@@ -25,6 +27,9 @@ pub struct OwnAttributes {
     /// CKA_EC_POINT, or the point inside a non-empty CKA_PUBLIC_KEY_INFO (not unwrapped).
     pub point: Option<Vec<u8>>,
     pub spki: Option<Vec<u8>>,
+    /// CKA_SIGN and CKA_DERIVE, where the token says.
+    pub sign: Option<bool>,
+    pub derive: Option<bool>,
 }
 
 /// Reads the private object's own attributes in one call.
@@ -42,6 +47,8 @@ pub fn own_attributes(session: &Session, handle: ObjectHandle) -> Result<OwnAttr
                 AttributeType::EcParams,
                 AttributeType::EcPoint,
                 AttributeType::PublicKeyInfo,
+                AttributeType::Sign,
+                AttributeType::Derive,
             ],
         )
         .context("reading the key's attributes")?;
@@ -55,6 +62,8 @@ pub fn own_attributes(session: &Session, handle: ObjectHandle) -> Result<OwnAttr
         params: None,
         point: None,
         spki: None,
+        sign: None,
+        derive: None,
     };
     for a in attrs {
         match a {
@@ -67,6 +76,8 @@ pub fn own_attributes(session: &Session, handle: ObjectHandle) -> Result<OwnAttr
             Attribute::EcParams(p) => own.params = Some(p),
             Attribute::EcPoint(p) if !p.is_empty() => own.point = Some(p),
             Attribute::PublicKeyInfo(p) if !p.is_empty() => own.spki = Some(p),
+            Attribute::Sign(b) => own.sign = Some(b),
+            Attribute::Derive(b) => own.derive = Some(b),
             _ => {}
         }
     }
@@ -187,7 +198,12 @@ pub fn read_info(
                         Error::mechanism("the new public key has no CKA_EC_POINT")
                     })?)?
                 }
-                (None, None) => proven_point(session, handle, &info, query, signer)?,
+                (None, None) => {
+                    // A key that may derive but not sign is proven by ECDH instead.
+                    let by_ecdh =
+                        kind == KeyKind::Ec && own.sign == Some(false) && own.derive == Some(true);
+                    proven_point(session, handle, &info, query, signer, by_ecdh)?
+                }
             };
             info.ec_point = Some(point);
         }
@@ -334,11 +350,10 @@ fn read_mldsa_public(
 /// candidate proven, `n` of them tried.
 fn proven_candidate(
     session: &Session,
-    handle: ObjectHandle,
     info: &KeyInfo,
     signer: Option<Signer<'_>>,
     read: impl Fn(ObjectHandle) -> Result<Option<Vec<u8>>>,
-    as_info: impl Fn(Vec<u8>) -> KeyInfo,
+    mut proves: impl FnMut(Signer<'_>, &[u8]) -> Result<bool>,
 ) -> Result<std::result::Result<Vec<u8>, usize>> {
     let mut searches = Vec::new();
     if !info.id.is_empty() {
@@ -355,7 +370,6 @@ fn proven_candidate(
     }
     let mut seen_objects = Vec::new();
     let mut tried: Vec<Vec<u8>> = Vec::new();
-    let mut probe_sig: Option<(Vec<u8>, Vec<u8>)> = None;
     for q in searches {
         let found = session
             .find_objects(&q.template(ObjectClass::PUBLIC_KEY))
@@ -375,18 +389,73 @@ fn proven_candidate(
             let Some(signer) = signer else {
                 return Ok(Ok(value));
             };
-            if probe_sig.is_none() {
-                probe_sig = Some(probe(session, handle, info, signer)?);
-            }
-            let Some((message, sig)) = &probe_sig else {
-                continue;
-            };
-            if verify(&as_info(value.clone()), &probe_scheme(info), message, sig)? {
+            if proves(signer, &value)? {
                 return Ok(Ok(value));
             }
         }
     }
     Ok(Err(tried.len()))
+}
+
+/// Proves candidates by one probe signature of the private key (made at the first
+/// candidate), verified in software with each candidate's public key.
+fn signature_proof<'i>(
+    session: &'i Session,
+    handle: ObjectHandle,
+    info: &'i KeyInfo,
+    as_info: impl Fn(Vec<u8>) -> KeyInfo + 'i,
+) -> impl FnMut(Signer<'_>, &[u8]) -> Result<bool> + 'i {
+    let mut probe_sig: Option<(Vec<u8>, Vec<u8>)> = None;
+    move |signer, value| {
+        if probe_sig.is_none() {
+            probe_sig = Some(probe(session, handle, info, signer)?);
+        }
+        let Some((message, sig)) = &probe_sig else {
+            return Ok(false);
+        };
+        verify(&as_info(value.to_vec()), &probe_scheme(info), message, sig)
+    }
+}
+
+/// Proves candidate points by one ECDH derivation of the private key with a throwaway peer
+/// (made at the first candidate), compared with the same derivation in software.
+fn ecdh_proof<'i>(
+    session: &'i Session,
+    handle: ObjectHandle,
+    info: &'i KeyInfo,
+    curve: Curve,
+) -> impl FnMut(Signer<'_>, &[u8]) -> Result<bool> + 'i {
+    let mut derived: Option<(EcdhProbe, zeroize::Zeroizing<Vec<u8>>)> = None;
+    move |signer, point| {
+        if derived.is_none() {
+            let peer = EcdhProbe::new(curve)?;
+            // The secret is x(k·d·G) for a random d forgotten after the proof: it reveals
+            // nothing, so a derived object the token failed to destroy holds nothing of use.
+            let leftover = std::cell::Cell::new(false);
+            let token = crate::core::decrypt::ecdh(
+                session,
+                handle,
+                info,
+                signer.mechanisms,
+                signer.raw,
+                peer.peer_point(),
+                &leftover,
+            )
+            .map_err(|mut e| {
+                e.message = format!(
+                    "an ECDH probe with the private key (to prove which public key is its \
+                     own) failed: {}",
+                    e.message
+                );
+                e
+            })?;
+            derived = Some((peer, token));
+        }
+        let Some((peer, token)) = &derived else {
+            return Ok(false);
+        };
+        Ok(peer.shared_with(point).is_some_and(|ours| ours == *token))
+    }
 }
 
 /// The public key of the public-key object (same CKA_ID, else same label) that a probe
@@ -403,14 +472,13 @@ fn proven_mldsa_public(
     };
     let tried = match proven_candidate(
         session,
-        handle,
         info,
         signer,
         |object| read_mldsa_public(session, object, set),
-        |value| KeyInfo {
+        signature_proof(session, handle, info, |value| KeyInfo {
             public_value: Some(value),
             ..info.clone()
-        },
+        }),
     )? {
         Ok(value) => return Ok(value),
         Err(tried) => tried,
@@ -488,21 +556,35 @@ fn proven_point(
     info: &KeyInfo,
     query: &KeyQuery,
     signer: Option<Signer<'_>>,
+    by_ecdh: bool,
 ) -> Result<Vec<u8>> {
     let Some(curve) = info.curve else {
         return Err(Error::mechanism("an EC key without a curve"));
     };
-    let tried = match proven_candidate(
-        session,
-        handle,
-        info,
-        signer,
-        |object| Ok(read_point(session, object)?.and_then(|raw| curve.unwrap_point(&raw).ok())),
-        |point| KeyInfo {
+    let read =
+        |object| Ok(read_point(session, object)?.and_then(|raw| curve.unwrap_point(&raw).ok()));
+    let found = if by_ecdh {
+        proven_candidate(
+            session,
+            info,
+            signer,
+            read,
+            ecdh_proof(session, handle, info, curve),
+        )?
+    } else {
+        let as_info = |point| KeyInfo {
             ec_point: Some(point),
             ..info.clone()
-        },
-    )? {
+        };
+        proven_candidate(
+            session,
+            info,
+            signer,
+            read,
+            signature_proof(session, handle, info, as_info),
+        )?
+    };
+    let tried = match found {
         Ok(point) => return Ok(point),
         Err(tried) => tried,
     };
@@ -523,12 +605,17 @@ fn proven_point(
         Kind::KeyNotFound,
         format!(
             "no public key proven to belong to the {} private key with {}: {} public-key \
-             object(s) with its CKA_ID or label carry a point that does not verify a signature \
-             made by the private key (a public-key object can be created without the PIN); \
-             delete them and import the key's genuine public key",
+             object(s) with its CKA_ID or label carry a point that does not {} (a public-key \
+             object can be created without the PIN); delete them and import the key's genuine \
+             public key",
             curve.name(),
             query.describe(),
-            tried
+            tried,
+            if by_ecdh {
+                "give the private key's ECDH result (the key may derive, not sign)"
+            } else {
+                "verify a signature made by the private key"
+            }
         ),
     ))
 }
