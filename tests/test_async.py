@@ -240,3 +240,24 @@ def test_a_block_runs_one_call_at_a_time_and_holds_no_session_between_calls(
         pool.close()
 
     asyncio.run(main())
+
+
+def test_async_with_on_a_long_lived_session_keeps_its_session(softhsm: SoftHSM) -> None:
+    """``async with`` on a session that already holds one (``pool.open_session()``) enters
+    it as it is: its calls use that session, which it keeps until the block ends (and, as
+    with ``with``, the end of the block returns it)."""
+
+    async def main() -> None:
+        pool = SessionPool(softhsm.module, softhsm.token_label, softhsm.pin, max_sessions=2)
+        held = pool.open_session()
+        async with held as s:
+            assert s is held
+            await s.find_key(key_label="ec-key").sign_async("ES256", b"on the held one")
+            assert pool.stats()["in_use"] == 1
+            await s.find_key(key_label="ec-key").sign_async("ES256", b"again")
+            assert pool.stats()["in_use"] == 1
+        assert held.closed
+        assert pool.stats()["in_use"] == 0
+        pool.close()
+
+    asyncio.run(main())

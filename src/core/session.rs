@@ -189,6 +189,11 @@ impl SessionSlot {
                 "this session was closed (or its task cancelled) while it waited for the pool",
             ));
         }
+        if st.lease.is_some() || st.busy {
+            // A session that holds its lease already (`pool.open_session()`, or a `with`
+            // block) keeps it: `async with` on it only enters it.
+            return Ok(());
+        }
         self.owner.store(pid(), Ordering::Release);
         self.per_call.store(true, Ordering::Release);
         st.deferred = Some(rw);
