@@ -7,7 +7,7 @@ use std::os::unix::fs::MetadataExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use cryptoki_sys::*;
@@ -326,6 +326,18 @@ struct State {
 struct PerProcess {
     pid: u32,
     state: Mutex<State>,
+    /// Held shared across every call into the real module ([`in_flight`]) and exclusively by
+    /// `cut`, which closes sessions other threads may be using: SoftHSM2 frees a session
+    /// closed under a call that runs on it (seen as a segfault), a network HSM does not.
+    calls: RwLock<()>,
+}
+
+/// Shared hold on the real module for one call (see [`PerProcess::calls`]).
+pub fn in_flight() -> RwLockReadGuard<'static, ()> {
+    per_process()
+        .calls
+        .read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 static CURRENT: AtomicPtr<PerProcess> = AtomicPtr::new(std::ptr::null_mut());
@@ -344,6 +356,7 @@ fn per_process() -> &'static PerProcess {
     let fresh = Box::into_raw(Box::new(PerProcess {
         pid,
         state: Mutex::new(State::default()),
+        calls: RwLock::new(()),
     }));
     match CURRENT.compare_exchange(current, fresh, Ordering::AcqRel, Ordering::Acquire) {
         Ok(_) => {
@@ -398,8 +411,19 @@ impl State {
             return;
         }
         self.pending_cut = false;
+        // Alone in the real module: calls in flight on these sessions end first (new ones
+        // wait, then find the module unreachable).
+        let _alone = per_process()
+            .calls
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let close = real().and_then(|list| list.C_CloseSession);
         for (h, _) in self.sessions.drain() {
-            let _ = real!(C_CloseSession(h));
+            if let Some(close) = close {
+                // SAFETY: the real module's C_CloseSession on a handle it gave us; no other
+                // call into the module runs meanwhile (the exclusive hold above).
+                let _ = unsafe { close(h) };
+            }
         }
         self.dead.clear();
     }

@@ -19,10 +19,13 @@ macro_rules! real {
             None => cryptoki_sys::CKR_GENERAL_ERROR,
             Some(list) => match list.$name {
                 None => cryptoki_sys::CKR_FUNCTION_NOT_SUPPORTED,
-                // SAFETY: the arguments are the caller's, passed on unchanged (or buffers of
-                // ours that live across the call); the function is the real module's
-                // implementation of the same PKCS#11 function with the same contract.
-                Some(f) => unsafe { f($($arg),*) },
+                Some(f) => {
+                    let _in_flight = crate::engine::in_flight();
+                    // SAFETY: the arguments are the caller's, passed on unchanged (or buffers
+                    // of ours that live across the call); the function is the real module's
+                    // implementation of the same PKCS#11 function with the same contract.
+                    unsafe { f($($arg),*) }
+                }
             },
         }
     };
