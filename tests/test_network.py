@@ -195,3 +195,34 @@ def test_the_last_reference_still_closes_a_pool_used_from_asyncio(
     del key, pool
     gc.collect()
     assert faultmod.open_sessions() == before
+
+
+def test_a_wait_that_times_out_says_which_limit_was_hit(
+    faultmod: FaultModule, softhsm: SoftHSM
+) -> None:
+    """A call that waited for its turn while sessions were to spare (the calls ahead of it
+    took the pool's turns) says so; it used to claim the token allowed no more sessions."""
+
+    async def main() -> None:
+        pool = SessionPool(
+            faultmod.path, softhsm.token_label, softhsm.pin, max_sessions=2, acquire_timeout=0.3
+        )
+        pool.find_key(key_label="ec-key")
+        slow = faultmod.latency("C_Sign", 1.0)
+        async with pool.session() as s:
+            key = s.find_key(key_label="ec-key")
+            # The block's calls take turns: the first signs (one session), the second waits
+            # for the block (holding the pool's other turn, no session), the third waits for
+            # a turn.
+            results = await asyncio.gather(
+                *(key.sign_async("ES256", b"%d" % i) for i in range(3)), return_exceptions=True
+            )
+        faultmod.remove(slow)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        assert len(errors) == 1 and isinstance(errors[0], HSMPoolExhaustedError), results
+        message = str(errors[0])
+        assert "1 of 2 are in use, and the callers ahead of it took every turn" in message
+        assert "as many as the token allows" not in message
+        pool.close()
+
+    asyncio.run(main())
