@@ -17,7 +17,7 @@
 //! holds it waits for its turn on the loop, and a synchronous call on the loop's thread (a
 //! first `find_key`) waits at most for a call in the token, never for the loop itself.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::core::error::{Error, Kind, Result};
@@ -33,8 +33,6 @@ pub struct SessionSlot {
     user: CallLock,
     /// The process that borrowed the lease (0: not borrowed yet).
     owner: AtomicU32,
-    /// An `async with` block: every call borrows the session and gives it back.
-    per_call: AtomicBool,
 }
 
 struct SlotState {
@@ -42,9 +40,9 @@ struct SlotState {
     closed: bool,
     /// The lease is out for an operation (taken from `lease` by `with_lease`).
     busy: bool,
-    /// `Some(rw)`: the block was entered with no session; a call that needs one borrows it
-    /// (read-write or not).
-    deferred: Option<bool>,
+    /// `Some(rw)`: an `async with` block: each call that needs the session borrows one
+    /// (read-write or not) and gives it back when it ends.
+    per_call: Option<bool>,
 }
 
 fn not_open() -> Error {
@@ -71,11 +69,10 @@ impl SessionSlot {
                 lease,
                 closed: false,
                 busy: false,
-                deferred: None,
+                per_call: None,
             }),
             user: CallLock::new(),
             owner: AtomicU32::new(owner),
-            per_call: AtomicBool::new(false),
         }
     }
 
@@ -110,14 +107,14 @@ impl SessionSlot {
     ) -> Result<T> {
         self.check_owner()?;
         let _user = self.user.lock();
-        let deferred = {
+        let borrow = {
             let st = lock(&self.state);
-            match (&st.lease, st.closed, st.busy, st.deferred) {
+            match (&st.lease, st.closed, st.busy, st.per_call) {
                 (None, false, false, Some(rw)) => Some(rw),
                 _ => None,
             }
         };
-        if let Some(rw) = deferred {
+        if let Some(rw) = borrow {
             self.open(rw, interrupt)?;
         }
         let mut lease = {
@@ -136,7 +133,7 @@ impl SessionSlot {
         let result = lease.check_owner().and_then(|()| f(&mut lease));
         let mut st = lock(&self.state);
         st.busy = false;
-        if self.per_call.load(Ordering::Acquire) {
+        if st.per_call.is_some() {
             // An `async with` block's call: the session goes back as soon as it is done.
             drop(st);
             self.pool.release(lease);
@@ -195,21 +192,20 @@ impl SessionSlot {
             return Ok(());
         }
         self.owner.store(pid(), Ordering::Release);
-        self.per_call.store(true, Ordering::Release);
-        st.deferred = Some(rw);
+        st.per_call = Some(rw);
         Ok(())
     }
 
     /// True for an `async with` block (every call borrows the session and gives it back).
     pub fn is_per_call(&self) -> bool {
-        self.per_call.load(Ordering::Acquire)
+        lock(&self.state).per_call.is_some()
     }
 
     /// True if the block has been entered (it holds its session, or will borrow it on first
     /// use) and has not ended.
     pub fn entered(&self) -> bool {
         let st = lock(&self.state);
-        !st.closed && (st.lease.is_some() || st.busy || st.deferred.is_some())
+        !st.closed && (st.lease.is_some() || st.busy || st.per_call.is_some())
     }
 
     /// Borrows the session from the pool, unless it already is. The slot's lock is not held
@@ -256,7 +252,7 @@ impl SessionSlot {
         let st = lock(&self.state);
         (
             st.closed,
-            st.lease.is_some() || st.busy || st.deferred.is_some(),
+            st.lease.is_some() || st.busy || st.per_call.is_some(),
         )
     }
 
@@ -267,37 +263,33 @@ impl SessionSlot {
     #[allow(clippy::result_unit_err)]
     pub fn close_now(&self) -> std::result::Result<Option<CallsAfterRelease>, ()> {
         let mut st = lock(&self.state);
-        if st.busy && !self.is_per_call() {
+        st.closed = true;
+        if st.busy && st.per_call.is_none() {
             return Err(());
         }
-        st.closed = true;
         let lease = st.lease.take();
         drop(st);
         Ok(lease.and_then(|lease| self.pool.give_back(lease)))
     }
 
-    /// Returns the session to its pool (after the operation running on it, if any).
+    /// Returns the session to its pool (after the operation running on it, if any; an
+    /// `async with` block's running call gives its session back itself when it ends).
     pub fn close(&self) {
-        {
-            let mut st = lock(&self.state);
-            st.closed = true;
-            // An `async with` block's call still running gives its session back itself
-            // when it ends: leaving the block never waits for the token.
-            if !st.busy || self.is_per_call() {
-                let lease = st.lease.take();
-                drop(st);
+        match self.close_now() {
+            Ok(calls) => {
+                if let Some(calls) = calls {
+                    calls.run();
+                }
+            }
+            Err(()) => {
+                // An operation runs on it: wait for it (in a forked child, the parent's
+                // operation does not count, and its lease is the parent's).
+                let _user = self.user.lock();
+                let lease = lock(&self.state).lease.take();
                 if let Some(lease) = lease {
                     self.pool.release(lease);
                 }
-                return;
             }
-        }
-        // An operation runs on it: wait for it (in a forked child, the parent's operation
-        // does not count, and its lease is the parent's).
-        let _user = self.user.lock();
-        let lease = lock(&self.state).lease.take();
-        if let Some(lease) = lease {
-            self.pool.release(lease);
         }
     }
 }

@@ -35,6 +35,16 @@ impl PySession {
         }
     }
 
+    /// Gives the session back. On an open pool that is bookkeeping, done with the GIL held;
+    /// what may block (an operation still running on it, a closed pool's calls) is not.
+    fn give_back(&self, py: Python<'_>) {
+        match self.slot.close_now() {
+            Ok(None) => {}
+            Ok(Some(calls)) => detach(py, move || calls.run()),
+            Err(()) => self.close(py),
+        }
+    }
+
     fn open(&self, py: Python<'_>) -> PyResult<()> {
         let (slot, rw) = (self.slot.clone(), self.rw);
         detach_interruptible(py, move |interrupt| slot.open(rw, interrupt))
@@ -249,11 +259,7 @@ impl PySession {
         if !slot.pool.is_closed() {
             // Leaving a block on an open pool makes no PKCS#11 call and never waits (a call
             // still running gives its session back itself): done here, at once.
-            match slot.close_now() {
-                Ok(None) => {}
-                Ok(Some(calls)) => detach(py, move || calls.run()),
-                Err(()) => detach(py, || slot.close()),
-            }
+            self.give_back(py);
             let done = false.into_pyobject(py)?.to_owned().into_any();
             return crate::python::asyncio::ready(py, done);
         }
@@ -288,13 +294,7 @@ impl PySession {
         tb: Option<&Bound<'_, PyAny>>,
     ) {
         let _ = (exc_type, exc, tb);
-        // Giving the session back to an open pool is bookkeeping: done with the GIL held.
-        // What may block (an operation still running on it, a closed pool's calls) is not.
-        match self.slot.close_now() {
-            Ok(None) => {}
-            Ok(Some(calls)) => detach(py, move || calls.run()),
-            Err(()) => self.close(py),
-        }
+        self.give_back(py);
     }
 
     fn __repr__(&self, py: Python<'_>) -> String {

@@ -193,12 +193,7 @@ impl Gate<'_> {
             )),
             // A call of an `async with` block borrows the session for itself: it waits with
             // the pool's callers, so a session is never held by a call that only waits.
-            Gate::Session(slot) if slot.is_per_call() => Some((
-                lock(&POOL_LANES).get(&slot.pool, || {
-                    Lane::new(slot.pool.cfg.max_sessions, &slot.pool)
-                }),
-                slot.pool.clone(),
-            )),
+            Gate::Session(slot) if slot.is_per_call() => Gate::Pool(&slot.pool).lane(),
             Gate::Session(slot) => Some((
                 lock(&SESSION_LANES).get(slot, || Lane::new(1, &slot.pool)),
                 slot.pool.clone(),
